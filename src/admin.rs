@@ -1,0 +1,88 @@
+//! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
+//! `/config` (the effective config as JSON) and `/clusters` (endpoints with
+//! zone, weight, in-flight requests and health).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{self, Body};
+use crate::error::plain_response;
+use crate::proxy::{is_ready, Shared};
+
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = crate::listener::stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        let service = service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(bytes) => {
+            let mut response = Response::new(body::full(bytes));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => plain_response(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(format!("{e}\n"))),
+    }
+}
+
+fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain_response(StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"use GET\n"));
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut response = Response::new(body::full(shared.metrics.render()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        "/ready" if is_ready(shared) => plain_response(StatusCode::OK, Bytes::from_static(b"ready\n")),
+        "/ready" => plain_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"draining\n")),
+        "/live" => plain_response(StatusCode::OK, Bytes::from_static(b"live\n")),
+        "/config" => json(&shared.snapshot.load().loaded.config),
+        "/clusters" => {
+            let snapshot = shared.snapshot.load();
+            let clusters: Vec<_> = snapshot.clusters.iter().map(|c| c.status()).collect();
+            json(&clusters)
+        }
+        _ => plain_response(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"admin endpoints: /metrics /ready /live /config /clusters\n"),
+        ),
+    }
+}

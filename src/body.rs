@@ -1,0 +1,26 @@
+//! The one body type every layer speaks: a boxed stream of frames, so request
+//! and response bodies (data and trailers) stream through without buffering.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+
+use crate::error::BoxError;
+
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Boxes any body whose errors can be boxed (hyper's `Incoming`, mostly).
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}

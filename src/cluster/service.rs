@@ -1,0 +1,83 @@
+//! The endpoint edge of the stack: pick an endpoint of the cluster, send the
+//! request over the cluster's pooled client, count the result.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tower::Service;
+
+use super::Cluster;
+use crate::body::Body;
+use crate::error::{ErrorKind, ProxyError};
+
+/// Response extension naming the endpoint that answered, for logs.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedBy(pub SocketAddr);
+
+#[derive(Clone)]
+pub struct ClusterService {
+    cluster: Arc<Cluster>,
+}
+
+impl ClusterService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+impl Service<Request<Body>> for ClusterService {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let cluster = self.cluster.clone();
+        Box::pin(async move {
+            let Some(http) = cluster.http.as_ref() else {
+                return Err(ProxyError::new(
+                    ErrorKind::NoEndpoint,
+                    format!("cluster {} does not speak HTTP", cluster.name),
+                ));
+            };
+            let endpoint = cluster
+                .pick(None)
+                .and_then(|i| cluster.endpoints.get(i))
+                .cloned()
+                .ok_or_else(|| {
+                    ProxyError::new(
+                        ErrorKind::NoEndpoint,
+                        format!("cluster {} has no available endpoint", cluster.name),
+                    )
+                })?;
+            let in_flight = endpoint.start_request();
+            match http.send(&endpoint, req).await {
+                Ok(response) => {
+                    endpoint.upstream_requests.inc(response.status().as_u16());
+                    let mut response = response.map(|body| {
+                        // The request stays in flight until its body is done.
+                        body.map_err(move |e| {
+                            let _ = &in_flight;
+                            e
+                        })
+                        .boxed()
+                    });
+                    response.extensions_mut().insert(ServedBy(endpoint.address));
+                    Ok(response)
+                }
+                Err(e) => {
+                    endpoint.upstream_requests.inc(e.status().as_u16());
+                    Err(e)
+                }
+            }
+        })
+    }
+}

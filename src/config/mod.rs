@@ -1,0 +1,267 @@
+//! Loading, validating and watching the YAML config. Every error names the
+//! file, the line and the key path (`listeners[0].routes[2].cluster`), so a
+//! person can go straight to it.
+
+pub mod lines;
+pub mod schema;
+mod validate;
+pub mod watch;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use schema::Config;
+
+use lines::LineIndex;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// All the errors of one load attempt.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A parsed and validated config with where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub path: PathBuf,
+    /// The directory relative paths in the config resolve against.
+    pub base_dir: PathBuf,
+}
+
+/// Reads, parses and validates `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let config = parse(path, &text)?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        base_dir,
+    })
+}
+
+/// Parses and validates config text; `path` is only used in messages.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let index = LineIndex::build(text);
+    let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
+    let problems = validate::validate(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|(key, message)| ConfigError {
+            file: path.to_path_buf(),
+            line: index.line_of(&key),
+            key,
+            message,
+        })
+        .collect();
+    errors.sort_by_key(|e| e.line);
+    Err(ConfigErrors(errors))
+}
+
+/// serde_yaml_ng reports "path.to.key: message at line L column C"; split that
+/// into our fields. Errors raised while parsing a value (a bad duration) are
+/// reported at the enclosing mapping; when the message quotes the bad value,
+/// the index finds its own key and line.
+fn yaml_error(path: &Path, e: &serde_yaml_ng::Error, index: &LineIndex) -> ConfigError {
+    let mut message = e.to_string();
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    let (key, message) = match message.split_once(": ") {
+        Some((key, rest)) if !key.contains(' ') => (key.to_string(), rest.to_string()),
+        _ => (String::new(), message),
+    };
+    let quoted = message.split('"').nth(1).filter(|v| !v.is_empty());
+    if let Some((found, line)) = quoted.and_then(|v| index.find_value(&key, v)) {
+        return ConfigError {
+            file: path.to_path_buf(),
+            line: Some(line),
+            key: found.to_string(),
+            message,
+        };
+    }
+    ConfigError {
+        file: path.to_path_buf(),
+        line: e.location().map(|l| l.line()),
+        key,
+        message,
+    }
+}
+
+/// ` (did you mean "x"?)` when a known name is a small edit away from `name`.
+pub fn did_you_mean<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k:?}?)"))
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("weft.yaml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const BASE: &str = "listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    routes:
+      - name: r0
+        cluster: web-canary
+clusters:
+  - name: web-canary
+    endpoints:
+      - { address: 127.0.0.1:9001 }
+";
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let config = parse(Path::new("weft.yaml"), BASE).unwrap();
+        assert_eq!(config.admin.address.port(), 9901);
+        assert_eq!(config.drain_timeout.as_secs(), 15);
+        assert_eq!(config.clusters[0].endpoints[0].weight, 1);
+    }
+
+    #[test]
+    fn missing_cluster_names_line_key_and_suggestion() {
+        let text = BASE.replace("cluster: web-canary", "cluster: web-canery");
+        assert_eq!(
+            errors(&text),
+            vec![
+                r#"weft.yaml:6: listeners[0].routes[0].cluster: no cluster named "web-canery" (did you mean "web-canary"?)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = BASE.replace(
+            "        cluster: web-canary",
+            "        cluster: web-canary\n        timout: 5s",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("weft.yaml:7: listeners[0].routes[0]: unknown field `timout`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_reported() {
+        let text = BASE.replace(
+            "        cluster: web-canary",
+            "        cluster: web-canary\n        timeout: soon",
+        );
+        let errs = errors(&text);
+        assert!(
+            errs[0].starts_with("weft.yaml:7: listeners[0].routes[0].timeout: "),
+            "{}",
+            errs[0]
+        );
+        assert!(errs[0].contains("invalid duration"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn every_error_is_listed() {
+        let text = "listeners:
+  - { name: a, address: 127.0.0.1:1, routes: [ { name: r, cluster: x } ] }
+  - { name: a, address: 127.0.0.1:2, protocol: tcp }
+clusters:
+  - { name: c, endpoints: [ { address: 127.0.0.1:3, weight: 0 } ] }
+";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].contains(":2: listeners[0].routes[0].cluster: no cluster named \"x\""));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains(":3: listeners[1].name: duplicate listener name")));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains(":3: listeners[1].cluster: a tcp listener needs")));
+        assert!(errs.iter().any(|e| e.contains(":5: clusters[0].endpoints[0].weight")));
+    }
+
+    #[test]
+    fn edit_distance_and_suggestions() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            did_you_mean("web-stabel", ["web-stable", "db"].into_iter()),
+            " (did you mean \"web-stable\"?)"
+        );
+        assert_eq!(did_you_mean("zzz", ["web-stable"].into_iter()), "");
+    }
+}

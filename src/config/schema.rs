@@ -1,0 +1,292 @@
+//! The YAML schema: one struct per section, `deny_unknown_fields` everywhere so
+//! a misspelt key is an error rather than a silently ignored setting.
+//!
+//! Each layer owns its own section (for example `ListenerLimits`), so later
+//! features add a field and a struct here without touching the others.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub node: NodeConfig,
+    /// How long in-flight requests may run after SIGTERM before weft exits.
+    #[serde(default = "default_drain_timeout", with = "duration")]
+    pub drain_timeout: Duration,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; `None` means one per CPU.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The zone this weft runs in; `WEFT_ZONE` overrides it.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    #[serde(default = "default_listener_protocol")]
+    pub protocol: ListenerProtocol,
+    /// The upstream cluster of a `tcp` listener.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// Protection against slow or abusive downstream clients.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// Upper bound of a request's header block (Envoy's `max_request_headers_kb`);
+    /// larger requests get 431. hyper needs at least 8 KiB.
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
+    /// A client must finish sending its request headers within this time.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Connections accepted at once; further ones wait in the kernel backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self {
+            max_request_headers_kb: default_max_request_headers_kb(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matcher: MatchConfig,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub split: Option<Vec<SplitConfig>>,
+    #[serde(default)]
+    pub direct_response: Option<DirectResponseConfig>,
+    /// Whole-request deadline; expiry gives 504.
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchConfig {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseConfig {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterProtocol {
+    Http1,
+    Http2,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(default = "default_cluster_protocol")]
+    pub protocol: ClusterProtocol,
+    #[serde(default)]
+    pub lb: LbPolicy,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this long.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_listener_protocol() -> ListenerProtocol {
+    ListenerProtocol::Http
+}
+fn default_cluster_protocol() -> ClusterProtocol {
+    ClusterProtocol::Http1
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_request_headers_kb() -> u32 {
+    60
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+/// Durations are written as strings such as "250ms" or "5s" (parsed by `humantime`).
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tokio::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+/// Like [`duration`], for optional keys.
+pub mod opt_duration {
+    use serde::{Deserializer, Serializer};
+    use tokio::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}

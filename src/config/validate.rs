@@ -1,0 +1,106 @@
+//! Checks that go beyond the schema: unique names, references between
+//! sections, protocol combinations. Each problem is (key path, message).
+
+use std::collections::{HashMap, HashSet};
+
+use super::schema::{ClusterProtocol, Config, ListenerProtocol};
+use crate::route;
+
+pub fn validate(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut clusters: HashMap<&str, usize> = HashMap::new();
+    for (i, c) in config.clusters.iter().enumerate() {
+        let key = format!("clusters[{i}]");
+        if clusters.insert(c.name.as_str(), i).is_some() {
+            problems.push((format!("{key}.name"), format!("duplicate cluster name {:?}", c.name)));
+        }
+        for (j, e) in c.endpoints.iter().enumerate() {
+            if e.weight == 0 {
+                problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));
+            }
+        }
+    }
+
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            problems.push((format!("{key}.name"), format!("duplicate listener name {:?}", l.name)));
+        }
+        // Port 0 (any free port, used by tests) can never collide.
+        if l.address.port() != 0 && (!addresses.insert(l.address) || l.address == config.admin.address) {
+            problems.push((
+                format!("{key}.address"),
+                format!("address {} is already in use by another listener or admin", l.address),
+            ));
+        }
+        if l.limits.max_request_headers_kb < 8 {
+            problems.push((
+                format!("{key}.limits.max_request_headers_kb"),
+                "must be at least 8".into(),
+            ));
+        }
+        if l.limits.max_connections == 0 {
+            problems.push((format!("{key}.limits.max_connections"), "must be at least 1".into()));
+        }
+        match l.protocol {
+            ListenerProtocol::Tcp => {
+                if !l.routes.is_empty() {
+                    problems.push((
+                        format!("{key}.routes"),
+                        "a tcp listener has no routes; use cluster".into(),
+                    ));
+                }
+                match l.cluster.as_deref().map(|c| (c, clusters.get(c))) {
+                    None => problems.push((format!("{key}.cluster"), "a tcp listener needs a cluster".into())),
+                    Some((name, None)) => problems.push((
+                        format!("{key}.cluster"),
+                        format!(
+                            "no cluster named {name:?}{}",
+                            super::did_you_mean(name, clusters.keys().copied())
+                        ),
+                    )),
+                    Some((name, Some(&c))) if config.clusters[c].protocol != ClusterProtocol::Tcp => problems.push((
+                        format!("{key}.cluster"),
+                        format!("cluster {name:?} must have protocol: tcp to serve a tcp listener"),
+                    )),
+                    Some(_) => {}
+                }
+            }
+            ListenerProtocol::Http => {
+                if l.cluster.is_some() {
+                    problems.push((
+                        format!("{key}.cluster"),
+                        "only tcp listeners take a cluster; http listeners use routes".into(),
+                    ));
+                }
+                for (j, r) in l.routes.iter().enumerate() {
+                    let key = format!("{key}.routes[{j}]");
+                    match route::compile(r, &clusters) {
+                        Err(e) => problems.push((format!("{key}.{}", e.key), e.message)),
+                        Ok(compiled) => {
+                            for c in targets(&compiled.action) {
+                                if config.clusters[c].protocol == ClusterProtocol::Tcp {
+                                    problems.push((
+                                        format!("{key}.cluster"),
+                                        format!("cluster {:?} speaks tcp, not HTTP", config.clusters[c].name),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn targets(action: &route::Action) -> Vec<usize> {
+    match action {
+        route::Action::Cluster(c) => vec![*c],
+        route::Action::Split(s) => s.clusters().collect(),
+        route::Action::Direct { .. } => vec![],
+    }
+}

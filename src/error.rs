@@ -1,0 +1,139 @@
+//! Errors on the request path carry where they came from and whether the
+//! request may safely be retried; [`ProxyError::into_response`] is the single
+//! place that maps them to status codes (the "rescue" step).
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which side of the proxy an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matched the request.
+    NoRoute,
+    /// The request itself is unacceptable.
+    BadRequest,
+    /// The cluster has no endpoint to send to.
+    NoEndpoint,
+    /// Connecting to the chosen endpoint failed or timed out.
+    ConnectFailed,
+    /// The upstream reset the connection or sent something that is not HTTP.
+    UpstreamReset,
+    /// The route timeout expired.
+    Timeout,
+}
+
+#[derive(Debug)]
+pub struct ProxyError {
+    kind: ErrorKind,
+    detail: String,
+}
+
+impl ProxyError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self.kind {
+            ErrorKind::NoRoute | ErrorKind::BadRequest => Origin::Downstream,
+            ErrorKind::NoEndpoint => Origin::Internal,
+            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::Timeout => Origin::Upstream,
+        }
+    }
+
+    /// Whether sending the request again cannot do harm twice: only when the
+    /// upstream never saw it.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self.kind, ErrorKind::ConnectFailed | ErrorKind::NoEndpoint)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NoEndpoint | ErrorKind::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short plain-text answer weft gives in place of an upstream response.
+    pub fn into_response(self) -> Response<Body> {
+        let reason = match self.kind {
+            ErrorKind::NoRoute => "no route matched",
+            ErrorKind::BadRequest => "bad request",
+            ErrorKind::NoEndpoint => "no healthy upstream",
+            ErrorKind::ConnectFailed => "upstream connect error",
+            ErrorKind::UpstreamReset => "upstream reset or sent an invalid response",
+            ErrorKind::Timeout => "upstream request timeout",
+        };
+        let text = if self.detail.is_empty() {
+            format!("{reason}\n")
+        } else {
+            format!("{reason}: {}\n", self.detail)
+        };
+        plain_response(self.status(), Bytes::from(text))
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// A response weft writes itself (errors, direct responses).
+pub fn plain_response(status: StatusCode, text: Bytes) -> Response<Body> {
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Classifies an error of the upstream HTTP client.
+pub fn from_client_error(err: hyper_util::client::legacy::Error) -> ProxyError {
+    if err.is_connect() {
+        return ProxyError::new(ErrorKind::ConnectFailed, error_chain(&err));
+    }
+    ProxyError::new(ErrorKind::UpstreamReset, error_chain(&err))
+}
+
+/// The error and its sources on one line, for logs and error bodies.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}

@@ -1,0 +1,3 @@
+//! Tower layers on the request path. Each is composed in `crate::stack` only.
+
+pub mod timeout;

@@ -1,0 +1,122 @@
+//! The set of running listeners, reconciled against each new config: new
+//! listeners are bound, removed or changed ones stop accepting and drain,
+//! unchanged ones keep running untouched (their connections never notice).
+
+pub mod http;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::schema::{ListenerConfig, ListenerProtocol};
+use crate::proxy::Shared;
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct Running {
+    config: ListenerConfig,
+    /// The bound address (differs from the configured one for port 0).
+    local: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct ListenerSet {
+    running: HashMap<String, Running>,
+    /// Listeners told to stop and still draining.
+    draining: Vec<JoinHandle<()>>,
+}
+
+impl ListenerSet {
+    /// Binds every listener of `wanted` that is not already running with the
+    /// same settings. Nothing is started or stopped when a bind fails, unless
+    /// the failing listener replaces one on the same address (which must be
+    /// closed before its address can be bound again).
+    pub async fn reconcile(&mut self, wanted: &[ListenerConfig], shared: &Arc<Shared>) -> Result<(), String> {
+        let mut to_stop: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, r)| !wanted.iter().any(|w| &w.name == *name && *w == r.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let to_start: Vec<&ListenerConfig> = wanted
+            .iter()
+            .filter(|w| self.running.get(&w.name).is_none_or(|r| r.config != **w))
+            .collect();
+        // Listeners whose address is reused by a starting one stop first.
+        let (now, later): (Vec<String>, Vec<String>) = to_stop.drain(..).partition(|name| {
+            self.running
+                .get(name)
+                .is_some_and(|r| to_start.iter().any(|w| w.address == r.config.address))
+        });
+        for name in now {
+            self.stop(&name);
+        }
+        let mut bound = Vec::new();
+        for config in to_start {
+            match TcpListener::bind(config.address).await {
+                Ok(socket) => bound.push((config.clone(), socket)),
+                Err(e) => return Err(format!("listener {}: cannot bind {}: {e}", config.name, config.address)),
+            }
+        }
+        for name in later {
+            self.stop(&name);
+        }
+        for (config, socket) in bound {
+            tracing::info!(listener = %config.name, address = %config.address, protocol = ?config.protocol, "listening");
+            self.start(config, socket, shared);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, config: ListenerConfig, socket: TcpListener, shared: &Arc<Shared>) {
+        let local = socket.local_addr().unwrap_or(config.address);
+        let (stop, stopped) = watch::channel(false);
+        let task = match config.protocol {
+            ListenerProtocol::Http => tokio::spawn(http::serve(config.clone(), socket, shared.clone(), stopped)),
+            ListenerProtocol::Tcp => tokio::spawn(tcp::serve(config.clone(), socket, shared.clone(), stopped)),
+        };
+        self.running.insert(
+            config.name.clone(),
+            Running {
+                config,
+                local,
+                stop,
+                task,
+            },
+        );
+    }
+
+    fn stop(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            tracing::info!(listener = %name, "listener stopping");
+            let _ = r.stop.send(true);
+            self.draining.push(r.task);
+        }
+        self.draining.retain(|t| !t.is_finished());
+    }
+
+    /// Stops every listener and waits for their connections to finish.
+    pub async fn drain(&mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            self.stop(&name);
+        }
+        for task in self.draining.drain(..) {
+            let _ = task.await;
+        }
+    }
+
+    /// The bound address of a running listener.
+    pub fn local_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.running.get(name).map(|r| r.local)
+    }
+}

@@ -1,0 +1,83 @@
+//! Raw TCP proxying: each accepted connection is joined to an endpoint of the
+//! listener's cluster and bytes flow both ways, with half-close passed on
+//! (one side's FIN becomes a shutdown of the other side's write half).
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::schema::ListenerConfig;
+use crate::proxy::Shared;
+
+pub async fn serve(
+    config: ListenerConfig,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let cluster_name = config.cluster.clone().unwrap_or_default();
+    let active = shared
+        .metrics
+        .downstream_connections_active
+        .with_label_values(&[&config.name]);
+    let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let mut connections = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = crate::listener::stopped(&mut stop) => break,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+        };
+        let (mut inbound, peer) = tokio::select! {
+            _ = crate::listener::stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                    tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        accepted.inc();
+        active.inc();
+        // The cluster is looked up per connection so a reload that changes
+        // its endpoints applies to new connections.
+        let cluster = shared.snapshot.load().cluster(&cluster_name).cloned();
+        let active = active.clone();
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
+            let _permit = permit;
+            let result = async {
+                let cluster = cluster.ok_or("cluster is gone")?;
+                let endpoint = cluster
+                    .pick(None)
+                    .and_then(|i| cluster.endpoints.get(i).cloned())
+                    .ok_or("no endpoint")?;
+                let _in_flight = endpoint.start_request();
+                let mut outbound =
+                    tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.address))
+                        .await
+                        .map_err(|_| "connect timeout")?
+                        .map_err(|_| "connect failed")?;
+                let _ = outbound.set_nodelay(true);
+                let _ = inbound.set_nodelay(true);
+                tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                    .await
+                    .map_err(|_| "stream error")?;
+                Ok::<_, &'static str>(())
+            }
+            .await;
+            if let Err(why) = result {
+                tracing::debug!(%peer, why, "tcp connection ended");
+            }
+            active.dec();
+        });
+    }
+    drop(listener);
+    // Established streams have no request boundary to drain at; let them run
+    // to their end (SIGTERM's drain timeout bounds the wait).
+    while connections.join_next().await.is_some() {}
+}

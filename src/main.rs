@@ -1,0 +1,148 @@
+//! The `weft` command: run, check, demo.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use weft::app::App;
+use weft::config;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "A service-mesh sidecar proxy")]
+struct Cli {
+    /// Config file (default: $WEFT_CONFIG, then config/weft.yaml).
+    #[arg(long, global = true, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config file and exit.
+    Check,
+    /// Start demo backends and weft in front of them (config/demo.yaml).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = cli.config.clone().unwrap_or_else(|| PathBuf::from("config/weft.yaml"));
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&path),
+        Command::Run => run(&path, false),
+        Command::Demo => {
+            let path = match cli.config {
+                Some(p) => p,
+                None => match weft::demo::config_path() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("demo: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            run(&path, true)
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            let c = &loaded.config;
+            let routes: usize = c.listeners.iter().map(|l| l.routes.len()).sum();
+            println!(
+                "{}: ok ({} listeners, {} routes, {} clusters)",
+                path.display(),
+                c.listeners.len(),
+                routes,
+                c.clusters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr; stdout carries the access log.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(path: &Path, demo: bool) -> ExitCode {
+    init_logging();
+    let loaded = match config::load(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = loaded.config.runtime.worker_threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if demo {
+            if let Err(e) = weft::demo::start_backends(&loaded.config).await {
+                eprintln!("demo: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let app = match App::start(loaded).await {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if demo {
+            weft::demo::print_tour(&app).await;
+        }
+        serve_until_signal(app).await
+    })
+}
+
+async fn serve_until_signal(app: std::sync::Arc<App>) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let path = app.config_path();
+    let (mut changes, _watcher) = config::watch::watch(&path, tokio::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = hup.recv() => { let _ = app.reload(true).await; }
+            Some(()) = changes.recv() => { let _ = app.reload(false).await; }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    app.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

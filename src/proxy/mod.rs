@@ -1,0 +1,178 @@
+//! The front of the request path shared by every HTTP listener: load the live
+//! snapshot, match a route, rewrite headers, call the route's target service,
+//! turn errors into responses (the one rescue step), and record metrics and
+//! the access log line.
+
+pub mod headers;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::body::{self, Body};
+use crate::cluster::service::ServedBy;
+use crate::error::{ErrorKind, ProxyError};
+use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::{self, AccessRecord};
+use crate::telemetry::metrics::Metrics;
+
+/// State shared by all listeners and the admin server.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    /// False once draining has begun: `/ready` answers 503.
+    pub ready: AtomicBool,
+}
+
+/// Who is on the other end of one downstream connection.
+pub struct Downstream {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub scheme: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    downstream: Arc<Downstream>,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>, downstream: Arc<Downstream>) -> Self {
+        Self { shared, downstream }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let downstream = self.downstream.clone();
+        Box::pin(async move { Ok(handle(shared, downstream, req).await) })
+    }
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let snapshot = shared.snapshot.load_full();
+    let version = req.version();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+
+    // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs Host.
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let upgrade = version == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let listener = snapshot.listeners.get(&*downstream.listener);
+    let entry = listener.and_then(|l| crate::route::find(&l.routes, &method, &path, req.headers()));
+    let target = entry.and_then(|e| e.target());
+    let (route_name, metrics, result) = match (entry, target) {
+        (Some(entry), Some(target)) => {
+            let req: Request<Body> = req.map(body::boxed);
+            // Route services are always ready (they never apply backpressure
+            // through poll_ready), so `call` without `ready` keeps the future
+            // a concrete boxed type.
+            let result = target.service.clone().call(req).await;
+            (
+                &*entry.route.name,
+                target.metrics.clone(),
+                result.map(|r| (r, &*target.cluster)),
+            )
+        }
+        _ => {
+            let unmatched = listener.map(|l| l.unmatched.clone());
+            let metrics = match unmatched {
+                Some(m) => m,
+                None => crate::telemetry::metrics::RouteMetrics::new(&shared.metrics, &downstream.listener, "", ""),
+            };
+            (
+                "",
+                metrics,
+                Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {path}"))),
+            )
+        }
+    };
+
+    let (mut response, cluster, error) = match result {
+        Ok((response, cluster)) => (response, cluster, None),
+        Err(e) => {
+            let text = e.to_string();
+            (e.into_response(), "", Some(text))
+        }
+    };
+    let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        if let Some(on_downstream) = downstream_upgrade {
+            let on_upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(upgrade::tunnel(on_downstream, on_upstream));
+        }
+    } else {
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+    }
+
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    metrics.requests.inc(status);
+    metrics.duration.observe(elapsed.as_secs_f64());
+    if snapshot.loaded.config.access_log.enabled {
+        access_log::write(&AccessRecord {
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            listener: &downstream.listener,
+            protocol: protocol_name(version),
+            method: method.as_str(),
+            path: &path,
+            status,
+            route: route_name,
+            cluster,
+            endpoint: response.extensions().get::<ServedBy>().map(|s| s.0.to_string()),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            request_id: request_id.to_str().unwrap_or(""),
+            client: downstream.peer.to_string(),
+            error,
+        });
+    }
+    response
+}
+
+/// Whether the proxy should report ready.
+pub fn is_ready(shared: &Shared) -> bool {
+    shared.ready.load(Ordering::Relaxed)
+}

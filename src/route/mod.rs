@@ -1,0 +1,174 @@
+//! Routing: per listener, an ordered list of routes where the first match wins.
+//! Each route either names a cluster, splits by weight over several, or
+//! answers directly. Cluster references are resolved to indices at compile
+//! time, so a request never looks a cluster up by name.
+
+pub mod matcher;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::time::Duration;
+
+pub use matcher::{MatchError, Matcher};
+
+use crate::config::schema::RouteConfig;
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Index into the snapshot's clusters.
+    Cluster(usize),
+    Split(WeightedSplit),
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+    },
+}
+
+/// Weighted choice among clusters; picks with a number in `0..total`.
+#[derive(Debug, Clone)]
+pub struct WeightedSplit {
+    /// (cluster index, cumulative weight up to and including this entry)
+    entries: Vec<(usize, u64)>,
+}
+
+impl WeightedSplit {
+    pub fn new(weights: impl IntoIterator<Item = (usize, u32)>) -> Self {
+        let mut total = 0u64;
+        let entries = weights
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(c, w)| {
+                total += u64::from(w);
+                (c, total)
+            })
+            .collect();
+        Self { entries }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.1)
+    }
+
+    /// Every cluster with a weight above zero.
+    pub fn clusters(&self) -> impl Iterator<Item = usize> + '_ {
+        self.entries.iter().map(|e| e.0)
+    }
+
+    /// The cluster for a point in `0..total()`.
+    pub fn pick(&self, point: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|e| e.1 <= point);
+        self.entries.get(i).map(|e| e.0)
+    }
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: Matcher,
+    pub action: Action,
+    pub timeout: Option<Duration>,
+}
+
+/// Compiles one route; `clusters` maps names to indices. Errors name the key
+/// below the route that is wrong.
+pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<Route, MatchError> {
+    let matcher = Matcher::compile(&config.matcher).map_err(|e| MatchError {
+        key: format!("match.{}", e.key),
+        message: e.message,
+    })?;
+    let lookup = |name: &str, key: String| {
+        clusters.get(name).copied().ok_or_else(|| MatchError {
+            key,
+            message: format!(
+                "no cluster named {name:?}{}",
+                crate::config::did_you_mean(name, clusters.keys().copied())
+            ),
+        })
+    };
+    let action = match (&config.cluster, &config.split, &config.direct_response) {
+        (Some(c), None, None) => Action::Cluster(lookup(c, "cluster".into())?),
+        (None, Some(split), None) => {
+            let mut weights = Vec::with_capacity(split.len());
+            for (i, s) in split.iter().enumerate() {
+                weights.push((lookup(&s.cluster, format!("split[{i}].cluster"))?, s.weight));
+            }
+            let split = WeightedSplit::new(weights);
+            if split.total() == 0 {
+                return Err(MatchError {
+                    key: "split".into(),
+                    message: "weights must add up to more than 0".into(),
+                });
+            }
+            Action::Split(split)
+        }
+        (None, None, Some(d)) => Action::Direct {
+            status: StatusCode::from_u16(d.status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| MatchError {
+                    key: "direct_response.status".into(),
+                    message: format!("{} is not a status code between 200 and 599", d.status),
+                })?,
+            body: Bytes::from(d.body.clone()),
+        },
+        _ => {
+            return Err(MatchError {
+                key: "cluster".into(),
+                message: "set exactly one of cluster, split, direct_response".into(),
+            })
+        }
+    };
+    Ok(Route {
+        name: Arc::from(config.name.as_str()),
+        matcher,
+        action,
+        timeout: config.timeout,
+    })
+}
+
+impl AsRef<Route> for Route {
+    fn as_ref(&self) -> &Route {
+        self
+    }
+}
+
+/// First route whose matcher accepts the request.
+pub fn find<'a, T: AsRef<Route>>(routes: &'a [T], method: &Method, path: &str, headers: &HeaderMap) -> Option<&'a T> {
+    routes
+        .iter()
+        .find(|r| r.as_ref().matcher.matches(method, path, headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_follows_weights() {
+        let split = WeightedSplit::new([(0, 90), (1, 10), (2, 0)]);
+        assert_eq!(split.total(), 100);
+        let picks: Vec<_> = (0..100).map(|p| split.pick(p).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|c| **c == 0).count(), 90);
+        assert_eq!(picks.iter().filter(|c| **c == 1).count(), 10);
+        assert_eq!(split.pick(100), None);
+    }
+
+    #[test]
+    fn first_match_wins_and_references_resolve() {
+        let yaml = "[ { name: a, match: { path_prefix: /api }, cluster: x }, { name: b, cluster: y }, { name: c, direct_response: { status: 200 } } ]";
+        let configs: Vec<RouteConfig> = serde_yaml_ng::from_str(yaml).unwrap();
+        let clusters = HashMap::from([("x", 0), ("y", 1)]);
+        let routes: Vec<_> = configs.iter().map(|c| compile(c, &clusters).unwrap()).collect();
+        let h = HeaderMap::new();
+        assert_eq!(&*find(&routes, &Method::GET, "/api/v1", &h).unwrap().name, "a");
+        assert_eq!(&*find(&routes, &Method::GET, "/other", &h).unwrap().name, "b");
+        let bad: RouteConfig = serde_yaml_ng::from_str("{ name: z, cluster: nope }").unwrap();
+        assert_eq!(compile(&bad, &clusters).unwrap_err().key, "cluster");
+        let both: RouteConfig =
+            serde_yaml_ng::from_str("{ name: z, cluster: x, direct_response: { status: 200 } }").unwrap();
+        assert!(compile(&both, &clusters).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! A compiled config: routes with their services, clusters with their pools.
+//! The live one sits in an `ArcSwap`; a request loads it once and keeps that
+//! `Arc` to its end, so a reload never changes a request midway.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cluster::Cluster;
+use crate::config::schema::ListenerProtocol;
+use crate::config::Loaded;
+use crate::route::{self, Action, Route, WeightedSplit};
+use crate::stack::{self, RouteService};
+use crate::telemetry::metrics::{Metrics, RouteMetrics};
+
+/// Where a matched request goes.
+pub struct Target {
+    pub cluster: Arc<str>,
+    pub service: RouteService,
+    pub metrics: Arc<RouteMetrics>,
+}
+
+pub struct RouteEntry {
+    pub route: Route,
+    pub targets: Vec<Target>,
+    /// With a split, indices into `targets` by weight.
+    pub split: Option<WeightedSplit>,
+}
+
+impl AsRef<Route> for RouteEntry {
+    fn as_ref(&self) -> &Route {
+        &self.route
+    }
+}
+
+impl RouteEntry {
+    pub fn target(&self) -> Option<&Target> {
+        match &self.split {
+            None => self.targets.first(),
+            Some(split) => {
+                let point = rand::random_range(0..split.total().max(1));
+                split.pick(point).and_then(|i| self.targets.get(i))
+            }
+        }
+    }
+}
+
+pub struct ListenerRoutes {
+    pub routes: Vec<RouteEntry>,
+    /// Metrics for requests no route matched.
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+pub struct Snapshot {
+    pub loaded: Loaded,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub listeners: HashMap<String, ListenerRoutes>,
+}
+
+impl Snapshot {
+    /// Builds from a validated config, reusing clusters of `previous` whose
+    /// config did not change (their pools and endpoint state carry over).
+    pub fn build(loaded: Loaded, metrics: &Metrics, previous: Option<&Snapshot>) -> Result<Self, String> {
+        let config = &loaded.config;
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Cluster::new(c, metrics)))
+            })
+            .collect();
+        let index: HashMap<&str, usize> = config
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect();
+        let mut listeners = HashMap::new();
+        for l in config.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Http) {
+            let mut routes = Vec::with_capacity(l.routes.len());
+            for r in &l.routes {
+                let route = route::compile(r, &index)
+                    .map_err(|e| format!("listener {} route {}: {}: {}", l.name, r.name, e.key, e.message))?;
+                let target = |cluster: usize| Target {
+                    cluster: clusters[cluster].name.clone(),
+                    service: stack::cluster_target(&route, &clusters[cluster]),
+                    metrics: RouteMetrics::new(metrics, &l.name, &route.name, &clusters[cluster].name),
+                };
+                let (targets, split) = match &route.action {
+                    Action::Cluster(c) => (vec![target(*c)], None),
+                    Action::Split(split) => {
+                        let targets: Vec<Target> = split.clusters().map(target).collect();
+                        let by_target = WeightedSplit::new(
+                            r.split
+                                .iter()
+                                .flatten()
+                                .filter(|s| s.weight > 0)
+                                .enumerate()
+                                .map(|(i, s)| (i, s.weight)),
+                        );
+                        (targets, Some(by_target))
+                    }
+                    Action::Direct { status, body } => (
+                        vec![Target {
+                            cluster: Arc::from(""),
+                            service: stack::direct_target(*status, body.clone()),
+                            metrics: RouteMetrics::new(metrics, &l.name, &route.name, ""),
+                        }],
+                        None,
+                    ),
+                };
+                routes.push(RouteEntry { route, targets, split });
+            }
+            let unmatched = RouteMetrics::new(metrics, &l.name, "", "");
+            listeners.insert(l.name.clone(), ListenerRoutes { routes, unmatched });
+        }
+        Ok(Self {
+            loaded,
+            clusters,
+            listeners,
+        })
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+}

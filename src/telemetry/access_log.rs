@@ -1,0 +1,32 @@
+//! One JSON line per request on stdout (Envoy's access log, in JSON).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct AccessRecord<'a> {
+    pub timestamp: String,
+    pub listener: &'a str,
+    pub protocol: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub cluster: &'a str,
+    pub endpoint: Option<String>,
+    pub duration_ms: f64,
+    pub request_id: &'a str,
+    pub client: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn write(record: &AccessRecord<'_>) {
+    let Ok(mut line) = serde_json::to_vec(record) else {
+        return;
+    };
+    line.push(b'\n');
+    // A closed stdout must not take the proxy down; the line is lost.
+    let _ = std::io::stdout().lock().write_all(&line);
+}

@@ -1,0 +1,4 @@
+//! Metrics, the access log and log set-up.
+
+pub mod access_log;
+pub mod metrics;

@@ -116,6 +116,18 @@ impl App {
         Ok(())
     }
 
+    /// Reloads whenever the config file's directory changes (or every `poll`).
+    /// The watcher lives as long as the returned task.
+    pub fn spawn_watcher(self: &Arc<Self>, poll: tokio::time::Duration) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        tokio::spawn(async move {
+            let mut changes = config::watch::watch(&app.config_path(), poll);
+            while changes.recv().await.is_some() {
+                let _ = app.reload(false).await;
+            }
+        })
+    }
+
     /// Turns `/ready` to 503, stops accepting, and waits up to the drain
     /// timeout for in-flight requests to finish.
     pub async fn shutdown(&self) {

@@ -132,16 +132,15 @@ async fn serve_until_signal(app: std::sync::Arc<App>) -> ExitCode {
         eprintln!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
-    let path = app.config_path();
-    let (mut changes, _watcher) = config::watch::watch(&path, tokio::time::Duration::from_secs(2));
+    let watcher = app.spawn_watcher(tokio::time::Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = hup.recv() => { let _ = app.reload(true).await; }
-            Some(()) = changes.recv() => { let _ = app.reload(false).await; }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    watcher.abort();
     app.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS

@@ -30,6 +30,16 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prom
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
+        let config_reloads = counter(
+            &registry,
+            "weft_config_reloads_total",
+            "Config reload attempts by result.",
+            &["result"],
+        )?;
+        // Both series exist from the start, so alerts on errors see a zero.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "weft_request_duration_seconds",
@@ -63,12 +73,7 @@ impl Metrics {
                 "Requests sent to upstream endpoints, by status.",
                 &["cluster", "endpoint", "status"],
             )?,
-            config_reloads: counter(
-                &registry,
-                "weft_config_reloads_total",
-                "Config reload attempts by result.",
-                &["result"],
-            )?,
+            config_reloads,
             downstream_connections_active,
             downstream_connections: counter(
                 &registry,

@@ -1,0 +1,32 @@
+//! Raw TCP proxying with half-close.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn tcp_listener_streams_both_ways_with_half_close() {
+    // The upstream reads until the client's FIN, then answers and closes:
+    // this only works if weft passes the half-close on.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .unwrap();
+    });
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: db, address: 127.0.0.1:0, protocol: tcp, cluster: db }}\nclusters:\n  - {{ name: db, protocol: tcp, endpoints: [ {{ address: {upstream_addr} }} ] }}\n"
+    );
+    let weft = Weft::start(&yaml).await;
+    let mut client = tokio::net::TcpStream::connect(weft.addr("db").await).await.unwrap();
+    client.write_all(&vec![7u8; 100_000]).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(reply, "got 100000 bytes");
+    server.await.unwrap();
+}

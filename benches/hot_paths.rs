@@ -1,0 +1,91 @@
+//! criterion micro-benchmarks for the pure functions on every request:
+//! route matching over 10 and 1000 routes, balancer picks over 3 and 300
+//! endpoints, and header rewriting. Run: `cargo bench --bench hot_paths`.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Method};
+use rand::{rngs::SmallRng, SeedableRng};
+use weft::cluster::balancer::{self, Candidate};
+use weft::config::schema::{LbPolicy, RouteConfig};
+use weft::proxy::headers;
+use weft::route;
+
+fn routes(n: usize) -> Vec<route::Route> {
+    let clusters = HashMap::from([("c", 0usize)]);
+    (0..n)
+        .map(|i| {
+            let yaml = format!(
+                "{{ name: r{i}, match: {{ path_prefix: /svc{i}/, headers: [ {{ name: x-tenant, exact: t{i} }} ] }}, cluster: c }}"
+            );
+            let config: RouteConfig = serde_yaml_ng::from_str(&yaml).expect("valid route");
+            route::compile(&config, &clusters).expect("compiles")
+        })
+        .collect()
+}
+
+fn route_matching(c: &mut Criterion) {
+    let mut h = HeaderMap::new();
+    for n in [10usize, 1000] {
+        let table = routes(n);
+        let last = n - 1;
+        h.insert("x-tenant", HeaderValue::try_from(format!("t{last}")).expect("header"));
+        let path = format!("/svc{last}/items/42");
+        c.bench_function(&format!("route_match_last_of_{n}"), |b| {
+            b.iter(|| route::find(black_box(&table), &Method::GET, black_box(&path), &h))
+        });
+    }
+}
+
+struct Ep(u32, usize);
+impl Candidate for Ep {
+    fn weight(&self) -> u32 {
+        self.0
+    }
+    fn in_flight(&self) -> usize {
+        self.1
+    }
+}
+
+fn balancer_pick(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(1);
+    for n in [3usize, 300] {
+        let endpoints: Vec<Ep> = (0..n).map(|i| Ep(1 + (i % 3) as u32, i % 7)).collect();
+        for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest] {
+            let mut counter = 0u64;
+            c.bench_function(&format!("pick_{policy:?}_{n}"), |b| {
+                b.iter(|| {
+                    counter += 1;
+                    balancer::pick(policy, black_box(&endpoints), counter, None, &mut rng)
+                })
+            });
+        }
+    }
+}
+
+fn header_rewriting(c: &mut Criterion) {
+    let mut base = HeaderMap::new();
+    for (k, v) in [
+        ("host", "example.com"),
+        ("user-agent", "curl/8"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("x-forwarded-for", "10.0.0.1"),
+    ] {
+        base.insert(k, HeaderValue::from_static(v));
+    }
+    let client = "127.0.0.1".parse().expect("ip");
+    c.bench_function("rewrite_request_headers", |b| {
+        b.iter(|| {
+            let mut h = base.clone();
+            headers::strip_hop_by_hop(&mut h, false);
+            let id = headers::set_forwarding(&mut h, client, "http");
+            black_box((h, id))
+        })
+    });
+}
+
+criterion_group!(benches, route_matching, balancer_pick, header_rewriting);
+criterion_main!(benches);

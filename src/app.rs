@@ -43,7 +43,8 @@ impl App {
         let admin_addr = admin.local_addr().unwrap_or(admin_address);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let mut listeners = ListenerSet::default();
-        listeners.reconcile(&listeners_config, &shared).await?;
+        let base = shared.snapshot.load().loaded.base_dir.clone();
+        listeners.reconcile(&listeners_config, &base, &shared).await?;
         tokio::spawn(crate::admin::serve(admin, shared.clone(), admin_stopped));
         tracing::info!(admin = %admin_addr, "weft started");
         Ok(Arc::new(Self {
@@ -109,7 +110,8 @@ impl App {
         let wanted = snapshot.loaded.config.listeners.clone();
         self.shared.snapshot.store(snapshot);
         let mut listeners = self.listeners.lock().await;
-        if let Err(e) = listeners.reconcile(&wanted, &self.shared).await {
+        let base = self.shared.snapshot.load().loaded.base_dir.clone();
+        if let Err(e) = listeners.reconcile(&wanted, &base, &self.shared).await {
             self.shared.snapshot.store(previous);
             return Err(e);
         }

@@ -46,7 +46,9 @@ pub async fn start_backends(config: &Config) -> Result<(), String> {
             );
             match cluster.protocol {
                 ClusterProtocol::Tcp => tokio::spawn(echo(socket)),
-                ClusterProtocol::Http1 | ClusterProtocol::Http2 => tokio::spawn(http_backend(socket, identity)),
+                ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => {
+                    tokio::spawn(http_backend(socket, identity))
+                }
             };
         }
     }

@@ -15,4 +15,5 @@ pub mod route;
 pub mod snapshot;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

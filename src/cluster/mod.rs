@@ -79,8 +79,16 @@ impl Cluster {
             })
             .collect();
         let http = match config.protocol {
-            ClusterProtocol::Tcp => None,
-            ClusterProtocol::Http1 | ClusterProtocol::Http2 => Some(HttpClient::new(config)),
+            ClusterProtocol::Tcp | ClusterProtocol::Http3 => None,
+            // Validation loaded the same files moments ago; should they have
+            // broken since, the cluster answers 503 rather than failing the reload.
+            ClusterProtocol::Http1 | ClusterProtocol::Http2 => match HttpClient::new(config) {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    tracing::error!(cluster = %config.name, error = %e, "cannot build the upstream client");
+                    None
+                }
+            },
         };
         Self {
             name: Arc::from(config.name.as_str()),

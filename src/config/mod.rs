@@ -75,10 +75,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         }])
     })?;
     let config = parse(path, &text)?;
-    let base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base_dir = base_dir(path);
     Ok(Loaded {
         config,
         path: path.to_path_buf(),
@@ -86,10 +83,20 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     })
 }
 
-/// Parses and validates config text; `path` is only used in messages.
+/// The directory relative paths in `path` resolve against.
+pub fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Parses and validates config text; relative paths in it resolve against
+/// `path`'s directory.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let index = LineIndex::build(text);
-    let config: Config = serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
+    let mut config: Config =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
+    config.resolve_paths(&base_dir(path));
     let problems = validate::validate(&config);
     if problems.is_empty() {
         return Ok(config);

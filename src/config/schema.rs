@@ -5,6 +5,7 @@
 //! features add a field and a struct here without touching the others.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
@@ -28,6 +29,36 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+}
+
+impl Config {
+    /// Makes every file path absolute against `base` (the config file's
+    /// directory), so later stages need not know where the file was.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let fix = |p: &mut PathBuf| *p = base.join(&*p);
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                tls.cert
+                    .iter_mut()
+                    .chain(tls.key.iter_mut())
+                    .chain(tls.client_ca.iter_mut())
+                    .for_each(fix);
+                for c in &mut tls.certificates {
+                    fix(&mut c.cert);
+                    fix(&mut c.key);
+                }
+            }
+        }
+        for c in &mut self.clusters {
+            if let Some(tls) = &mut c.tls {
+                tls.ca
+                    .iter_mut()
+                    .chain(tls.cert.iter_mut())
+                    .chain(tls.key.iter_mut())
+                    .for_each(fix);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -77,6 +108,7 @@ pub struct NodeConfig {
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     Http,
+    Http3,
     Tcp,
 }
 
@@ -94,6 +126,108 @@ pub struct ListenerConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub limits: ListenerLimits,
+    /// TLS termination; required for `http3`.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Add `alt-svc: h3=":PORT"` to responses when an `http3` listener
+    /// serves the same routes (same listener name prefix is not required:
+    /// the first `http3` listener is advertised).
+    #[serde(default)]
+    pub advertise_http3: bool,
+    /// QUIC transport settings of an `http3` listener.
+    #[serde(default)]
+    pub quic: QuicConfig,
+}
+
+/// TLS on a listener. `cert`/`key` is the default certificate; `certificates`
+/// adds more, chosen by SNI.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// CA bundle that client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate in the handshake.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+impl ListenerTls {
+    /// (cert, key, server names) of every certificate, the default first.
+    pub fn certificate_files(&self) -> Vec<(PathBuf, PathBuf, Vec<String>)> {
+        let default = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone(), Vec::new())),
+            _ => None,
+        };
+        default
+            .into_iter()
+            .chain(
+                self.certificates
+                    .iter()
+                    .map(|c| (c.cert.clone(), c.key.clone(), c.server_names.clone())),
+            )
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// SNI names served with this certificate (`*.example.com` allowed).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    #[serde(default = "default_quic_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_quic_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_quic_idle_timeout(),
+            max_concurrent_streams: default_quic_streams(),
+        }
+    }
+}
+
+fn default_quic_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_quic_streams() -> u32 {
+    100
+}
+
+/// TLS from weft to a cluster's endpoints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// CA bundle the endpoints' certificates must chain to.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Server name to send and verify; default: the endpoint's IP address.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Client certificate and key, for mTLS.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// Protection against slow or abusive downstream clients.
@@ -152,6 +286,20 @@ pub struct MatchConfig {
     pub method: Option<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatchConfig>,
+    /// The verified client certificate identity (mTLS listeners).
+    #[serde(default)]
+    pub client_identity: Option<StringMatchConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatchConfig {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -188,6 +336,7 @@ pub struct DirectResponseConfig {
 pub enum ClusterProtocol {
     Http1,
     Http2,
+    Http3,
     Tcp,
 }
 
@@ -215,6 +364,8 @@ pub struct ClusterConfig {
     pub idle_timeout: Duration,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

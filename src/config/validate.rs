@@ -14,6 +14,21 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         if clusters.insert(c.name.as_str(), i).is_some() {
             problems.push((format!("{key}.name"), format!("duplicate cluster name {:?}", c.name)));
         }
+        if let Some(tls) = &c.tls {
+            if c.protocol == ClusterProtocol::Tcp {
+                problems.push((
+                    format!("{key}.tls"),
+                    "tls is for http1, http2 and http3 clusters".into(),
+                ));
+            } else if let Err(e) = crate::tls::client_config(tls, std::path::Path::new("/"), &[]) {
+                problems.push((format!("{key}.tls"), e));
+            }
+        } else if c.protocol == ClusterProtocol::Http3 {
+            problems.push((
+                format!("{key}.tls"),
+                "an http3 cluster needs tls (QUIC is always encrypted)".into(),
+            ));
+        }
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));
@@ -34,6 +49,17 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                 format!("{key}.address"),
                 format!("address {} is already in use by another listener or admin", l.address),
             ));
+        }
+        if let Some(tls) = &l.tls {
+            if l.protocol == ListenerProtocol::Tcp {
+                problems.push((format!("{key}.tls"), "tls is for http and http3 listeners".into()));
+            } else if let Err(e) = crate::tls::CertStore::load(tls, std::path::Path::new("/")).and_then(|store| {
+                crate::tls::server_config(tls, std::sync::Arc::new(store), std::path::Path::new("/"), &[])
+            }) {
+                problems.push((format!("{key}.tls"), e));
+            }
+        } else if l.protocol == ListenerProtocol::Http3 {
+            problems.push((format!("{key}.tls"), "an http3 listener needs tls".into()));
         }
         if l.limits.max_request_headers_kb < 8 {
             problems.push((
@@ -67,6 +93,12 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                     )),
                     Some(_) => {}
                 }
+            }
+            ListenerProtocol::Http3 => {
+                problems.push((
+                    format!("{key}.protocol"),
+                    "http3 listeners are not supported yet".into(),
+                ));
             }
             ListenerProtocol::Http => {
                 if l.cluster.is_some() {

@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::schema::ListenerConfig;
+use crate::listener::tls::TlsSetup;
 use crate::proxy::{Downstream, Proxy, Shared};
+use crate::tls::PeerIdentity;
 
 pub fn builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let header_bytes = (config.limits.max_request_headers_kb as usize * 1024).max(8192);
@@ -37,10 +39,12 @@ pub fn builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
 pub async fn serve(
     config: ListenerConfig,
     listener: TcpListener,
+    tls: Option<TlsSetup>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = builder(&config);
+    let builder = Arc::new(builder(&config));
+    let acceptor = tls.as_ref().map(TlsSetup::acceptor);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let name: Arc<str> = Arc::from(config.name.as_str());
@@ -49,6 +53,7 @@ pub async fn serve(
         .downstream_connections_active
         .with_label_values(&[&config.name]);
     let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let handshake_timeout = config.limits.header_read_timeout;
     loop {
         let permit = tokio::select! {
             _ = crate::listener::stopped(&mut stop) => break,
@@ -69,20 +74,40 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         accepted.inc();
         active.inc();
-        let downstream = Arc::new(Downstream {
-            listener: name.clone(),
-            peer,
-            scheme: "http",
-        });
-        let service = TowerToHyperService::new(Proxy::new(shared.clone(), downstream));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         let active = active.clone();
+        let (shared, builder, name, acceptor) = (shared.clone(), builder.clone(), name.clone(), acceptor.clone());
+        // Watch before the handshake so a drain waits for it too.
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match acceptor {
+                None => {
+                    let downstream = Arc::new(Downstream {
+                        listener: name,
+                        peer,
+                        scheme: "http",
+                        identity: None,
+                    });
+                    serve_connection(&builder, stream, downstream, shared, watcher).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| PeerIdentity::from_der(c));
+                        let downstream = Arc::new(Downstream {
+                            listener: name,
+                            peer,
+                            scheme: "https",
+                            identity,
+                        });
+                        serve_connection(&builder, tls, downstream, shared, watcher).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
             active.dec();
             drop(permit);
@@ -90,4 +115,21 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    downstream: Arc<Downstream>,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = downstream.peer;
+    let service = TowerToHyperService::new(Proxy::new(shared, downstream));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }

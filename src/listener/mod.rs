@@ -4,8 +4,10 @@
 
 pub mod http;
 pub mod tcp;
+pub mod tls;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -14,6 +16,34 @@ use tokio::task::JoinHandle;
 
 use crate::config::schema::{ListenerConfig, ListenerProtocol};
 use crate::proxy::Shared;
+
+/// A bound listening socket with its TLS set-up.
+pub enum Bound {
+    Tcp(TcpListener, Option<tls::TlsSetup>),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Bound::Tcp(s, _) => s.local_addr(),
+        }
+    }
+
+    fn tls(&self) -> Option<&tls::TlsSetup> {
+        match self {
+            Bound::Tcp(_, tls) => tls.as_ref(),
+        }
+    }
+}
+
+/// Prepares TLS (so a bad certificate refuses the config) and binds.
+async fn bind(config: &ListenerConfig, base: &Path) -> Result<Bound, String> {
+    let tls = tls::prepare(config, base, tls::ALPN_TCP)?;
+    let socket = TcpListener::bind(config.address)
+        .await
+        .map_err(|e| format!("listener {}: cannot bind {}: {e}", config.name, config.address))?;
+    Ok(Bound::Tcp(socket, tls))
+}
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -40,7 +70,12 @@ impl ListenerSet {
     /// same settings. Nothing is started or stopped when a bind fails, unless
     /// the failing listener replaces one on the same address (which must be
     /// closed before its address can be bound again).
-    pub async fn reconcile(&mut self, wanted: &[ListenerConfig], shared: &Arc<Shared>) -> Result<(), String> {
+    pub async fn reconcile(
+        &mut self,
+        wanted: &[ListenerConfig],
+        base: &Path,
+        shared: &Arc<Shared>,
+    ) -> Result<(), String> {
         let mut to_stop: Vec<String> = self
             .running
             .iter()
@@ -62,10 +97,7 @@ impl ListenerSet {
         }
         let mut bound = Vec::new();
         for config in to_start {
-            match TcpListener::bind(config.address).await {
-                Ok(socket) => bound.push((config.clone(), socket)),
-                Err(e) => return Err(format!("listener {}: cannot bind {}: {e}", config.name, config.address)),
-            }
+            bound.push((config.clone(), bind(config, base).await?));
         }
         for name in later {
             self.stop(&name);
@@ -77,12 +109,18 @@ impl ListenerSet {
         Ok(())
     }
 
-    fn start(&mut self, config: ListenerConfig, socket: TcpListener, shared: &Arc<Shared>) {
+    fn start(&mut self, config: ListenerConfig, socket: Bound, shared: &Arc<Shared>) {
         let local = socket.local_addr().unwrap_or(config.address);
         let (stop, stopped) = watch::channel(false);
-        let task = match config.protocol {
-            ListenerProtocol::Http => tokio::spawn(http::serve(config.clone(), socket, shared.clone(), stopped)),
-            ListenerProtocol::Tcp => tokio::spawn(tcp::serve(config.clone(), socket, shared.clone(), stopped)),
+        if let Some(tls) = socket.tls() {
+            tls::watch_certificates(tls.store.clone(), &config.name, &shared.metrics, stopped.clone());
+        }
+        let task = match socket {
+            Bound::Tcp(socket, tls) if config.protocol == ListenerProtocol::Tcp => {
+                drop(tls);
+                tokio::spawn(tcp::serve(config.clone(), socket, shared.clone(), stopped))
+            }
+            Bound::Tcp(socket, tls) => tokio::spawn(http::serve(config.clone(), socket, tls, shared.clone(), stopped)),
         };
         self.running.insert(
             config.name.clone(),

@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -82,6 +83,16 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static s
             headers.insert(X_REQUEST_ID.clone(), id.clone());
             id
         }
+    }
+}
+
+/// Sets `x-forwarded-client-cert` to the verified client certificate, and
+/// removes any the client sent itself so it cannot be forged (Envoy's
+/// `SANITIZE_SET`).
+pub fn set_client_cert(headers: &mut HeaderMap, xfcc: Option<&str>) {
+    headers.remove(&X_FORWARDED_CLIENT_CERT);
+    if let Some(value) = xfcc.and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(X_FORWARDED_CLIENT_CERT.clone(), value);
     }
 }
 

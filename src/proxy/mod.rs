@@ -26,6 +26,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::PeerIdentity;
 
 /// State shared by all listeners and the admin server.
 pub struct Shared {
@@ -40,6 +41,8 @@ pub struct Downstream {
     pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub scheme: &'static str,
+    /// The verified client certificate, on mTLS listeners.
+    pub identity: Option<PeerIdentity>,
 }
 
 #[derive(Clone)]
@@ -99,10 +102,19 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     let upgrade = version == Version::HTTP_11 && headers::is_upgrade(req.headers());
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme);
+    headers::set_client_cert(req.headers_mut(), downstream.identity.as_ref().map(|i| i.xfcc.as_str()));
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let listener = snapshot.listeners.get(&*downstream.listener);
-    let entry = listener.and_then(|l| crate::route::find(&l.routes, &method, &path, req.headers()));
+    let entry = listener.and_then(|l| {
+        crate::route::find(
+            &l.routes,
+            &method,
+            &path,
+            req.headers(),
+            downstream.identity.as_ref().map(|i| i.id.as_str()),
+        )
+    });
     let target = entry.and_then(|e| e.target());
     let (route_name, metrics, result) = match (entry, target) {
         (Some(entry), Some(target)) => {

@@ -4,7 +4,7 @@
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
-use crate::config::schema::{HeaderMatchConfig, MatchConfig};
+use crate::config::schema::{HeaderMatchConfig, MatchConfig, StringMatchConfig};
 
 /// A compile error: the key below `match` that is wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +47,7 @@ pub struct Matcher {
     path: PathMatch,
     method: Option<Method>,
     headers: Vec<HeaderMatch>,
+    client_identity: Option<ValueMatch>,
 }
 
 /// Anchors a regex so it must match the whole input, as Envoy's `safe_regex` does.
@@ -81,31 +82,77 @@ impl Matcher {
             .enumerate()
             .map(|(i, h)| compile_header(h).map_err(|e| err(format!("headers[{i}].{}", e.key), e.message)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { path, method, headers })
+        let client_identity = match &config.client_identity {
+            None => None,
+            Some(StringMatchConfig { exact, prefix, regex }) => Some(
+                compile_value(exact, prefix, regex, None)
+                    .map_err(|e| err(format!("client_identity.{}", e.key), e.message))?,
+            ),
+        };
+        Ok(Self {
+            path,
+            method,
+            headers,
+            client_identity,
+        })
     }
 
-    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    /// `identity` is the verified client certificate identity, if any.
+    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap, identity: Option<&str>) -> bool {
         let path_ok = match &self.path {
             PathMatch::Any => true,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
             PathMatch::Regex(r) => r.is_match(path),
         };
-        path_ok && self.method.as_ref().is_none_or(|m| m == method) && self.headers.iter().all(|h| h.matches(headers))
+        path_ok
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|h| h.matches(headers))
+            && self
+                .client_identity
+                .as_ref()
+                .is_none_or(|m| identity.is_some_and(|id| m.matches_str(id)))
     }
 }
 
 fn compile_header(config: &HeaderMatchConfig) -> Result<HeaderMatch, MatchError> {
     let name = HeaderName::from_bytes(config.name.as_bytes())
         .map_err(|_| err("name", format!("invalid header name {:?}", config.name)))?;
-    let value = match (&config.exact, &config.prefix, &config.regex, config.present) {
+    let value = compile_value(&config.exact, &config.prefix, &config.regex, config.present)?;
+    Ok(HeaderMatch { name, value })
+}
+
+fn compile_value(
+    exact: &Option<String>,
+    prefix: &Option<String>,
+    regex: &Option<String>,
+    present: Option<bool>,
+) -> Result<ValueMatch, MatchError> {
+    Ok(match (exact, prefix, regex, present) {
         (Some(v), None, None, None) => ValueMatch::Exact(v.clone()),
         (None, Some(v), None, None) => ValueMatch::Prefix(v.clone()),
         (None, None, Some(r), None) => ValueMatch::Regex(whole(r, "regex")?),
         (None, None, None, Some(p)) => ValueMatch::Present(p),
-        _ => return Err(err("exact", "set exactly one of exact, prefix, regex, present")),
-    };
-    Ok(HeaderMatch { name, value })
+        _ => {
+            let keys = if present.is_some() {
+                "exact, prefix, regex, present"
+            } else {
+                "exact, prefix, regex"
+            };
+            return Err(err("exact", format!("set exactly one of {keys}")));
+        }
+    })
+}
+
+impl ValueMatch {
+    fn matches_str(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(e) => v == e,
+            ValueMatch::Prefix(p) => v.starts_with(p.as_str()),
+            ValueMatch::Regex(r) => r.is_match(v),
+            ValueMatch::Present(_) => true,
+        }
+    }
 }
 
 impl HeaderMatch {
@@ -114,15 +161,7 @@ impl HeaderMatch {
         if let ValueMatch::Present(wanted) = self.value {
             return values.peek().is_some() == wanted;
         }
-        values.any(|v| {
-            let Ok(v) = v.to_str() else { return false };
-            match &self.value {
-                ValueMatch::Exact(e) => v == e,
-                ValueMatch::Prefix(p) => v.starts_with(p.as_str()),
-                ValueMatch::Regex(r) => r.is_match(v),
-                ValueMatch::Present(_) => true,
-            }
-        })
+        values.any(|v| v.to_str().is_ok_and(|v| self.value.matches_str(v)))
     }
 }
 
@@ -147,32 +186,42 @@ mod tests {
     fn path_kinds() {
         let none = HeaderMap::new();
         let prefix = m("path_prefix: /api").unwrap();
-        assert!(prefix.matches(&Method::GET, "/api/x", &none));
-        assert!(!prefix.matches(&Method::GET, "/ap", &none));
+        assert!(prefix.matches(&Method::GET, "/api/x", &none, None));
+        assert!(!prefix.matches(&Method::GET, "/ap", &none, None));
         let exact = m("path_exact: /health").unwrap();
-        assert!(exact.matches(&Method::GET, "/health", &none));
-        assert!(!exact.matches(&Method::GET, "/health/x", &none));
+        assert!(exact.matches(&Method::GET, "/health", &none, None));
+        assert!(!exact.matches(&Method::GET, "/health/x", &none, None));
         let regex = m("path_regex: /users/[0-9]+").unwrap();
-        assert!(regex.matches(&Method::GET, "/users/42", &none));
+        assert!(regex.matches(&Method::GET, "/users/42", &none, None));
         // The regex must match the whole path, not a part of it.
-        assert!(!regex.matches(&Method::GET, "/users/42/edit", &none));
-        assert!(!regex.matches(&Method::GET, "/x/users/42", &none));
+        assert!(!regex.matches(&Method::GET, "/users/42/edit", &none, None));
+        assert!(!regex.matches(&Method::GET, "/x/users/42", &none, None));
         let any = m("{}").unwrap();
-        assert!(any.matches(&Method::DELETE, "/anything", &none));
+        assert!(any.matches(&Method::DELETE, "/anything", &none, None));
     }
 
     #[test]
     fn method_and_headers() {
         let matcher = m("{ method: get, headers: [ { name: x-canary, exact: '1' }, { name: x-user, prefix: adm }, { name: x-debug, present: false } ] }").unwrap();
         let good = headers(&[("x-canary", "1"), ("x-user", "admin")]);
-        assert!(matcher.matches(&Method::GET, "/", &good));
-        assert!(!matcher.matches(&Method::POST, "/", &good));
-        assert!(!matcher.matches(&Method::GET, "/", &headers(&[("x-canary", "1")])));
+        assert!(matcher.matches(&Method::GET, "/", &good, None));
+        assert!(!matcher.matches(&Method::POST, "/", &good, None));
+        assert!(!matcher.matches(&Method::GET, "/", &headers(&[("x-canary", "1")]), None));
         let debug = headers(&[("x-canary", "1"), ("x-user", "admin"), ("x-debug", "")]);
-        assert!(!matcher.matches(&Method::GET, "/", &debug));
+        assert!(!matcher.matches(&Method::GET, "/", &debug, None));
         let regex = m("{ headers: [ { name: x-v, regex: 'v[12]' } ] }").unwrap();
-        assert!(regex.matches(&Method::GET, "/", &headers(&[("x-v", "v2")])));
-        assert!(!regex.matches(&Method::GET, "/", &headers(&[("x-v", "v22")])));
+        assert!(regex.matches(&Method::GET, "/", &headers(&[("x-v", "v2")]), None));
+        assert!(!regex.matches(&Method::GET, "/", &headers(&[("x-v", "v22")]), None));
+    }
+
+    #[test]
+    fn client_identity() {
+        let matcher = m("{ client_identity: { prefix: 'spiffe://cluster.local/ns/x/' } }").unwrap();
+        let h = HeaderMap::new();
+        assert!(matcher.matches(&Method::GET, "/", &h, Some("spiffe://cluster.local/ns/x/sa/y")));
+        assert!(!matcher.matches(&Method::GET, "/", &h, Some("spiffe://cluster.local/ns/z/sa/y")));
+        assert!(!matcher.matches(&Method::GET, "/", &h, None));
+        assert_eq!(m("{ client_identity: {} }").unwrap_err().key, "client_identity.exact");
     }
 
     #[test]

@@ -136,10 +136,16 @@ impl AsRef<Route> for Route {
 }
 
 /// First route whose matcher accepts the request.
-pub fn find<'a, T: AsRef<Route>>(routes: &'a [T], method: &Method, path: &str, headers: &HeaderMap) -> Option<&'a T> {
+pub fn find<'a, T: AsRef<Route>>(
+    routes: &'a [T],
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    identity: Option<&str>,
+) -> Option<&'a T> {
     routes
         .iter()
-        .find(|r| r.as_ref().matcher.matches(method, path, headers))
+        .find(|r| r.as_ref().matcher.matches(method, path, headers, identity))
 }
 
 #[cfg(test)]
@@ -163,8 +169,8 @@ mod tests {
         let clusters = HashMap::from([("x", 0), ("y", 1)]);
         let routes: Vec<_> = configs.iter().map(|c| compile(c, &clusters).unwrap()).collect();
         let h = HeaderMap::new();
-        assert_eq!(&*find(&routes, &Method::GET, "/api/v1", &h).unwrap().name, "a");
-        assert_eq!(&*find(&routes, &Method::GET, "/other", &h).unwrap().name, "b");
+        assert_eq!(&*find(&routes, &Method::GET, "/api/v1", &h, None).unwrap().name, "a");
+        assert_eq!(&*find(&routes, &Method::GET, "/other", &h, None).unwrap().name, "b");
         let bad: RouteConfig = serde_yaml_ng::from_str("{ name: z, cluster: nope }").unwrap();
         assert_eq!(compile(&bad, &clusters).unwrap_err().key, "cluster");
         let both: RouteConfig =

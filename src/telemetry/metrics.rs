@@ -19,6 +19,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub downstream_connections_active: IntGaugeVec,
     pub downstream_connections: IntCounterVec,
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -74,6 +75,12 @@ impl Metrics {
                 &["cluster", "endpoint", "status"],
             )?,
             config_reloads,
+            tls_certificate_reloads: counter(
+                &registry,
+                "weft_tls_certificate_reloads_total",
+                "Listener certificate reload attempts by result.",
+                &["listener", "result"],
+            )?,
             downstream_connections_active,
             downstream_connections: counter(
                 &registry,

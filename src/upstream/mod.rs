@@ -1,37 +1,67 @@
-//! Pooled upstream HTTP/1.1 and HTTP/2 (prior knowledge) connections, one
-//! pool per cluster, keyed by endpoint.
+//! Pooled upstream HTTP/1.1 and HTTP/2 connections, one pool per cluster,
+//! keyed by endpoint; plain text (HTTP/2 by prior knowledge) or TLS with the
+//! cluster's `tls` settings (ALPN asks for the cluster's protocol).
 
+use std::path::Path;
+
+use http::uri::Scheme;
 use http::{Request, Response, Uri, Version};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use crate::body::{self, Body};
 use crate::cluster::Endpoint;
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
 use crate::error::{from_client_error, ErrorKind, ProxyError};
+use crate::tls;
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     version: Version,
+    scheme: Scheme,
 }
 
 impl HttpClient {
-    pub fn new(config: &ClusterConfig) -> Self {
+    /// Fails only when the cluster's TLS files cannot be loaded.
+    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        // The TLS wrapper decides by the URI scheme whether to handshake.
+        connector.enforce_http(false);
         let http2 = config.protocol == ClusterProtocol::Http2;
+        // ALPN is set by the connector builder (enable_http1/enable_http2).
+        let tls = match &config.tls {
+            Some(tls) => Some((tls::client_config(tls, Path::new("/"), &[])?, tls.sni.clone())),
+            None => None,
+        };
+        let scheme = if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        let (tls_config, sni) = tls.unwrap_or_else(|| (tls::unused_client_config(), None));
+        let builder = HttpsConnectorBuilder::new().with_tls_config(tls_config).https_or_http();
+        let builder = match sni.and_then(|s| ServerName::try_from(s).ok()) {
+            Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name)),
+            None => builder,
+        };
+        // These set ALPN to the one protocol the cluster speaks.
+        let connector = if http2 {
+            builder.enable_http2().wrap_connector(connector)
+        } else {
+            builder.enable_http1().wrap_connector(connector)
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.idle_timeout)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(http2)
             .build(connector);
-        Self {
+        Ok(Self {
             client,
             version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },
-        }
+            scheme,
+        })
     }
 
     /// Sends `req` to `endpoint`, rewriting the URI to point at it and the
@@ -39,7 +69,7 @@ impl HttpClient {
     pub async fn send(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(endpoint.authority.clone())
             .path_and_query(path)
             .build()

@@ -199,7 +199,11 @@ async fn admin_endpoints() {
 #[test]
 fn check_command_accepts_shipped_configs_and_names_broken_keys() {
     let weft = env!("CARGO_BIN_EXE_weft");
-    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+    let dirs = [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples"),
+    ];
+    for entry in dirs.iter().flat_map(|d| std::fs::read_dir(d).unwrap()) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let out = std::process::Command::new(weft)

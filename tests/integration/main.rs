@@ -5,3 +5,4 @@ mod lifecycle;
 mod proxy;
 mod support;
 mod tcp;
+mod tls;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod http3;
 pub mod layer;
 pub mod listener;
 pub mod proxy;

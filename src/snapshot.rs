@@ -46,6 +46,8 @@ impl RouteEntry {
 
 pub struct ListenerRoutes {
     pub routes: Vec<RouteEntry>,
+    /// `alt-svc` advertising an HTTP/3 listener (`advertise_http3: true`).
+    pub alt_svc: Option<http::HeaderValue>,
     /// Metrics for requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
 }
@@ -78,7 +80,7 @@ impl Snapshot {
             .map(|(i, c)| (c.name.as_str(), i))
             .collect();
         let mut listeners = HashMap::new();
-        for l in config.listeners.iter().filter(|l| l.protocol == ListenerProtocol::Http) {
+        for l in config.listeners.iter().filter(|l| l.protocol != ListenerProtocol::Tcp) {
             let mut routes = Vec::with_capacity(l.routes.len());
             for r in &l.routes {
                 let route = route::compile(r, &index)
@@ -114,7 +116,15 @@ impl Snapshot {
                 routes.push(RouteEntry { route, targets, split });
             }
             let unmatched = RouteMetrics::new(metrics, &l.name, "", "");
-            listeners.insert(l.name.clone(), ListenerRoutes { routes, unmatched });
+            let alt_svc = if l.advertise_http3 { alt_svc(config, l) } else { None };
+            listeners.insert(
+                l.name.clone(),
+                ListenerRoutes {
+                    routes,
+                    alt_svc,
+                    unmatched,
+                },
+            );
         }
         Ok(Self {
             loaded,
@@ -126,4 +136,19 @@ impl Snapshot {
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.iter().find(|c| &*c.name == name)
     }
+}
+
+/// `h3=":PORT"` for the HTTP/3 listener serving the same routes as
+/// `listener` (or, failing that, the first HTTP/3 listener).
+fn alt_svc(
+    config: &crate::config::Config,
+    listener: &crate::config::schema::ListenerConfig,
+) -> Option<http::HeaderValue> {
+    let h3: Vec<_> = config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::Http3)
+        .collect();
+    let chosen = h3.iter().find(|l| l.routes == listener.routes).or(h3.first())?;
+    http::HeaderValue::try_from(format!("h3=\":{}\"; ma=86400", chosen.address.port())).ok()
 }

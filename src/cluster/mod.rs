@@ -79,10 +79,10 @@ impl Cluster {
             })
             .collect();
         let http = match config.protocol {
-            ClusterProtocol::Tcp | ClusterProtocol::Http3 => None,
+            ClusterProtocol::Tcp => None,
             // Validation loaded the same files moments ago; should they have
             // broken since, the cluster answers 503 rather than failing the reload.
-            ClusterProtocol::Http1 | ClusterProtocol::Http2 => match HttpClient::new(config) {
+            ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => match HttpClient::new(config) {
                 Ok(client) => Some(client),
                 Err(e) => {
                     tracing::error!(cluster = %config.name, error = %e, "cannot build the upstream client");

@@ -129,9 +129,8 @@ pub struct ListenerConfig {
     /// TLS termination; required for `http3`.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
-    /// Add `alt-svc: h3=":PORT"` to responses when an `http3` listener
-    /// serves the same routes (same listener name prefix is not required:
-    /// the first `http3` listener is advertised).
+    /// Add `alt-svc: h3=":PORT"` to responses, naming the `http3` listener
+    /// with the same routes (else the first `http3` listener).
     #[serde(default)]
     pub advertise_http3: bool,
     /// QUIC transport settings of an `http3` listener.

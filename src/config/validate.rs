@@ -94,13 +94,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                     Some(_) => {}
                 }
             }
-            ListenerProtocol::Http3 => {
-                problems.push((
-                    format!("{key}.protocol"),
-                    "http3 listeners are not supported yet".into(),
-                ));
-            }
-            ListenerProtocol::Http => {
+            ListenerProtocol::Http | ListenerProtocol::Http3 => {
                 if l.cluster.is_some() {
                     problems.push((
                         format!("{key}.cluster"),

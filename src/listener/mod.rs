@@ -2,6 +2,7 @@
 //! listeners are bound, removed or changed ones stop accepting and drain,
 //! unchanged ones keep running untouched (their connections never notice).
 
+pub mod h3;
 pub mod http;
 pub mod tcp;
 pub mod tls;
@@ -20,24 +21,33 @@ use crate::proxy::Shared;
 /// A bound listening socket with its TLS set-up.
 pub enum Bound {
     Tcp(TcpListener, Option<tls::TlsSetup>),
+    Quic(quinn::Endpoint, tls::TlsSetup),
 }
 
 impl Bound {
     fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         match self {
             Bound::Tcp(s, _) => s.local_addr(),
+            Bound::Quic(e, _) => e.local_addr(),
         }
     }
 
     fn tls(&self) -> Option<&tls::TlsSetup> {
         match self {
             Bound::Tcp(_, tls) => tls.as_ref(),
+            Bound::Quic(_, tls) => Some(tls),
         }
     }
 }
 
 /// Prepares TLS (so a bad certificate refuses the config) and binds.
 async fn bind(config: &ListenerConfig, base: &Path) -> Result<Bound, String> {
+    if config.protocol == ListenerProtocol::Http3 {
+        let tls = tls::prepare(config, base, &[b"h3"])?
+            .ok_or_else(|| format!("listener {}: http3 needs tls", config.name))?;
+        let endpoint = h3::bind(config, &tls)?;
+        return Ok(Bound::Quic(endpoint, tls));
+    }
     let tls = tls::prepare(config, base, tls::ALPN_TCP)?;
     let socket = TcpListener::bind(config.address)
         .await
@@ -121,6 +131,7 @@ impl ListenerSet {
                 tokio::spawn(tcp::serve(config.clone(), socket, shared.clone(), stopped))
             }
             Bound::Tcp(socket, tls) => tokio::spawn(http::serve(config.clone(), socket, tls, shared.clone(), stopped)),
+            Bound::Quic(endpoint, _) => tokio::spawn(h3::serve(config.clone(), endpoint, shared.clone(), stopped)),
         };
         self.running.insert(
             config.name.clone(),

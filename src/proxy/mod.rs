@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -57,7 +56,12 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+/// Any request body works: hyper's for HTTP/1 and HTTP/2, h3's for HTTP/3.
+impl<B> Service<Request<B>> for Proxy
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::error::BoxError>,
+{
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
@@ -66,9 +70,10 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let downstream = self.downstream.clone();
+        let req: Request<Body> = req.map(body::boxed);
         Box::pin(async move { Ok(handle(shared, downstream, req).await) })
     }
 }
@@ -82,7 +87,7 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
-async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let snapshot = shared.snapshot.load_full();
     let version = req.version();
@@ -118,7 +123,6 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     let target = entry.and_then(|e| e.target());
     let (route_name, metrics, result) = match (entry, target) {
         (Some(entry), Some(target)) => {
-            let req: Request<Body> = req.map(body::boxed);
             // Route services are always ready (they never apply backpressure
             // through poll_ready), so `call` without `ready` keeps the future
             // a concrete boxed type.
@@ -160,6 +164,12 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         headers::strip_hop_by_hop(response.headers_mut(), false);
     }
 
+    // The downstream connection's version, whatever the upstream spoke
+    // (hyper's HTTP/1 encoder refuses an HTTP/3 response).
+    *response.version_mut() = version;
+    if let Some(alt_svc) = listener.and_then(|l| l.alt_svc.clone()) {
+        response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
+    }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     metrics.requests.inc(status);

@@ -17,16 +17,42 @@ use crate::config::schema::{ClusterConfig, ClusterProtocol};
 use crate::error::{from_client_error, ErrorKind, ProxyError};
 use crate::tls;
 
+pub mod h3;
+
+/// The client of an HTTP cluster, whatever its protocol.
+pub enum HttpClient {
+    Tcp(TcpClient),
+    Quic(h3::H3Client),
+}
+
+impl HttpClient {
+    /// Fails only when the cluster's TLS files cannot be loaded (or, for
+    /// HTTP/3, no UDP socket can be opened).
+    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
+        match config.protocol {
+            ClusterProtocol::Http3 => Ok(Self::Quic(h3::H3Client::new(config)?)),
+            _ => Ok(Self::Tcp(TcpClient::new(config)?)),
+        }
+    }
+
+    pub async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        match self {
+            Self::Tcp(client) => client.send(endpoint, req).await,
+            Self::Quic(client) => client.send(endpoint, req).await,
+        }
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 over TCP (optionally TLS), pooled by hyper-util.
 #[derive(Clone)]
-pub struct HttpClient {
+pub struct TcpClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     version: Version,
     scheme: Scheme,
 }
 
-impl HttpClient {
-    /// Fails only when the cluster's TLS files cannot be loaded.
-    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
+impl TcpClient {
+    fn new(config: &ClusterConfig) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -66,7 +92,7 @@ impl HttpClient {
 
     /// Sends `req` to `endpoint`, rewriting the URI to point at it and the
     /// version to the cluster's protocol.
-    pub async fn send(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme(self.scheme.clone())

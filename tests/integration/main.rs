@@ -1,6 +1,7 @@
 //! Integration tests: one binary (one link step) with a module per area.
 
 mod bad_input;
+mod h3;
 mod lifecycle;
 mod proxy;
 mod support;

@@ -1,0 +1,163 @@
+//! HTTP/3 over QUIC (quinn + h3 + h3-quinn) into the same [`Proxy`] service
+//! as HTTP/1 and HTTP/2: one router, one set of layers and metrics.
+//!
+//! Each connection is served until the listener stops; then it gets a
+//! graceful GOAWAY (`h3::server::Connection::shutdown`) and its in-flight
+//! requests finish. Malformed frames, oversized header sections (431 from the
+//! h3 crate) and excess streams are refused per stream or per connection by
+//! h3/quinn; the listener itself keeps running.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h3::server::RequestResolver;
+use http::Response;
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::Service;
+
+use crate::body::Body;
+use crate::config::schema::ListenerConfig;
+use crate::http3::{send_body, H3Body};
+use crate::listener::tls::TlsSetup;
+use crate::proxy::{Downstream, Proxy, Shared};
+use crate::tls::PeerIdentity;
+
+type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// Binds the UDP socket with the listener's TLS (ALPN `h3`).
+pub fn bind(config: &ListenerConfig, tls: &TlsSetup) -> Result<quinn::Endpoint, String> {
+    let mut crypto = (*tls.config).clone();
+    crypto.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = QuicServerConfig::try_from(crypto).map_err(|e| format!("listener {}: {e}", config.name))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.quic.idle_timeout)
+        .map_err(|e| format!("listener {}: quic.idle_timeout: {e}", config.name))?;
+    transport.max_idle_timeout(Some(idle));
+    transport.max_concurrent_bidi_streams(config.quic.max_concurrent_streams.into());
+    server.transport_config(Arc::new(transport));
+    quinn::Endpoint::server(server, config.address)
+        .map_err(|e| format!("listener {}: cannot bind udp {}: {e}", config.name, config.address))
+}
+
+pub async fn serve(
+    config: ListenerConfig,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name: Arc<str> = Arc::from(config.name.as_str());
+    let header_bytes = u64::from(config.limits.max_request_headers_kb) * 1024;
+    let active = shared
+        .metrics
+        .downstream_connections_active
+        .with_label_values(&[&config.name]);
+    let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = crate::listener::stopped(&mut stop) => break,
+            incoming = endpoint.accept() => match incoming { Some(i) => i, None => break },
+        };
+        while connections.try_join_next().is_some() {}
+        accepted.inc();
+        active.inc();
+        let (shared, name, stop, active) = (shared.clone(), name.clone(), stop.clone(), active.clone());
+        connections.spawn(async move {
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, name, shared, header_bytes, stop).await,
+                Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
+            }
+            active.dec();
+        });
+    }
+    // Stop taking new connections; open ones get GOAWAY and drain.
+    endpoint.set_server_config(None);
+    while connections.join_next().await.is_some() {}
+    endpoint.wait_idle().await;
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    header_bytes: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peer = conn.remote_address();
+    let identity = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(|c| PeerIdentity::from_der(c)));
+    let downstream = Arc::new(Downstream {
+        listener,
+        peer,
+        scheme: "https",
+        identity,
+    });
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(header_bytes)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(h3) => h3,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection set-up failed");
+            return;
+        }
+    };
+    let mut requests = JoinSet::new();
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            _ = crate::listener::stopped(&mut stop), if !draining => {
+                draining = true;
+                // GOAWAY: the client sends no new requests; accept() then ends.
+                if let Err(e) = h3.shutdown(0).await {
+                    tracing::debug!(%peer, error = %e, "HTTP/3 shutdown");
+                }
+                continue;
+            }
+            next = h3.accept() => next,
+        };
+        match next {
+            Ok(Some(resolver)) => {
+                while requests.try_join_next().is_some() {}
+                requests.spawn(serve_request(resolver, Proxy::new(shared.clone(), downstream.clone())));
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                break;
+            }
+        }
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+async fn serve_request(resolver: Resolver, mut proxy: Proxy) {
+    let (request, stream) = match resolver.resolve_request().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            // h3 already answered (431) or reset the stream (malformed).
+            tracing::debug!(error = %e, "HTTP/3 request refused");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let request = request.map(|()| H3Body::new(recv));
+    let response: Response<Body> = match proxy.call(request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        tracing::debug!(error = %e, "HTTP/3 response headers not sent");
+        return;
+    }
+    if let Err(e) = send_body(&mut send, body).await {
+        tracing::debug!(error = %e, "HTTP/3 response body ended early");
+    }
+}

@@ -1,0 +1,138 @@
+//! HTTP/3 to upstream endpoints (`protocol: http3` clusters): one QUIC
+//! connection per endpoint, multiplexing requests, opened on first use and
+//! replaced when it closes. The request body streams up while the response
+//! streams down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::time::Duration;
+
+use crate::body::Body;
+use crate::cluster::Endpoint;
+use crate::config::schema::ClusterConfig;
+use crate::error::{ErrorKind, ProxyError};
+use crate::http3::{send_body, H3Body};
+use crate::tls;
+
+type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+pub struct H3Client {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    sni: Option<String>,
+    connect_timeout: Duration,
+    connections: Mutex<HashMap<SocketAddr, Sender>>,
+}
+
+impl H3Client {
+    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
+        let settings = config.tls.clone().unwrap_or_default();
+        let crypto = tls::client_config(&settings, std::path::Path::new("/"), &[b"h3"])?;
+        let crypto = QuicClientConfig::try_from(crypto).map_err(|e| e.to_string())?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
+        client_config.transport_config(Arc::new(transport));
+        // One local UDP socket per cluster, of the endpoints' address family.
+        let v6 = config.endpoints.first().is_some_and(|e| e.address.is_ipv6());
+        let local: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| "local address")?;
+        let endpoint = quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        Ok(Self {
+            endpoint,
+            client_config,
+            sni: settings.sni,
+            connect_timeout: config.connect_timeout,
+            connections: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn cached(&self, address: SocketAddr) -> Option<Sender> {
+        self.connections.lock().ok()?.get(&address).cloned()
+    }
+
+    fn forget(&self, address: SocketAddr) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.remove(&address);
+        }
+    }
+
+    async fn connect(&self, address: SocketAddr) -> Result<Sender, ProxyError> {
+        let connect_failed = |e: String| ProxyError::new(ErrorKind::ConnectFailed, e);
+        let name = match &self.sni {
+            Some(sni) => sni.clone(),
+            None => address.ip().to_string(),
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), address, &name)
+            .map_err(|e| connect_failed(e.to_string()))?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| connect_failed("QUIC handshake timed out".into()))?
+            .map_err(|e| connect_failed(e.to_string()))?;
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|e| connect_failed(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        if let Ok(mut map) = self.connections.lock() {
+            map.insert(address, sender.clone());
+        }
+        Ok(sender)
+    }
+
+    pub async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let address = endpoint.address;
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map_or_else(|| address.to_string(), str::to_string);
+        parts.uri = Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
+        parts.headers.remove(http::header::HOST);
+        parts.version = http::Version::HTTP_3;
+        let head = Request::from_parts(parts, ());
+        // A cached connection may have closed since; one fresh try then.
+        let mut sender = match self.cached(address) {
+            Some(s) => s,
+            None => self.connect(address).await?,
+        };
+        let stream = match sender.send_request(head.clone()).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.forget(address);
+                sender = self.connect(address).await?;
+                sender
+                    .send_request(head)
+                    .await
+                    .map_err(|e| ProxyError::new(ErrorKind::UpstreamReset, e.to_string()))?
+            }
+        };
+        let (mut send, mut recv) = stream.split();
+        tokio::spawn(async move {
+            if let Err(e) = send_body(&mut send, body).await {
+                tracing::debug!(error = %e, "HTTP/3 request body ended early");
+            }
+        });
+        let response = recv
+            .recv_response()
+            .await
+            .map_err(|e| ProxyError::new(ErrorKind::UpstreamReset, e.to_string()))?;
+        Ok(response.map(|()| H3Body::new(recv).boxed()))
+    }
+}

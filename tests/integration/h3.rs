@@ -1,0 +1,235 @@
+//! HTTP/3: an h3 + quinn client gets the same routing, split and errors as
+//! HTTP/1/2 clients, 1 MiB bodies pass byte-exact both ways, and weft bridges
+//! HTTP/1 clients to `http3` clusters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::Request;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::support::*;
+use crate::tls::Ca;
+
+/// A minimal HTTP/3 client: one connection, one request at a time.
+struct H3Client {
+    _endpoint: quinn::Endpoint,
+    sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+}
+
+impl H3Client {
+    async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(weft::tls::crypto())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Self {
+            _endpoint: endpoint,
+            sender,
+        }
+    }
+
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut stream = self.sender.send_request(req.body(()).unwrap()).await.unwrap();
+        for chunk in body.chunks(64 * 1024) {
+            stream.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        stream.finish().await.unwrap();
+        let response = stream.recv_response().await.unwrap();
+        let mut data = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                data.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        (
+            response.status().as_u16(),
+            response.headers().clone(),
+            Bytes::from(data),
+        )
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn http3_client_gets_routing_split_errors_and_large_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("h3-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let stable = Upstream::text("stable").await;
+    let canary = Upstream::text("canary").await;
+    let echo = Upstream::echo_body().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let routes = "      - { name: echo, match: { path_prefix: /echo }, cluster: echo }
+      - { name: dead, match: { path_prefix: /dead }, cluster: dead }
+      - { name: canary, match: { headers: [ { name: x-canary, exact: \"1\" } ] }, cluster: canary }
+      - { name: split, match: { path_prefix: /app }, split: [ { cluster: stable, weight: 50 }, { cluster: canary, weight: 50 } ] }";
+    let h3_port = free_udp_port();
+    let yaml = config(
+        &format!(
+            "  - name: quic\n    address: 127.0.0.1:{h3_port}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n{routes}
+  - name: tls\n    address: 127.0.0.1:0\n    advertise_http3: true\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n{routes}"
+        ),
+        &format!(
+            "  - {{ name: stable, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: canary, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: dead, endpoints: [ {{ address: {dead} }} ] }}",
+            stable.addr, canary.addr, echo.addr
+        ),
+    );
+    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
+    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
+        .await
+        .unwrap();
+    let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
+
+    let (status, _, body) = client.request("GET", "/x", &[("x-canary", "1")], Bytes::new()).await;
+    assert_eq!((status, &body[..]), (200, &b"canary"[..]));
+    let (status, _, body) = client.request("GET", "/nowhere", &[], Bytes::new()).await;
+    assert_eq!(status, 404, "{body:?}");
+    let (status, _, _) = client.request("GET", "/dead", &[], Bytes::new()).await;
+    assert_eq!(status, 503);
+    let mut canary_count = 0;
+    for _ in 0..200 {
+        let (status, _, body) = client.request("GET", "/app", &[], Bytes::new()).await;
+        assert_eq!(status, 200);
+        canary_count += usize::from(&body[..] == b"canary");
+    }
+    assert!((40..=160).contains(&canary_count), "canary got {canary_count} of 200");
+
+    let data: Bytes = (0..(1 << 20) + 17).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    let (status, _, body) = client.request("POST", "/echo", &[], data.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), data.len());
+    assert!(body == data, "1 MiB body differs after the round trip");
+
+    let text = metrics_of(&app).await;
+    assert!(
+        text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",route=\"canary\",status=\"200\"} 1"),
+        "{text}"
+    );
+
+    // The TLS listener advertises the HTTP/3 one.
+    let tls_port = app.listener_addr("tls").await.unwrap().port();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::pem_file_iter(&ca_path)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(weft::tls::crypto())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let https = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build(),
+    );
+    let response = https
+        .request(
+            Request::get(format!("https://localhost:{tls_port}/app"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("alt-svc").unwrap(),
+        &format!("h3=\":{h3_port}\"; ma=86400")
+    );
+}
+
+async fn metrics_of(app: &weft::app::App) -> String {
+    get(&h1_client(), &format!("http://{}/metrics", app.admin_addr()))
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn http1_client_to_http3_cluster_bridges_bodies() {
+    // weft's own HTTP/3 listener is the upstream of its http3 cluster:
+    // HTTP/1.1 in, HTTP/3 across, HTTP/1.1 to the echo server, and back.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("bridge-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    ca.write(dir.path(), "ca.pem");
+    let echo = Upstream::echo_body().await;
+    let h3_port = free_udp_port();
+    let yaml = config(
+        &format!(
+            "  - name: quic\n    address: 127.0.0.1:{h3_port}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes: [ {{ name: to-echo, cluster: echo }} ]
+  - name: plain\n    address: 127.0.0.1:0\n    routes: [ {{ name: over-h3, cluster: via-h3 }} ]"
+        ),
+        &format!(
+            "  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: via-h3, protocol: http3, tls: {{ ca: ca.pem, sni: localhost }}, endpoints: [ {{ address: 127.0.0.1:{h3_port} }} ] }}",
+            echo.addr
+        ),
+    );
+    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
+    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/bridge", app.listener_addr("plain").await.unwrap());
+    let data: Bytes = (0..(1 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
+    let response = h1_client()
+        .request(Request::post(&url).body(full(data.clone())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body == data, "body differs after HTTP/1 -> HTTP/3 -> HTTP/1");
+    let text = metrics_of(&app).await;
+    assert!(
+        text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",route=\"to-echo\",status=\"200\"} 1"),
+        "{text}"
+    );
+}

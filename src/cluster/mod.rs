@@ -2,7 +2,10 @@
 //! upstream client that speaks the cluster's protocol to them.
 
 pub mod balancer;
+pub mod ewma;
+pub mod outlier;
 pub mod service;
+pub mod zone;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -118,29 +118,42 @@ pub fn p2c_pick_excluding<R: Rng + ?Sized>(
     load: impl Fn(usize) -> f64,
     rng: &mut R,
 ) -> Option<usize> {
-    let weight_of = |i: usize| -> u64 {
+    p2c_pick_weighted_by(weights.len(), |i| weights[i], exclude, load, rng)
+}
+
+/// [`p2c_pick_excluding`] over `len` endpoints whose weights come from
+/// `weight_of`, so a caller can zero out ineligible endpoints (another zone,
+/// ejected) without building a weight slice per request.
+pub fn p2c_pick_weighted_by<R: Rng + ?Sized>(
+    len: usize,
+    weight_of: impl Fn(usize) -> u32,
+    exclude: Option<usize>,
+    load: impl Fn(usize) -> f64,
+    rng: &mut R,
+) -> Option<usize> {
+    let weight = |i: usize| -> u64 {
         if Some(i) == exclude {
             0
         } else {
-            weights.get(i).copied().map_or(0, u64::from)
+            u64::from(weight_of(i))
         }
     };
-    let total: u64 = (0..weights.len()).map(weight_of).sum();
+    let total: u64 = (0..len).map(weight).sum();
     if total == 0 {
-        return exclude.filter(|&i| weights.get(i).is_some_and(|&w| w > 0));
+        return exclude.filter(|&i| i < len && weight_of(i) > 0);
     }
 
-    let first = draw_weighted(weights.len(), total, &weight_of, None, rng)?;
-    let rest = total - weight_of(first);
+    let first = draw_weighted(len, total, &weight, None, rng)?;
+    let rest = total - weight(first);
     if rest == 0 {
         return Some(first);
     }
-    let second = draw_weighted(weights.len(), rest, &weight_of, Some(first), rng)?;
+    let second = draw_weighted(len, rest, &weight, Some(first), rng)?;
 
     // Comparing load per unit of weight lets a weight-3 endpoint carry three
     // times the in-flight work before it loses to a weight-1 one, which is
     // what turns weights into traffic shares under feedback.
-    let cost = |i: usize| load(i) / weights[i] as f64;
+    let cost = |i: usize| load(i) / f64::from(weight_of(i));
     if cost(second) < cost(first) {
         Some(second)
     } else {

@@ -1,22 +1,38 @@
-//! A cluster: a named set of endpoints, a balancing policy, and the pooled
-//! upstream client that speaks the cluster's protocol to them.
+//! A cluster: a named set of endpoints, a balancing policy, the pooled
+//! upstream client that speaks the cluster's protocol to them, and the
+//! endpoints' health (latency EWMA, outlier ejection, active health checks,
+//! zone-aware routing; see `health.rs`).
+//!
+//! Guarantees: [`Cluster::pick`] only returns an endpoint that is usable
+//! (neither ejected nor failing health checks) unless the cluster is in panic
+//! mode, prefers the zone the current zone plan chose, and avoids `exclude`
+//! whenever any other usable endpoint exists, even in another zone.
 
 pub mod balancer;
 pub mod ewma;
+pub mod health;
+pub mod health_check;
+pub mod monitor;
 pub mod outlier;
 pub mod service;
+pub mod status;
 pub mod zone;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::uri::Authority;
-use serde::Serialize;
+use http::StatusCode;
+use tokio::time::Instant;
 
-use crate::config::schema::{ClusterConfig, ClusterProtocol, LbPolicy};
+use crate::config::schema::{ClusterConfig, ClusterProtocol, LbPolicy, NodeConfig};
+use crate::error::ErrorKind;
 use crate::telemetry::metrics::{Metrics, StatusCounters};
 use crate::upstream::HttpClient;
+use balancer::PickInput;
+use health::{ClusterHealth, EndpointHealth};
+use zone::ZoneChoice;
 
 pub struct Endpoint {
     pub address: SocketAddr,
@@ -26,6 +42,7 @@ pub struct Endpoint {
     /// Requests sent and not yet finished (response body fully read or dropped).
     in_flight: AtomicUsize,
     pub upstream_requests: StatusCounters,
+    pub health: EndpointHealth,
 }
 
 impl balancer::Candidate for Arc<Endpoint> {
@@ -34,6 +51,12 @@ impl balancer::Candidate for Arc<Endpoint> {
     }
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+    fn available(&self) -> bool {
+        self.health.available()
+    }
+    fn latency_load(&self, now: Instant) -> f64 {
+        self.health.load(now, self.in_flight())
     }
 }
 
@@ -56,14 +79,21 @@ impl Endpoint {
 pub struct Cluster {
     pub name: Arc<str>,
     pub config: ClusterConfig,
+    /// The node section this cluster was built for (zone-aware routing reads it).
+    pub node: NodeConfig,
     pub endpoints: Vec<Arc<Endpoint>>,
     round_robin: AtomicU64,
     /// `None` for tcp clusters.
     pub http: Option<HttpClient>,
+    pub health: ClusterHealth,
+    /// Background outlier timers and health checks; stopped when the cluster drops.
+    monitor: OnceLock<monitor::Monitor>,
 }
 
 impl Cluster {
-    pub fn new(config: &ClusterConfig, metrics: &Metrics) -> Self {
+    /// Builds the cluster and, inside a tokio runtime, starts its monitor.
+    pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &Metrics) -> Arc<Self> {
+        let now = Instant::now();
         let endpoints = config
             .endpoints
             .iter()
@@ -78,6 +108,7 @@ impl Cluster {
                     weight: e.weight,
                     in_flight: AtomicUsize::new(0),
                     upstream_requests: StatusCounters::new(&metrics.upstream_requests, &[&config.name, &address]),
+                    health: EndpointHealth::new(metrics.health.endpoint(&config.name, &address), now),
                 })
             })
             .collect();
@@ -85,13 +116,26 @@ impl Cluster {
             ClusterProtocol::Tcp => None,
             ClusterProtocol::Http1 | ClusterProtocol::Http2 => Some(HttpClient::new(config)),
         };
-        Self {
+        let cluster = Arc::new(Self {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
+            node: node.clone(),
             endpoints,
             round_robin: AtomicU64::new(0),
             http,
+            health: ClusterHealth::new(config, node, &metrics.health),
+            monitor: OnceLock::new(),
+        });
+        if let Some(monitor) = monitor::spawn(&cluster) {
+            // Freshly built, so the cell is empty and the set cannot fail.
+            let _ = cluster.monitor.set(monitor);
         }
+        cluster
+    }
+
+    /// Whether a reload may keep this cluster (and its pools and health state).
+    pub fn serves(&self, config: &ClusterConfig, node: &NodeConfig) -> bool {
+        self.config == *config && self.node == *node
     }
 
     pub fn lb(&self) -> LbPolicy {
@@ -100,44 +144,39 @@ impl Cluster {
 
     /// Chooses an endpoint, avoiding `exclude` when another is available.
     pub fn pick(&self, exclude: Option<usize>) -> Option<usize> {
-        let counter = self.round_robin.fetch_add(1, Ordering::Relaxed);
-        balancer::pick(self.lb(), &self.endpoints, counter, exclude, &mut rand::rng())
-    }
-
-    /// What `/clusters` shows.
-    pub fn status(&self) -> ClusterStatus {
-        ClusterStatus {
-            name: self.name.to_string(),
-            protocol: self.config.protocol,
-            lb: self.config.lb,
-            endpoints: self
-                .endpoints
-                .iter()
-                .map(|e| EndpointStatus {
-                    address: e.address.to_string(),
-                    zone: e.zone.clone(),
-                    weight: e.weight,
-                    in_flight: e.in_flight.load(Ordering::Relaxed),
-                    health: "healthy",
-                })
-                .collect(),
+        let plan = self.health.plan();
+        let mut rng = rand::rng();
+        let input = PickInput {
+            counter: self.round_robin.fetch_add(1, Ordering::Relaxed),
+            exclude,
+            now: Instant::now(),
+            ignore_health: plan.ignores_health(),
+        };
+        let zone = match plan.pick(&mut rng) {
+            ZoneChoice::Any => None,
+            ZoneChoice::Local => self.health.local_zone(),
+            ZoneChoice::Remote(zone) => Some(zone),
+        };
+        let zone_of = |i: usize| self.endpoints[i].zone.as_deref().unwrap_or("");
+        let in_zone = |i: usize| zone.is_none_or(|z| zone_of(i) == z);
+        let picked = balancer::pick(self.lb(), &self.endpoints, in_zone, input, &mut rng);
+        let picked = match picked {
+            Some(i) if zone.is_none() || Some(i) != exclude => Some(i),
+            // The chosen zone has no usable endpoint (the plan lags a state
+            // change by a moment) or only the one a retry must avoid: any zone
+            // beats failing the request.
+            _ => balancer::pick(self.lb(), &self.endpoints, |_| true, input, &mut rng).or(picked),
+        };
+        if let Some(i) = picked {
+            self.health.note_routed(self.endpoints[i].zone.as_deref());
         }
+        picked
     }
-}
 
-#[derive(Serialize)]
-pub struct ClusterStatus {
-    pub name: String,
-    pub protocol: ClusterProtocol,
-    pub lb: LbPolicy,
-    pub endpoints: Vec<EndpointStatus>,
-}
-
-#[derive(Serialize)]
-pub struct EndpointStatus {
-    pub address: String,
-    pub zone: Option<String>,
-    pub weight: u32,
-    pub in_flight: usize,
-    pub health: &'static str,
+    /// Feeds the result of one attempt on endpoint `idx`, started at
+    /// `started`, into its latency estimate and the outlier detector.
+    pub fn record_attempt(&self, idx: usize, started: Instant, result: Result<StatusCode, ErrorKind>) {
+        self.health
+            .record_attempt(&self.endpoints, idx, started, Instant::now(), result);
+    }
 }

@@ -14,6 +14,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         if clusters.insert(c.name.as_str(), i).is_some() {
             problems.push((format!("{key}.name"), format!("duplicate cluster name {:?}", c.name)));
         }
+        problems.extend(super::health::validate_cluster(&key, c));
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub downstream_connections_active: IntGaugeVec,
     pub downstream_connections: IntCounterVec,
+    pub health: super::health::HealthMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -81,6 +82,7 @@ impl Metrics {
                 "Downstream connections accepted per listener.",
                 &["listener"],
             )?,
+            health: super::health::HealthMetrics::new(&registry)?,
             registry,
         })
     }

@@ -180,3 +180,52 @@ impl Cluster {
             .record_attempt(&self.endpoints, idx, started, Instant::now(), result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A cluster with endpoints in `zones`, built outside a runtime (no monitor).
+    fn cluster(zones: &[&str]) -> Arc<Cluster> {
+        let endpoints: String = zones
+            .iter()
+            .enumerate()
+            .map(|(i, z)| format!("      - {{ address: 127.0.0.1:{}, zone: {z} }}\n", 10_000 + i))
+            .collect();
+        let text = format!(
+            "node: {{ zone: zone-a }}\nclusters:\n  - name: c\n    zone_aware: {{ min_cluster_size: 1 }}\n    endpoints:\n{endpoints}"
+        );
+        let config: Config = serde_yaml_ng::from_str(&text).unwrap();
+        Cluster::new(&config.clusters[0], &config.node, &Metrics::new().unwrap())
+    }
+
+    fn zone_of(c: &Cluster, i: Option<usize>) -> &str {
+        c.endpoints[i.unwrap()].zone.as_deref().unwrap()
+    }
+
+    #[test]
+    fn picks_stay_local_until_the_local_zone_is_unusable() {
+        let c = cluster(&["zone-a", "zone-a", "zone-b", "zone-b"]);
+        assert!((0..200).all(|_| zone_of(&c, c.pick(None)) == "zone-a"));
+        c.health.set_healthy(&c.endpoints, 0, false, "test");
+        // Healthy share of zone-a 1/3 against its caller share 1/2: 2/3 stays.
+        assert!((0..200).all(|_| c.pick(None) != Some(0)));
+        assert!((c.status().zone_routing.local_share - 2.0 / 3.0).abs() < 1e-9);
+        c.health.set_healthy(&c.endpoints, 1, false, "test");
+        assert!((0..200).all(|_| zone_of(&c, c.pick(None)) == "zone-b"));
+        let status = c.status();
+        assert_eq!(status.zone_routing.routing, "spill");
+        assert_eq!(status.endpoints[0].health, "unhealthy");
+    }
+
+    #[test]
+    fn a_retry_leaves_the_zone_rather_than_repeat_the_failed_endpoint() {
+        let c = cluster(&["zone-a", "zone-b", "zone-b"]);
+        assert!((0..200).all(|_| c.pick(None) == Some(0)));
+        assert!((0..200).all(|_| zone_of(&c, c.pick(Some(0))) == "zone-b"));
+        // With nothing else usable, the excluded endpoint still beats no answer.
+        let lonely = cluster(&["zone-a"]);
+        assert_eq!(lonely.pick(Some(0)), Some(0));
+    }
+}

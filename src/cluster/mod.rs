@@ -179,6 +179,17 @@ impl Cluster {
         self.health
             .record_attempt(&self.endpoints, idx, started, Instant::now(), result);
     }
+
+    /// [`Cluster::record_attempt`] for a tcp connection: only the connect
+    /// is judged (a refused or timed-out connect is a gateway failure, as in Envoy).
+    pub fn record_connect(&self, idx: usize, started: Instant, connected: bool) {
+        let result = if connected {
+            Ok(StatusCode::OK)
+        } else {
+            Err(ErrorKind::ConnectFailed)
+        };
+        self.record_attempt(idx, started, result);
+    }
 }
 
 #[cfg(test)]

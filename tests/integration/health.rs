@@ -257,3 +257,44 @@ async fn active_health_check_takes_a_failing_endpoint_out_and_brings_it_back() {
         "a recovered endpoint gets traffic again"
     );
 }
+
+#[tokio::test]
+async fn tcp_cluster_ejects_an_endpoint_that_refuses_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live_addr = live.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = live.accept().await {
+            tokio::spawn(async move { s.write_all(b"live").await });
+        }
+    });
+    // A port that was free a moment ago: connecting to it is refused.
+    let dead_addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: db, address: 127.0.0.1:0, protocol: tcp, cluster: db }}
+clusters:
+  - name: db
+    protocol: tcp
+    lb: round_robin
+    outlier_detection: {{ consecutive_gateway_failure: 2, base_ejection_time: 60s, max_ejection_percent: 50 }}
+    endpoints: [ {{ address: {live_addr} }}, {{ address: {dead_addr} }} ]
+"
+    );
+    let weft = Weft::start(&yaml).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let mut client = tokio::net::TcpStream::connect(weft.addr("db").await).await.unwrap();
+        let mut reply = String::new();
+        let _ = client.read_to_string(&mut reply).await;
+        refused += usize::from(reply != "live");
+    }
+    assert_eq!(refused, 2, "only the failures that caused the ejection");
+    assert_eq!(endpoint_status(&weft, dead_addr).await["ejected"], true);
+}

@@ -298,3 +298,57 @@ clusters:
     assert_eq!(refused, 2, "only the failures that caused the ejection");
     assert_eq!(endpoint_status(&weft, dead_addr).await["ejected"], true);
 }
+
+#[tokio::test]
+async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced_ones() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let counted = hits.clone();
+    let probed = Upstream::start(move |req: Request<Incoming>| {
+        *counted.lock().unwrap().entry(req.uri().path().to_string()).or_default() += 1;
+        async { Response::new(full("probed")) }
+    })
+    .await;
+    let good = Upstream::text("good").await;
+    let bad = toggled("bad", StatusCode::BAD_GATEWAY, Arc::new(true.into()), None).await;
+    let clusters_yaml = |health_path: &str| {
+        format!(
+            "  - name: c
+    lb: round_robin
+    outlier_detection: {{ consecutive_gateway_failure: 1, base_ejection_time: 60s, max_ejection_percent: 50 }}
+    endpoints:
+{}  - name: probed
+    health_check: {{ path: {health_path}, interval: 50ms }}
+    endpoints: [ {{ address: {} }} ]",
+            endpoint_lines(&[(&good, "z"), (&bad, "z")]),
+            probed.addr
+        )
+    };
+    let weft = Weft::start(&config(LISTENER, &clusters_yaml("/old"))).await;
+    send_many(&weft, 4).await;
+    assert_eq!(endpoint_status(&weft, bad.addr).await["ejected"], true);
+    let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
+    for _ in 0..200 {
+        if count("/old") >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Only the probed cluster changes: c keeps its ejection, probed restarts.
+    weft.write(&config(LISTENER, &clusters_yaml("/new")));
+    assert!(weft.app.reload(false).await.unwrap());
+    assert_eq!(endpoint_status(&weft, bad.addr).await["ejected"], true);
+    for _ in 0..200 {
+        if count("/new") >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old_probes = count("/old");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(count("/new") >= 4, "{:?}", hits.lock().unwrap());
+    assert_eq!(count("/old"), old_probes, "the replaced cluster still probes");
+}

@@ -231,6 +231,20 @@ mod tests {
     }
 
     #[test]
+    fn panic_mode_uses_every_endpoint_and_is_counted() {
+        let c = cluster(&["zone-a", "zone-a", "zone-b"]);
+        c.health.set_healthy(&c.endpoints, 0, false, "test");
+        assert!((0..100).all(|_| c.pick(None) != Some(0)));
+        // One usable endpoint of three is under the 50 % panic threshold.
+        c.health.set_healthy(&c.endpoints, 2, false, "test");
+        assert_eq!(c.status().zone_routing.routing, "panic");
+        let picked: std::collections::HashSet<_> = (0..300).filter_map(|_| c.pick(None)).collect();
+        assert_eq!(picked.len(), 3, "panic mode ignores health");
+        c.health.set_healthy(&c.endpoints, 2, true, "test");
+        assert_ne!(c.status().zone_routing.routing, "panic");
+    }
+
+    #[test]
     fn a_retry_leaves_the_zone_rather_than_repeat_the_failed_endpoint() {
         let c = cluster(&["zone-a", "zone-b", "zone-b"]);
         assert!((0..200).all(|_| c.pick(None) == Some(0)));

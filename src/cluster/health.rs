@@ -84,6 +84,12 @@ impl EndpointHealth {
     fn observe(&self, now: Instant, rtt: Duration) {
         lock(&self.ewma).observe(now, rtt);
     }
+
+    /// An attempt given up at `now` took at least this long: a lower bound
+    /// of its latency, which the peak-sensitive estimate takes at once.
+    pub fn observe_abandoned(&self, started: Instant, now: Instant) {
+        self.observe(now, now.saturating_duration_since(started));
+    }
 }
 
 /// What a finished attempt on an endpoint tells about its health.

@@ -76,6 +76,37 @@ impl Endpoint {
     }
 }
 
+/// One attempt on an endpoint, from send to response headers.
+///
+/// If the attempt is dropped unfinished (route timeout, client gone), the time
+/// it ran still goes into the endpoint's latency estimate: otherwise an
+/// endpoint that hangs would never report a sample, its estimate would decay,
+/// and `p2c_ewma` would send it more traffic. Such an attempt is not an
+/// outlier-detection failure, as a client going away is not the endpoint's fault.
+pub struct Attempt {
+    cluster: Arc<Cluster>,
+    idx: usize,
+    started: Instant,
+    finished: bool,
+}
+
+impl Attempt {
+    pub fn finish(mut self, result: Result<StatusCode, ErrorKind>) {
+        self.finished = true;
+        self.cluster.record_attempt(self.idx, self.started, result);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Some(endpoint) = self.cluster.endpoints.get(self.idx) {
+                endpoint.health.observe_abandoned(self.started, Instant::now());
+            }
+        }
+    }
+}
+
 pub struct Cluster {
     pub name: Arc<str>,
     pub config: ClusterConfig,
@@ -171,6 +202,16 @@ impl Cluster {
             self.health.note_routed(self.endpoints[i].zone.as_deref());
         }
         picked
+    }
+
+    /// Starts timing one attempt on endpoint `idx`; see [`Attempt`].
+    pub fn start_attempt(self: &Arc<Self>, idx: usize) -> Attempt {
+        Attempt {
+            cluster: self.clone(),
+            idx,
+            started: Instant::now(),
+            finished: false,
+        }
     }
 
     /// Feeds the result of one attempt on endpoint `idx`, started at

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use tokio::time::Instant;
 use tower::Service;
 
 use super::Cluster;
@@ -60,9 +59,9 @@ impl Service<Request<Body>> for ClusterService {
                     )
                 })?;
             let in_flight = endpoint.start_request();
-            let started = Instant::now();
+            let attempt = cluster.start_attempt(idx);
             let result = http.send(&endpoint, req).await;
-            cluster.record_attempt(idx, started, result.as_ref().map(|r| r.status()).map_err(|e| e.kind()));
+            attempt.finish(result.as_ref().map(|r| r.status()).map_err(|e| e.kind()));
             match result {
                 Ok(response) => {
                     endpoint.upstream_requests.inc(response.status().as_u16());

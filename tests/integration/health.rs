@@ -157,6 +157,32 @@ async fn slow_endpoint_gets_a_small_share_under_p2c_ewma() {
 }
 
 #[tokio::test]
+async fn endpoint_that_hangs_past_the_route_timeout_is_shunned_by_p2c_ewma() {
+    let fast = Upstream::text("fast").await;
+    let hanging = Upstream::start(|_req| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let yaml = config(
+        "  - name: public
+    address: 127.0.0.1:0
+    routes:
+      - { name: all, match: { path_prefix: / }, cluster: c, timeout: 100ms }",
+        &format!(
+            "  - name: c\n    endpoints:\n{}",
+            endpoint_lines(&[(&fast, "z"), (&hanging, "z")])
+        ),
+    );
+    let weft = Weft::start(&yaml).await;
+    let (ok, failed) = send_many(&weft, 100).await;
+    // Timed-out attempts still report how long they ran, so the hanging
+    // endpoint's estimate jumps instead of silently decaying.
+    assert!(failed.len() <= 5 && failed.iter().all(|s| *s == 504), "{failed:?}");
+    assert!(ok.len() >= 95);
+}
+
+#[tokio::test]
 async fn zone_aware_routing_stays_local_and_fails_over_to_the_other_zone() {
     let zone_a_failing = Arc::new(AtomicBool::new(false));
     let mut a = Vec::new();

@@ -4,7 +4,9 @@
 //! any slower sample at once and only drifts back down over time, so a
 //! degrading endpoint is shunned immediately while a recovering one has to
 //! prove itself. [`p2c_pick`] / [`p2c_pick_excluding`] use such a load to
-//! choose between two weighted-random candidates.
+//! choose between two weighted-random candidates; [`p2c_pick_weighted_by`] is
+//! the same with weights from a function, so the balancer can zero out
+//! endpoints outside the chosen zone or not usable without allocating.
 //!
 //! Guarantees:
 //! - After `observe(now, rtt)` the estimate at `now` is never below `rtt`.

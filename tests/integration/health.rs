@@ -113,7 +113,10 @@ async fn failing_endpoint_is_ejected_after_threshold_and_returns() {
     assert!(ok.iter().all(|b| b == "good"));
     let status = endpoint_status(&weft, bad.addr).await;
     assert_eq!(status["ejected"], true, "{status}");
-    assert!(status["returns_in_ms"].as_u64().is_some_and(|ms| ms <= 1000), "{status}");
+    assert!(
+        status["returns_in_ms"].as_u64().is_some_and(|ms| ms <= 1000),
+        "{status}"
+    );
     let text = metrics(&weft).await;
     assert!(
         text.contains(r#"weft_outlier_ejections_total{cluster="c",reason="consecutive_5xx"} 1"#),

@@ -381,3 +381,18 @@ async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced
     assert!(count("/new") >= 4, "{:?}", hits.lock().unwrap());
     assert_eq!(count("/old"), old_probes, "the replaced cluster still probes");
 }
+
+#[test]
+fn weft_zone_overrides_node_zone() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml");
+    let check = |zone: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.args(["check", "--config", demo]).env_remove("WEFT_ZONE");
+        if let Some(zone) = zone {
+            command.env("WEFT_ZONE", zone);
+        }
+        String::from_utf8(command.output().unwrap().stdout).unwrap()
+    };
+    assert!(check(None).contains("node.zone zone-a"), "{}", check(None));
+    assert!(check(Some("zone-b")).contains("node.zone zone-b"));
+}

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use rand::{rngs::SmallRng, SeedableRng};
-use weft::cluster::balancer::{self, Candidate};
+use weft::cluster::balancer::{self, Candidate, PickInput};
 use weft::config::schema::{LbPolicy, RouteConfig};
 use weft::proxy::headers;
 use weft::route;
@@ -51,14 +51,21 @@ impl Candidate for Ep {
 
 fn balancer_pick(c: &mut Criterion) {
     let mut rng = SmallRng::seed_from_u64(1);
+    let now = tokio::time::Instant::now();
     for n in [3usize, 300] {
         let endpoints: Vec<Ep> = (0..n).map(|i| Ep(1 + (i % 3) as u32, i % 7)).collect();
-        for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest] {
+        for policy in [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::P2cEwma] {
             let mut counter = 0u64;
             c.bench_function(&format!("pick_{policy:?}_{n}"), |b| {
                 b.iter(|| {
                     counter += 1;
-                    balancer::pick(policy, black_box(&endpoints), counter, None, &mut rng)
+                    let input = PickInput {
+                        counter,
+                        exclude: None,
+                        now,
+                        ignore_health: false,
+                    };
+                    balancer::pick(policy, black_box(&endpoints), |_| true, input, &mut rng)
                 })
             });
         }

@@ -1,6 +1,7 @@
 //! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
 //! `/config` (the effective config as JSON) and `/clusters` (endpoints with
-//! zone, weight, in-flight requests and health).
+//! zone, weight, in-flight requests, health-check verdict, ejection state and
+//! latency estimate, plus each cluster's zone routing state).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

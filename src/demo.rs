@@ -1,13 +1,17 @@
 //! `weft demo`: backends for every endpoint of the demo config, started in
 //! this process, so the demo needs nothing else running. An HTTP backend
 //! answers with its cluster, version (the cluster name's last part) and zone;
-//! a tcp backend echoes.
+//! `GET /toggle-fail` switches it to answering 500 (health checks included)
+//! and back, so an outlier ejection and a zone failover can be triggered by
+//! hand. A tcp backend echoes.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -57,15 +61,30 @@ pub async fn start_backends(config: &Config) -> Result<(), String> {
 
 async fn http_backend(socket: TcpListener, identity: String) {
     let builder = auto::Builder::new(TokioExecutor::new());
+    let failing = Arc::new(AtomicBool::new(false));
     while let Ok((stream, _)) = socket.accept().await {
         let identity = identity.clone();
+        let failing = failing.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let text = format!("{identity} path={}\n", req.uri().path());
-            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text)))) }
+            let response = demo_response(&identity, &failing, req.uri().path());
+            async move { Ok::<_, Infallible>(response) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(conn);
     }
+}
+
+fn demo_response(identity: &str, failing: &AtomicBool, path: &str) -> Response<Full<Bytes>> {
+    if path == "/toggle-fail" {
+        let now_failing = !failing.fetch_xor(true, Ordering::Relaxed);
+        let state = if now_failing { "failing (500)" } else { "healthy" };
+        return Response::new(Full::new(Bytes::from(format!("{identity} is now {state}\n"))));
+    }
+    let mut response = Response::new(Full::new(Bytes::from(format!("{identity} path={path}\n"))));
+    if failing.load(Ordering::Relaxed) {
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    response
 }
 
 async fn echo(socket: TcpListener) {
@@ -98,6 +117,22 @@ weft demo is running. Try:
 
   # raw TCP through the echo listener
   echo hello | nc -q1 127.0.0.1 8081
+
+  # zone-aware routing: node.zone is zone-a, so web-stable stays in zone-a
+  for i in $(seq 100); do curl -s http://{public}/; done | grep web-stable | cut -d' ' -f3 | sort | uniq -c
+
+  # outlier ejection: make one zone-a backend answer 500, send traffic; after
+  # 3 failures weft ejects it for 10s (its health check also turns unhealthy)
+  curl -s http://127.0.0.1:9001/toggle-fail
+  for i in $(seq 60); do curl -s -o /dev/null -w '%{{http_code}}\n' http://{public}/; done | sort | uniq -c
+  curl -s http://{admin}/clusters        # "ejected": true, "returns_in_ms", "health"
+  curl -s http://{admin}/metrics | grep -E 'weft_outlier_ejections|weft_endpoint_(ejected|healthy)|weft_zone'
+
+  # zone failover: fail the other two zone-a backends too; traffic spills to zone-b
+  curl -s http://127.0.0.1:9002/toggle-fail; curl -s http://127.0.0.1:9003/toggle-fail
+  for i in $(seq 60); do curl -s http://{public}/; done | grep web-stable | cut -d' ' -f3 | sort | uniq -c
+  # heal them (run each toggle again); health checks bring them back
+  for p in 9001 9002 9003; do curl -s http://127.0.0.1:$p/toggle-fail; done
 
   # admin
   curl -s http://{admin}/clusters

@@ -54,8 +54,15 @@ fn check(path: &Path) -> ExitCode {
         Ok(loaded) => {
             let c = &loaded.config;
             let routes: usize = c.listeners.iter().map(|l| l.routes.len()).sum();
+            // The zone may come from WEFT_ZONE rather than the file, so say which one applies.
+            let zone = c
+                .node
+                .zone
+                .as_deref()
+                .map(|z| format!(", node.zone {z}"))
+                .unwrap_or_default();
             println!(
-                "{}: ok ({} listeners, {} routes, {} clusters)",
+                "{}: ok ({} listeners, {} routes, {} clusters{zone})",
                 path.display(),
                 c.listeners.len(),
                 routes,

@@ -68,9 +68,9 @@ impl Snapshot {
             .iter()
             .map(|c| {
                 previous
-                    .and_then(|p| p.clusters.iter().find(|old| old.config == *c))
+                    .and_then(|p| p.clusters.iter().find(|old| old.serves(c, &config.node)))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Cluster::new(c, metrics)))
+                    .unwrap_or_else(|| Cluster::new(c, &config.node, metrics))
             })
             .collect();
         let index: HashMap<&str, usize> = config

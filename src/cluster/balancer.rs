@@ -1,13 +1,23 @@
-//! Endpoint choice for `round_robin`, `random` and `least_request`, honouring
-//! endpoint weights. Pure functions over a view of the endpoints so they are
-//! tested without sockets; `exclude` lets a retry avoid the endpoint that just
-//! failed whenever another one is available.
+//! Endpoint choice for `p2c_ewma`, `round_robin`, `random` and
+//! `least_request`, honouring endpoint weights. Pure functions over a view of
+//! the endpoints (time and rng come in as arguments) so they are tested
+//! without sockets or clocks.
+//!
+//! Guarantees: an endpoint is only chosen if it is in `scope` (the zone the
+//! zone plan chose), has a non-zero weight and is `available()` (neither
+//! ejected nor failing health checks) unless the cluster is in panic mode;
+//! `exclude` (the endpoint a retry just failed on) is only returned when it is
+//! the sole such endpoint.
 //!
 //! `least_request` follows Envoy's default: power of two weighted-random
 //! choices, keeping the one with fewer requests in flight per unit of weight.
+//! `p2c_ewma` is the same choice on peak-EWMA latency times (in-flight + 1),
+//! tower's `load::PeakEwma` with `p2c::Balance` (see `ewma.rs`).
 
 use rand::Rng;
+use tokio::time::Instant;
 
+use super::ewma;
 use crate::config::schema::LbPolicy;
 
 /// What the balancer needs to know of one endpoint.
@@ -18,31 +28,48 @@ pub trait Candidate {
     fn available(&self) -> bool {
         true
     }
+    /// Cost of one more request for `p2c_ewma`; without a latency estimate,
+    /// just the queue length.
+    fn latency_load(&self, _now: Instant) -> f64 {
+        self.in_flight() as f64 + 1.0
+    }
 }
 
-/// Picks an endpoint index; `counter` is the round-robin position.
+/// The per-request inputs of a pick besides the endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct PickInput {
+    /// Round-robin position.
+    pub counter: u64,
+    /// Avoid this endpoint when another one is eligible (retries).
+    pub exclude: Option<usize>,
+    pub now: Instant,
+    /// Panic mode: unavailable endpoints are eligible too.
+    pub ignore_health: bool,
+}
+
+/// Picks an endpoint index among those `scope` allows.
 pub fn pick<C: Candidate, R: Rng>(
     policy: LbPolicy,
     endpoints: &[C],
-    counter: u64,
-    exclude: Option<usize>,
+    scope: impl Fn(usize) -> bool,
+    input: PickInput,
     rng: &mut R,
 ) -> Option<usize> {
-    let eligible = |i: usize| endpoints[i].available() && endpoints[i].weight() > 0;
-    let mut allowed = |i: usize| eligible(i) && Some(i) != exclude;
-    let any_other = (0..endpoints.len()).any(&mut allowed);
+    let eligible =
+        |i: usize| scope(i) && endpoints[i].weight() > 0 && (input.ignore_health || endpoints[i].available());
+    let exclude = input.exclude;
+    if policy == LbPolicy::P2cEwma {
+        let weight_of = |i: usize| if eligible(i) { endpoints[i].weight() } else { 0 };
+        let load = |i: usize| endpoints[i].latency_load(input.now);
+        return ewma::p2c_pick_weighted_by(endpoints.len(), weight_of, exclude, load, rng);
+    }
+    let any_other = (0..endpoints.len()).any(|i| eligible(i) && Some(i) != exclude);
     // When the excluded endpoint is the only choice, it is still better than none.
-    let filter = |i: usize| {
-        if any_other {
-            eligible(i) && Some(i) != exclude
-        } else {
-            eligible(i)
-        }
-    };
+    let filter = |i: usize| eligible(i) && (!any_other || Some(i) != exclude);
     match policy {
-        LbPolicy::RoundRobin => weighted_point(endpoints, filter, counter),
+        LbPolicy::RoundRobin => weighted_point(endpoints, filter, input.counter),
         LbPolicy::Random => weighted_random(endpoints, filter, rng),
-        LbPolicy::LeastRequest => {
+        LbPolicy::LeastRequest | LbPolicy::P2cEwma => {
             let a = weighted_random(endpoints, filter, rng)?;
             let b = weighted_random(endpoints, filter, rng)?;
             let load = |i: usize| (endpoints[i].in_flight() as f64 + 1.0) / f64::from(endpoints[i].weight());
@@ -92,6 +119,13 @@ mod tests {
     use super::*;
     use rand::{rngs::SmallRng, SeedableRng};
 
+    const ALL: [LbPolicy; 4] = [
+        LbPolicy::P2cEwma,
+        LbPolicy::RoundRobin,
+        LbPolicy::Random,
+        LbPolicy::LeastRequest,
+    ];
+
     struct E(u32, usize, bool);
     impl Candidate for E {
         fn weight(&self) -> u32 {
@@ -105,11 +139,20 @@ mod tests {
         }
     }
 
+    fn input(counter: u64, exclude: Option<usize>) -> PickInput {
+        PickInput {
+            counter,
+            exclude,
+            now: Instant::now(),
+            ignore_health: false,
+        }
+    }
+
     fn shares(policy: LbPolicy, endpoints: &[E], n: u64) -> Vec<u64> {
         let mut rng = SmallRng::seed_from_u64(7);
         let mut counts = vec![0; endpoints.len()];
         for c in 0..n {
-            counts[pick(policy, endpoints, c, None, &mut rng).unwrap()] += 1;
+            counts[pick(policy, endpoints, |_| true, input(c, None), &mut rng).unwrap()] += 1;
         }
         counts
     }
@@ -139,16 +182,46 @@ mod tests {
     fn unavailable_and_excluded_endpoints_are_skipped() {
         let mut rng = SmallRng::seed_from_u64(1);
         let eps = [E(1, 0, false), E(1, 0, true), E(1, 0, true)];
-        for policy in [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::LeastRequest] {
+        for policy in ALL {
             for c in 0..50 {
-                let i = pick(policy, &eps, c, Some(1), &mut rng).unwrap();
+                let i = pick(policy, &eps, |_| true, input(c, Some(1)), &mut rng).unwrap();
                 assert_eq!(i, 2, "{policy:?}");
             }
+            // Excluding the only available endpoint still returns it.
+            let one = [E(1, 0, true), E(1, 0, false)];
+            assert_eq!(pick(policy, &one, |_| true, input(0, Some(0)), &mut rng), Some(0));
+            let none = [E(1, 0, false)];
+            assert_eq!(pick(policy, &none, |_| true, input(0, None), &mut rng), None);
+            // Panic mode uses unavailable endpoints rather than failing.
+            let panic = PickInput {
+                ignore_health: true,
+                ..input(0, None)
+            };
+            assert_eq!(pick(policy, &none, |_| true, panic, &mut rng), Some(0));
         }
-        // Excluding the only available endpoint still returns it.
-        let one = [E(1, 0, true), E(1, 0, false)];
-        assert_eq!(pick(LbPolicy::Random, &one, 0, Some(0), &mut rng), Some(0));
-        let none = [E(1, 0, false)];
-        assert_eq!(pick(LbPolicy::RoundRobin, &none, 0, None, &mut rng), None);
+    }
+
+    #[test]
+    fn scope_limits_every_policy() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let eps = [E(1, 0, true), E(5, 0, true), E(1, 0, true), E(1, 0, true)];
+        for policy in ALL {
+            for c in 0..100 {
+                let i = pick(policy, &eps, |i| i >= 2, input(c, None), &mut rng).unwrap();
+                assert!(i >= 2, "{policy:?} picked {i}");
+            }
+            assert_eq!(pick(policy, &eps, |_| false, input(0, None), &mut rng), None);
+        }
+    }
+
+    #[test]
+    fn every_policy_honours_weights() {
+        // Equal load per unit of weight, so the two-choice policies fall back
+        // to their weighted draw; under real load the feedback does the rest.
+        let eps = [E(3, 2, true), E(1, 0, true)];
+        for policy in ALL {
+            let s = shares(policy, &eps, 10_000);
+            assert!((7_000..8_000).contains(&s[0]), "{policy:?} {s:?}");
+        }
     }
 }

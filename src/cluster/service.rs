@@ -1,5 +1,6 @@
 //! The endpoint edge of the stack: pick an endpoint of the cluster, send the
-//! request over the cluster's pooled client, count the result.
+//! request over the cluster's pooled client, count the result and feed it to
+//! the endpoint's latency estimate and the cluster's outlier detector.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,10 +49,9 @@ impl Service<Request<Body>> for ClusterService {
                     format!("cluster {} does not speak HTTP", cluster.name),
                 ));
             };
-            let endpoint = cluster
+            let (idx, endpoint) = cluster
                 .pick(None)
-                .and_then(|i| cluster.endpoints.get(i))
-                .cloned()
+                .and_then(|i| Some((i, cluster.endpoints.get(i)?.clone())))
                 .ok_or_else(|| {
                     ProxyError::new(
                         ErrorKind::NoEndpoint,
@@ -59,7 +59,10 @@ impl Service<Request<Body>> for ClusterService {
                     )
                 })?;
             let in_flight = endpoint.start_request();
-            match http.send(&endpoint, req).await {
+            let attempt = cluster.start_attempt(idx);
+            let result = http.send(&endpoint, req).await;
+            attempt.finish(result.as_ref().map(|r| r.status()).map_err(|e| e.kind()));
+            match result {
                 Ok(response) => {
                     endpoint.upstream_requests.inc(response.status().as_u16());
                     let mut response = response.map(|body| {

@@ -2,6 +2,7 @@
 //! file, the line and the key path (`listeners[0].routes[2].cluster`), so a
 //! person can go straight to it.
 
+pub mod health;
 pub mod lines;
 pub mod schema;
 mod validate;
@@ -97,6 +98,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut config: Config =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
     config.resolve_paths(&base_dir(path));
+    override_zone(&mut config, std::env::var("WEFT_ZONE").ok());
     let problems = validate::validate(&config);
     if problems.is_empty() {
         return Ok(config);
@@ -112,6 +114,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .collect();
     errors.sort_by_key(|e| e.line);
     Err(ConfigErrors(errors))
+}
+
+/// `WEFT_ZONE` (when set and not empty) replaces `node.zone`: the zone is
+/// usually known only to the pod (downward API), not to the shared config file.
+pub fn override_zone(config: &mut Config, env_zone: Option<String>) {
+    if let Some(zone) = env_zone.filter(|z| !z.trim().is_empty()) {
+        config.node.zone = Some(zone.trim().to_string());
+    }
 }
 
 /// serde_yaml_ng reports "path.to.key: message at line L column C"; split that
@@ -260,6 +270,17 @@ clusters:
             .iter()
             .any(|e| e.contains(":3: listeners[1].cluster: a tcp listener needs")));
         assert!(errs.iter().any(|e| e.contains(":5: clusters[0].endpoints[0].weight")));
+    }
+
+    #[test]
+    fn weft_zone_overrides_node_zone() {
+        let mut config = parse(Path::new("weft.yaml"), &format!("node: {{ zone: zone-a }}\n{BASE}")).unwrap();
+        override_zone(&mut config, None);
+        assert_eq!(config.node.zone.as_deref(), Some("zone-a"));
+        override_zone(&mut config, Some(" ".into()));
+        assert_eq!(config.node.zone.as_deref(), Some("zone-a"));
+        override_zone(&mut config, Some("zone-b".into()));
+        assert_eq!(config.node.zone.as_deref(), Some("zone-b"));
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! Each layer owns its own section (for example `ListenerLimits`), so later
 //! features add a field and a struct here without touching the others.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
+
+use super::health::{HealthCheckConfig, OutlierDetectionConfig, ZoneAwareSection};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -102,6 +105,10 @@ pub struct NodeConfig {
     /// The zone this weft runs in; `WEFT_ZONE` overrides it.
     #[serde(default)]
     pub zone: Option<String>,
+    /// How many instances of the calling service run in each zone, for
+    /// zone-aware routing; empty means "spread like each cluster's endpoints".
+    #[serde(default)]
+    pub callers: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -342,7 +349,9 @@ pub enum ClusterProtocol {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
+    /// Power of two choices on peak-EWMA latency times (in-flight + 1).
     #[default]
+    P2cEwma,
     RoundRobin,
     Random,
     LeastRequest,
@@ -365,6 +374,12 @@ pub struct ClusterConfig {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default)]
     pub tls: Option<ClusterTls>,
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub zone_aware: ZoneAwareSection,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

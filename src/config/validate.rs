@@ -29,6 +29,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         }
+        problems.extend(super::health::validate_cluster(&key, c));
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));

@@ -52,16 +52,18 @@ pub async fn serve(
             let _permit = permit;
             let result = async {
                 let cluster = cluster.ok_or("cluster is gone")?;
-                let endpoint = cluster
+                let (idx, endpoint) = cluster
                     .pick(None)
-                    .and_then(|i| cluster.endpoints.get(i).cloned())
+                    .and_then(|i| Some((i, cluster.endpoints.get(i)?.clone())))
                     .ok_or("no endpoint")?;
                 let _in_flight = endpoint.start_request();
-                let mut outbound =
-                    tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.address))
-                        .await
-                        .map_err(|_| "connect timeout")?
-                        .map_err(|_| "connect failed")?;
+                let started = tokio::time::Instant::now();
+                let connected =
+                    tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.address)).await;
+                cluster.record_connect(idx, started, matches!(connected, Ok(Ok(_))));
+                let mut outbound = connected
+                    .map_err(|_| "connect timeout")?
+                    .map_err(|_| "connect failed")?;
                 let _ = outbound.set_nodelay(true);
                 let _ = inbound.set_nodelay(true);
                 tokio::io::copy_bidirectional(&mut inbound, &mut outbound)

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub downstream_connections_active: IntGaugeVec,
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
+    pub health: super::health::HealthMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -88,6 +89,7 @@ impl Metrics {
                 "Downstream connections accepted per listener.",
                 &["listener"],
             )?,
+            health: super::health::HealthMetrics::new(&registry)?,
             registry,
         })
     }

@@ -1,4 +1,5 @@
 //! Metrics, the access log and log set-up.
 
 pub mod access_log;
+pub mod health;
 pub mod metrics;

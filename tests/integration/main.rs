@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod h3;
+mod health;
 mod lifecycle;
 mod proxy;
 mod support;

@@ -1,0 +1,326 @@
+//! Per-cluster and per-endpoint health state shared by the request path and
+//! the cluster's background monitor: the latency EWMA, outlier ejections,
+//! active health-check status, and the zone plan derived from them.
+//!
+//! Guarantees:
+//! - The request path reads only atomics, one uncontended mutex per endpoint
+//!   (the EWMA) and the zone plan through an `ArcSwap`; the plan is recomputed
+//!   only when an endpoint's usability changes, never per request (Envoy
+//!   likewise regenerates its locality structures on host-set changes).
+//! - Every ejection, return, health change and entry to or exit from panic
+//!   mode is one log line and moves its metric.
+//! - Plan recomputation is serialised, so the stored plan always reflects the
+//!   latest endpoint states even when two changes race.
+//!
+//! Source: Envoy "Outlier detection", "Health checking" and "Zone aware
+//! routing" architecture docs; tower `load::PeakEwma` for the latency model.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+use http::StatusCode;
+use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
+
+use super::ewma::PeakEwma;
+use super::outlier::{Outcome, OutlierDetector, OutlierEvent};
+use super::zone::{ZonePlan, ZoneRouting};
+use super::Endpoint;
+use crate::config::schema::{ClusterConfig, NodeConfig};
+use crate::error::ErrorKind;
+use crate::telemetry::health::{ClusterHealthMetrics, EndpointHealthMetrics, HealthMetrics};
+
+/// Stands in for an endpoint's latency before its first response: linkerd2-proxy's default.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How quickly the latency estimate forgets (linkerd2-proxy's default decay).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values stay consistent even if a holder panicked mid-update.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One endpoint's health, as the balancer sees it.
+pub struct EndpointHealth {
+    ewma: Mutex<PeakEwma>,
+    ejected: AtomicBool,
+    /// Active health-check verdict; true without a `health_check` section.
+    healthy: AtomicBool,
+    metrics: EndpointHealthMetrics,
+}
+
+impl EndpointHealth {
+    pub fn new(metrics: EndpointHealthMetrics, now: Instant) -> Self {
+        Self {
+            ewma: Mutex::new(PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, now)),
+            ejected: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            metrics,
+        }
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Neither ejected nor failing health checks.
+    pub fn available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    pub fn latency_estimate(&self, now: Instant) -> Duration {
+        lock(&self.ewma).estimate(now)
+    }
+
+    pub fn load(&self, now: Instant, in_flight: usize) -> f64 {
+        lock(&self.ewma).load(now, in_flight)
+    }
+
+    fn observe(&self, now: Instant, rtt: Duration) {
+        lock(&self.ewma).observe(now, rtt);
+    }
+
+    /// An attempt given up at `now` took at least this long: a lower bound
+    /// of its latency, which the peak-sensitive estimate takes at once.
+    pub fn observe_abandoned(&self, started: Instant, now: Instant) {
+        self.observe(now, now.saturating_duration_since(started));
+    }
+}
+
+/// What a finished attempt on an endpoint tells about its health.
+fn outcome_of(result: Result<StatusCode, ErrorKind>) -> Option<Outcome> {
+    match result {
+        Ok(status) if status.is_server_error() => Some(Outcome::Error5xx(status.as_u16())),
+        Ok(_) => Some(Outcome::Success),
+        // Envoy's gateway failures: the endpoint could not be reached or broke the exchange.
+        Err(ErrorKind::ConnectFailed | ErrorKind::UpstreamReset) => Some(Outcome::GatewayFailure),
+        Err(_) => None,
+    }
+}
+
+pub struct ClusterHealth {
+    cluster: Arc<str>,
+    local_zone: Option<String>,
+    callers: Vec<(String, u64)>,
+    zone_config: super::zone::ZoneAwareConfig,
+    outlier: Option<Mutex<OutlierDetector>>,
+    plan: ArcSwap<ZonePlan>,
+    /// Held while recomputing the plan so concurrent changes cannot store a stale one.
+    refreshing: Mutex<()>,
+    /// Wakes the monitor when an ejection moves its next deadline earlier.
+    pub(super) wake: Arc<Notify>,
+    /// A failed attempt counts as this slow in the EWMA, so an endpoint that
+    /// fails fast does not look like the fastest one.
+    failure_penalty: Duration,
+    metrics: ClusterHealthMetrics,
+}
+
+impl ClusterHealth {
+    pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &HealthMetrics) -> Self {
+        let zone_config = config.zone_aware.plan_config();
+        let local_zone = node.zone.clone().filter(|z| !z.is_empty());
+        let callers: Vec<(String, u64)> = node.callers.iter().map(|(z, n)| (z.clone(), *n)).collect();
+        // Endpoints start usable: health checks and ejections have not spoken yet.
+        let all_usable: Vec<(&str, bool)> = config
+            .endpoints
+            .iter()
+            .map(|e| (e.zone.as_deref().unwrap_or(""), true))
+            .collect();
+        let plan = ZonePlan::compute(local_zone.as_deref().unwrap_or(""), &callers, &all_usable, &zone_config);
+        let metrics = metrics.cluster(&config.name);
+        metrics.panic.set(i64::from(plan.ignores_health()));
+        Self {
+            cluster: Arc::from(config.name.as_str()),
+            local_zone,
+            callers,
+            zone_config,
+            outlier: config
+                .outlier_detection
+                .as_ref()
+                .map(|o| Mutex::new(OutlierDetector::new(o.detector_config(), config.endpoints.len()))),
+            plan: ArcSwap::from_pointee(plan),
+            refreshing: Mutex::new(()),
+            wake: Arc::new(Notify::new()),
+            failure_penalty: config.connect_timeout,
+            metrics,
+        }
+    }
+
+    pub fn local_zone(&self) -> Option<&str> {
+        self.local_zone.as_deref()
+    }
+
+    pub fn plan(&self) -> arc_swap::Guard<Arc<ZonePlan>> {
+        self.plan.load()
+    }
+
+    pub fn has_outlier_detection(&self) -> bool {
+        self.outlier.is_some()
+    }
+
+    /// Counts a pick for `weft_zone_routed_requests_total` (only with a local zone).
+    pub fn note_routed(&self, endpoint_zone: Option<&str>) {
+        if let Some(local) = self.local_zone() {
+            if endpoint_zone == Some(local) {
+                self.metrics.routed_local.inc();
+            } else {
+                self.metrics.routed_remote.inc();
+            }
+        }
+    }
+
+    /// Feeds one finished attempt into the EWMA and the outlier detector.
+    pub fn record_attempt(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        idx: usize,
+        started: Instant,
+        now: Instant,
+        result: Result<StatusCode, ErrorKind>,
+    ) {
+        let Some(endpoint) = endpoints.get(idx) else { return };
+        let outcome = outcome_of(result);
+        let rtt = now.saturating_duration_since(started);
+        let rtt = match outcome {
+            Some(Outcome::GatewayFailure) => rtt.max(self.failure_penalty),
+            _ => rtt,
+        };
+        endpoint.health.observe(now, rtt);
+        let (Some(outlier), Some(outcome)) = (&self.outlier, outcome) else {
+            return;
+        };
+        let ejection = lock(outlier).record(idx, outcome, now);
+        if let Some(ejection) = ejection {
+            self.apply(endpoints, &[OutlierEvent::Ejected(ejection)], now);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs the outlier detector's timers; returns when it next needs to run.
+    pub fn tick(&self, endpoints: &[Arc<Endpoint>], now: Instant) -> Option<Instant> {
+        let outlier = self.outlier.as_ref()?;
+        let (events, next) = {
+            let mut detector = lock(outlier);
+            let events = detector.tick(now);
+            (events, detector.next_deadline())
+        };
+        if !events.is_empty() {
+            self.apply(endpoints, &events, now);
+        }
+        next
+    }
+
+    /// When the endpoint's current ejection ends, if it is ejected.
+    pub fn ejected_until(&self, idx: usize) -> Option<Instant> {
+        lock(self.outlier.as_ref()?).ejected_until(idx)
+    }
+
+    pub fn times_ejected(&self, idx: usize) -> u32 {
+        self.outlier.as_ref().map_or(0, |o| lock(o).times_ejected(idx))
+    }
+
+    /// Records an active health-check verdict change.
+    pub fn set_healthy(&self, endpoints: &[Arc<Endpoint>], idx: usize, healthy: bool, detail: &str) {
+        let Some(endpoint) = endpoints.get(idx) else { return };
+        if endpoint.health.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return;
+        }
+        endpoint.health.metrics.healthy.set(i64::from(healthy));
+        if healthy {
+            tracing::info!(cluster = %self.cluster, endpoint = %endpoint.address, "health check passing again; endpoint back in rotation");
+        } else {
+            tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.address, detail, "health check failing; endpoint taken out of rotation");
+        }
+        self.refresh_plan(endpoints);
+    }
+
+    fn apply(&self, endpoints: &[Arc<Endpoint>], events: &[OutlierEvent], now: Instant) {
+        for event in events {
+            match *event {
+                OutlierEvent::Ejected(e) => {
+                    let Some(endpoint) = endpoints.get(e.endpoint) else {
+                        continue;
+                    };
+                    endpoint.health.ejected.store(true, Ordering::Relaxed);
+                    endpoint.health.metrics.ejected.set(1);
+                    self.metrics.ejection(e.reason).inc();
+                    let ejection_ms = e.until.saturating_duration_since(now).as_millis();
+                    tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.address, reason = e.reason.as_str(), ejection_ms, "outlier ejected");
+                }
+                OutlierEvent::Returned { endpoint } => {
+                    let Some(endpoint) = endpoints.get(endpoint) else {
+                        continue;
+                    };
+                    endpoint.health.ejected.store(false, Ordering::Relaxed);
+                    endpoint.health.metrics.ejected.set(0);
+                    tracing::info!(cluster = %self.cluster, endpoint = %endpoint.address, "outlier ejection over; endpoint returned");
+                }
+            }
+        }
+        self.refresh_plan(endpoints);
+    }
+
+    /// Recomputes the zone plan from the endpoints' current usability.
+    pub fn refresh_plan(&self, endpoints: &[Arc<Endpoint>]) {
+        let _serialised = lock(&self.refreshing);
+        let usable: Vec<(&str, bool)> = endpoints
+            .iter()
+            .map(|e| (e.zone.as_deref().unwrap_or(""), e.health.available()))
+            .collect();
+        let plan = ZonePlan::compute(
+            self.local_zone().unwrap_or(""),
+            &self.callers,
+            &usable,
+            &self.zone_config,
+        );
+        let was_panic = self.plan.load().ignores_health();
+        if plan.ignores_health() != was_panic {
+            let healthy = usable.iter().filter(|(_, ok)| *ok).count();
+            if plan.ignores_health() {
+                self.metrics.panics.inc();
+                tracing::warn!(cluster = %self.cluster, healthy, total = usable.len(), "panic mode: too few usable endpoints, sending to all of them regardless of health");
+            } else {
+                tracing::info!(cluster = %self.cluster, healthy, total = usable.len(), "panic mode over");
+            }
+        }
+        self.metrics.panic.set(i64::from(plan.ignores_health()));
+        if plan.routing() != self.plan.load().routing() {
+            tracing::info!(cluster = %self.cluster, routing = routing_name(plan.routing()), local_share = plan.local_share(), "zone routing changed");
+        }
+        self.plan.store(Arc::new(plan));
+    }
+}
+
+/// Stable names for logs and `/clusters`.
+pub fn routing_name(routing: ZoneRouting) -> &'static str {
+    match routing {
+        ZoneRouting::Panic => "panic",
+        ZoneRouting::Unzoned => "unzoned",
+        ZoneRouting::AllLocal => "all_local",
+        ZoneRouting::Spill => "spill",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_envoy_classes() {
+        assert_eq!(outcome_of(Ok(StatusCode::OK)), Some(Outcome::Success));
+        assert_eq!(outcome_of(Ok(StatusCode::NOT_FOUND)), Some(Outcome::Success));
+        assert_eq!(
+            outcome_of(Ok(StatusCode::INTERNAL_SERVER_ERROR)),
+            Some(Outcome::Error5xx(500))
+        );
+        assert_eq!(outcome_of(Ok(StatusCode::BAD_GATEWAY)), Some(Outcome::Error5xx(502)));
+        assert_eq!(outcome_of(Err(ErrorKind::ConnectFailed)), Some(Outcome::GatewayFailure));
+        assert_eq!(outcome_of(Err(ErrorKind::UpstreamReset)), Some(Outcome::GatewayFailure));
+        assert_eq!(outcome_of(Err(ErrorKind::BadRequest)), None);
+    }
+}

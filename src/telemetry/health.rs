@@ -1,0 +1,115 @@
+//! Metric families of endpoint health (issue 3): outlier ejections, ejection
+//! and health-check state per endpoint, zone routing and panic mode.
+//!
+//! Like the rest of `metrics.rs`, families are registered once per app and
+//! handles with fixed labels are resolved when a cluster is built, so the
+//! request path only increments pre-resolved counters.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::cluster::outlier::EjectReason;
+
+#[derive(Clone)]
+pub struct HealthMetrics {
+    outlier_ejections: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    endpoint_healthy: IntGaugeVec,
+    zone_routed_requests: IntCounterVec,
+    cluster_panic: IntGaugeVec,
+    cluster_panics: IntCounterVec,
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> prometheus::Result<M> {
+    registry.register(Box::new(m.clone()))?;
+    Ok(m)
+}
+
+impl HealthMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(Self {
+            outlier_ejections: counter(
+                "weft_outlier_ejections_total",
+                "Endpoints ejected by outlier detection, by reason.",
+                &["cluster", "reason"],
+            )?,
+            endpoint_ejected: gauge(
+                "weft_endpoint_ejected",
+                "1 while outlier detection has the endpoint ejected.",
+                &["cluster", "endpoint"],
+            )?,
+            endpoint_healthy: gauge(
+                "weft_endpoint_healthy",
+                "0 while active health checks mark the endpoint unhealthy.",
+                &["cluster", "endpoint"],
+            )?,
+            zone_routed_requests: counter(
+                "weft_zone_routed_requests_total",
+                "Requests sent to an endpoint in the local zone or another one (only with node.zone).",
+                &["cluster", "locality"],
+            )?,
+            cluster_panic: gauge(
+                "weft_cluster_panic",
+                "1 while too few endpoints are usable and health is ignored (panic mode).",
+                &["cluster"],
+            )?,
+            cluster_panics: counter(
+                "weft_zone_panic_total",
+                "Times the cluster entered panic mode.",
+                &["cluster"],
+            )?,
+        })
+    }
+
+    pub fn cluster(&self, cluster: &str) -> ClusterHealthMetrics {
+        let ejections = |reason: EjectReason| self.outlier_ejections.with_label_values(&[cluster, reason.as_str()]);
+        ClusterHealthMetrics {
+            ejections: [
+                ejections(EjectReason::Consecutive5xx),
+                ejections(EjectReason::ConsecutiveGatewayFailure),
+                ejections(EjectReason::SuccessRate),
+            ],
+            routed_local: self.zone_routed_requests.with_label_values(&[cluster, "local"]),
+            routed_remote: self.zone_routed_requests.with_label_values(&[cluster, "remote"]),
+            panic: self.cluster_panic.with_label_values(&[cluster]),
+            panics: self.cluster_panics.with_label_values(&[cluster]),
+        }
+    }
+
+    pub fn endpoint(&self, cluster: &str, endpoint: &str) -> EndpointHealthMetrics {
+        let ejected = self.endpoint_ejected.with_label_values(&[cluster, endpoint]);
+        let healthy = self.endpoint_healthy.with_label_values(&[cluster, endpoint]);
+        // A rebuilt cluster starts fresh; the series may still hold the old state.
+        ejected.set(0);
+        healthy.set(1);
+        EndpointHealthMetrics { ejected, healthy }
+    }
+}
+
+pub struct ClusterHealthMetrics {
+    ejections: [IntCounter; 3],
+    pub routed_local: IntCounter,
+    pub routed_remote: IntCounter,
+    pub panic: IntGauge,
+    pub panics: IntCounter,
+}
+
+impl ClusterHealthMetrics {
+    pub fn ejection(&self, reason: EjectReason) -> &IntCounter {
+        match reason {
+            EjectReason::Consecutive5xx => &self.ejections[0],
+            EjectReason::ConsecutiveGatewayFailure => &self.ejections[1],
+            EjectReason::SuccessRate => &self.ejections[2],
+        }
+    }
+}
+
+pub struct EndpointHealthMetrics {
+    pub ejected: IntGauge,
+    pub healthy: IntGauge,
+}

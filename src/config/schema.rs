@@ -38,6 +38,7 @@ impl Config {
     /// Makes every file path absolute against `base` (the config file's
     /// directory), so later stages need not know where the file was.
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let fix = |p: &mut PathBuf| *p = base.join(&*p);
         for l in &mut self.listeners {
             if let Some(tls) = &mut l.tls {

@@ -45,7 +45,10 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("{key}.name"), format!("duplicate listener name {:?}", l.name)));
         }
         // Port 0 (any free port, used by tests) can never collide.
-        if l.address.port() != 0 && (!addresses.insert(l.address) || l.address == config.admin.address) {
+        // An http3 listener (UDP) may share a TCP listener's port number.
+        let udp = l.protocol == ListenerProtocol::Http3;
+        if l.address.port() != 0 && (!addresses.insert((l.address, udp)) || (!udp && l.address == config.admin.address))
+        {
             problems.push((
                 format!("{key}.address"),
                 format!("address {} is already in use by another listener or admin", l.address),

@@ -12,6 +12,7 @@ use http::uri::Authority;
 use serde::Serialize;
 
 use crate::config::schema::{ClusterConfig, ClusterProtocol, LbPolicy};
+use crate::layer::ClusterOverload;
 use crate::telemetry::metrics::{Metrics, StatusCounters};
 use crate::upstream::HttpClient;
 
@@ -57,6 +58,8 @@ pub struct Cluster {
     round_robin: AtomicU64,
     /// `None` for tcp clusters.
     pub http: Option<HttpClient>,
+    /// Overload protection state, shared by every route to this cluster.
+    pub overload: ClusterOverload,
 }
 
 impl Cluster {
@@ -78,9 +81,12 @@ impl Cluster {
                 })
             })
             .collect();
+        let overload = ClusterOverload::new(config, &metrics.overload);
         let http = match config.protocol {
             ClusterProtocol::Tcp => None,
-            ClusterProtocol::Http1 | ClusterProtocol::Http2 => Some(HttpClient::new(config)),
+            ClusterProtocol::Http1 | ClusterProtocol::Http2 => {
+                Some(HttpClient::new(config, overload.connection_limits()))
+            }
         };
         Self {
             name: Arc::from(config.name.as_str()),
@@ -88,6 +94,7 @@ impl Cluster {
             endpoints,
             round_robin: AtomicU64::new(0),
             http,
+            overload,
         }
     }
 

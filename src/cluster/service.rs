@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -18,6 +18,14 @@ use crate::error::{ErrorKind, ProxyError};
 /// Response extension naming the endpoint that answered, for logs.
 #[derive(Clone, Copy, Debug)]
 pub struct ServedBy(pub SocketAddr);
+
+/// Request extension from the retry layer: avoid the endpoint that just
+/// failed (when another exists) and report which one this try picked.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointHint {
+    pub exclude: Option<usize>,
+    pub picked: Arc<OnceLock<usize>>,
+}
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -41,6 +49,7 @@ impl Service<Request<Body>> for ClusterService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let cluster = self.cluster.clone();
+        let hint = req.extensions().get::<EndpointHint>().cloned();
         Box::pin(async move {
             let Some(http) = cluster.http.as_ref() else {
                 return Err(ProxyError::new(
@@ -48,16 +57,16 @@ impl Service<Request<Body>> for ClusterService {
                     format!("cluster {} does not speak HTTP", cluster.name),
                 ));
             };
-            let endpoint = cluster
-                .pick(None)
-                .and_then(|i| cluster.endpoints.get(i))
-                .cloned()
-                .ok_or_else(|| {
-                    ProxyError::new(
-                        ErrorKind::NoEndpoint,
-                        format!("cluster {} has no available endpoint", cluster.name),
-                    )
-                })?;
+            let index = cluster.pick(hint.as_ref().and_then(|h| h.exclude));
+            if let (Some(hint), Some(index)) = (&hint, index) {
+                let _ = hint.picked.set(index);
+            }
+            let endpoint = index.and_then(|i| cluster.endpoints.get(i)).cloned().ok_or_else(|| {
+                ProxyError::new(
+                    ErrorKind::NoEndpoint,
+                    format!("cluster {} has no available endpoint", cluster.name),
+                )
+            })?;
             let in_flight = endpoint.start_request();
             match http.send(&endpoint, req).await {
                 Ok(response) => {

@@ -3,6 +3,7 @@
 //! person can go straight to it.
 
 pub mod lines;
+pub mod overload;
 pub mod schema;
 mod validate;
 pub mod watch;

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
+pub use super::overload::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, RetryBudgetConfig, RetryConfig};
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +139,8 @@ pub struct RouteConfig {
     /// Whole-request deadline; expiry gives 504.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -215,6 +219,13 @@ pub struct ClusterConfig {
     pub idle_timeout: Duration,
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
+    /// Applies to routes with `retry`; absent means the default budget.
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -14,6 +14,13 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         if clusters.insert(c.name.as_str(), i).is_some() {
             problems.push((format!("{key}.name"), format!("duplicate cluster name {:?}", c.name)));
         }
+        for (sub, message) in super::overload::check_cluster(
+            c.adaptive_concurrency.as_ref(),
+            c.retry_budget.as_ref(),
+            c.circuit_breaker.as_ref(),
+        ) {
+            problems.push((format!("{key}.{sub}"), message));
+        }
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));

@@ -9,15 +9,17 @@ use crate::body::{self, Body};
 use crate::cluster::Endpoint;
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
 use crate::error::{from_client_error, ErrorKind, ProxyError};
+use crate::layer::circuit_breaker::connector::{ConnectionLimits, LimitedConnector};
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Body>,
+    client: Client<LimitedConnector<HttpConnector>, Body>,
     version: Version,
 }
 
 impl HttpClient {
-    pub fn new(config: &ClusterConfig) -> Self {
+    /// `limits` are the cluster circuit breaker's connection limits, if any.
+    pub fn new(config: &ClusterConfig, limits: Option<ConnectionLimits>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -27,7 +29,7 @@ impl HttpClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(http2)
-            .build(connector);
+            .build(LimitedConnector::new(connector, limits));
         Self {
             client,
             version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },

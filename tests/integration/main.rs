@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod lifecycle;
+mod overload;
 mod proxy;
 mod support;
 mod tcp;

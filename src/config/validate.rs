@@ -14,6 +14,13 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         if clusters.insert(c.name.as_str(), i).is_some() {
             problems.push((format!("{key}.name"), format!("duplicate cluster name {:?}", c.name)));
         }
+        let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
+        if guarded && c.protocol == ClusterProtocol::Tcp {
+            problems.push((
+                format!("{key}.protocol"),
+                "adaptive_concurrency, retry_budget and circuit_breaker apply to HTTP clusters only".into(),
+            ));
+        }
         for (sub, message) in super::overload::check_cluster(
             c.adaptive_concurrency.as_ref(),
             c.retry_budget.as_ref(),

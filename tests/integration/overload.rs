@@ -62,7 +62,7 @@ async fn eventually(tries: usize, mut check: impl AsyncFnMut() -> bool) -> bool 
 async fn adaptive_limit_falls_for_a_slow_upstream_rejects_fast_and_recovers() {
     let delay_ms = Arc::new(AtomicU64::new(5));
     let hits = Arc::new(AtomicUsize::new(0));
-    let upstream = delayed_upstream(delay_ms.clone(), hits).await;
+    let upstream = delayed_upstream(delay_ms.clone(), hits.clone()).await;
     let yaml = config(
         &one_route(""),
         &cluster(
@@ -74,9 +74,10 @@ async fn adaptive_limit_falls_for_a_slow_upstream_rejects_fast_and_recovers() {
     let url = weft.url("public", "/").await;
     let stop = Arc::new(AtomicBool::new(false));
     let rejected = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..30 {
-        let (url, stop, rejected) = (url.clone(), stop.clone(), rejected.clone());
+        let (url, stop, rejected, served) = (url.clone(), stop.clone(), rejected.clone(), served.clone());
         clients.push(tokio::spawn(async move {
             let client = h1_client();
             while !stop.load(Ordering::Relaxed) {
@@ -89,6 +90,9 @@ async fn adaptive_limit_falls_for_a_slow_upstream_rejects_fast_and_recovers() {
                     rejected.fetch_add(1, Ordering::Relaxed);
                     // Rejections are instant; pausing keeps 30 clients from spinning.
                     tokio::time::sleep(Duration::from_millis(2)).await;
+                } else {
+                    assert_eq!(response.status(), StatusCode::OK);
+                    served.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -112,6 +116,8 @@ async fn adaptive_limit_falls_for_a_slow_upstream_rejects_fast_and_recovers() {
     for c in clients {
         c.await.unwrap();
     }
+    // Rejected requests were answered by weft alone: never queued and sent later.
+    assert_eq!(hits.load(Ordering::Relaxed), served.load(Ordering::Relaxed));
     let text = metrics(&weft).await;
     assert!(
         metric(&text, "weft_concurrency_rejections_total{cluster=\"c\"}") > 0.0,

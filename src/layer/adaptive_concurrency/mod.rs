@@ -145,26 +145,28 @@ impl Permit {
     fn sample(&mut self, now: Instant) {
         self.sampled = true;
         let mut state = self.limiter.lock();
-        state
-            .controller
-            .record(now, now.saturating_duration_since(self.admitted_at));
+        self.record(&mut state, now);
         self.limiter.publish(&state);
     }
-}
 
-impl Permit {
     /// For outcomes that say nothing about the upstream's speed.
     fn skip_sample(&mut self) {
         self.sampled = true;
+    }
+
+    fn record(&self, state: &mut LimiterState, now: Instant) {
+        let latency = now.saturating_duration_since(self.admitted_at);
+        state.controller.record(now, latency);
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.sampled {
-            self.sample(Instant::now());
-        }
         let mut state = self.limiter.lock();
+        if !self.sampled {
+            // Cancelled before headers: the wait so far is the best estimate.
+            self.record(&mut state, Instant::now());
+        }
         state.in_flight = state.in_flight.saturating_sub(1);
         self.limiter.publish(&state);
     }

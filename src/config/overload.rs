@@ -104,8 +104,8 @@ pub struct RetryConfig {
     pub per_try_timeout: Option<Duration>,
     #[serde(default)]
     pub backoff: BackoffConfig,
-    /// Request bodies up to this many bytes (declared length) are kept to be
-    /// sent again; larger or unknown-length bodies stream and are not retried.
+    /// Request bodies up to this many bytes are kept so a retry can send them
+    /// again; a request whose body outgrew it is not retried.
     #[serde(default = "default_replay_buffer_bytes")]
     pub replay_buffer_bytes: u64,
     /// With true, non-idempotent methods (POST, PATCH, CONNECT) are retried

@@ -358,3 +358,32 @@ async fn per_try_timeout_retries_a_hung_try_and_grpc_timeout_caps_the_route() {
         .expect("grpc-timeout did not cap the 20 s route timeout");
     assert_eq!(status, 504, "{body}");
 }
+
+#[tokio::test]
+async fn a_chunked_body_is_replayed_in_full_on_the_retry() {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    let (bad, bad_task) = resetting_upstream().await;
+    let echo = Upstream::echo_body().await;
+    let yaml = config(
+        &one_route(", retry: { max_retries: 1, retry_on: [reset], idempotent_only: false }"),
+        &cluster(&[bad, echo.addr], ""),
+    );
+    let weft = Weft::start(&yaml).await;
+    let client = h1_client();
+    for i in 0..4 {
+        let chunks: Vec<Result<Frame<bytes::Bytes>, BoxError>> = ["first ", "second ", "third"]
+            .iter()
+            .map(|c| Ok(Frame::data(bytes::Bytes::from_static(c.as_bytes()))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let req = Request::post(weft.url("public", "/").await).body(body).unwrap();
+        assert_eq!(
+            send(&client, req).await,
+            (200, "first second third".into()),
+            "request {i}"
+        );
+    }
+    bad_task.abort();
+}

@@ -19,8 +19,9 @@
 //!   this hop forwards it (header unchanged) without retrying it.
 //! - Responses with `x-weft-overloaded` and weft's own overload rejections
 //!   are never retried.
-//! - Only requests whose body can be replayed are retried ([`replay`]);
-//!   upgrade requests are never retried.
+//! - Only requests whose body can be sent again in full are retried
+//!   ([`replay`]): bodies up to `replay_buffer_bytes`, or larger ones no try
+//!   has read yet. Upgrade requests are never retried.
 //! - `per_try_timeout` bounds each try; the route timeout (outside this
 //!   layer) bounds all of them together.
 
@@ -28,6 +29,7 @@ pub mod backoff;
 pub mod budget;
 pub mod policy;
 pub mod replay;
+mod tape;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -141,10 +143,7 @@ impl Retry {
             return self.try_once(req).await;
         }
         let (parts, body) = req.into_parts();
-        let body = match replay::read_if_small(body, self.policy.replay_buffer_bytes).await? {
-            Ok(replayable) => replayable,
-            Err(streaming) => return self.try_once(Request::from_parts(parts, streaming)).await,
-        };
+        let body = replay::prepare(body, self.policy.replay_buffer_bytes).await?;
         let mut exclude = None;
         let mut retries = 0u32;
         loop {
@@ -156,7 +155,7 @@ impl Retry {
             let outcome = self.judge(&parts, self.try_once(req).await);
             let last = match outcome {
                 Verdict::Done(result) => return result,
-                Verdict::Retry(result) if retries >= self.policy.max_retries => return result,
+                Verdict::Retry(result) if retries >= self.policy.max_retries || !body.can_replay() => return result,
                 Verdict::Retry(result) => result,
             };
             if !self.state.budget().try_withdraw(Instant::now()) {

@@ -287,4 +287,25 @@ mod tests {
         );
         assert_eq!(limiter.limit(), 2);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_cancelled_before_headers_are_sampled_with_their_wait() {
+        let metrics = Metrics::new().unwrap();
+        let config = AdaptiveConcurrencyConfig {
+            min_rtt_calc_request_count: 1,
+            ..AdaptiveConcurrencyConfig::default()
+        };
+        let limiter = Arc::new(ConcurrencyLimiter::new(&config, "c", &metrics.overload));
+        let hung = service_fn(|_req: Request<Body>| std::future::pending::<Result<Response<Body>, ProxyError>>());
+        let svc = AdaptiveConcurrencyLayer::new(limiter).layer(hung);
+        let cancelled = tokio::time::timeout(Duration::from_millis(30), svc.oneshot(Request::new(body::empty())));
+        assert!(cancelled.await.is_err());
+        // The one sample that ends the minRTT measurement is the 30 ms wait.
+        let min_rtt = metrics.overload.min_rtt_seconds.with_label_values(&["c"]).get();
+        assert!((min_rtt - 0.030).abs() < 1e-9, "{min_rtt}");
+        assert_eq!(
+            metrics.overload.concurrency_in_flight.with_label_values(&["c"]).get(),
+            0
+        );
+    }
 }

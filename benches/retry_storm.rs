@@ -7,10 +7,10 @@
 //! its work is not cancelled when a caller gives up. For a period B's
 //! service time jumps 10x, which drops its capacity below the offered load.
 //!
-//! The scenario runs twice with identical routes, retry policies and
+//! The scenario runs three times with identical routes, retry policies and
 //! timeouts: "off" (plain retries with an unlimited budget, no concurrency
-//! limit) and "on" (adaptive concurrency on both clusters, default retry
-//! budgets). A is mesh-aware in one way only: when weft refused its call to
+//! limit), "retry budget only" (default budgets, no concurrency limit) and
+//! "on" (adaptive concurrency on both clusters, default retry budgets). A is mesh-aware in one way only: when weft refused its call to
 //! B for overload, A passes `x-weft-overloaded` on, so the front weft does
 //! not retry it. It does not propagate `x-weft-retry-attempt`.
 //!
@@ -46,9 +46,9 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Requests per second the client fleet offers.
 const RATE: u64 = 400;
-const WARM_UP: Duration = Duration::from_secs(4);
-const SLOWDOWN: Duration = Duration::from_secs(8);
-const HEALED: Duration = Duration::from_secs(8);
+const WARM_UP: Duration = Duration::from_secs(3);
+const SLOWDOWN: Duration = Duration::from_secs(6);
+const HEALED: Duration = Duration::from_secs(6);
 /// B's capacity is WORKERS / service time: 3200 rps normally, 320 rps slowed.
 const B_WORKERS: usize = 16;
 const B_SERVICE_TIME: Duration = Duration::from_millis(5);
@@ -155,12 +155,20 @@ async fn start_a(b_url: Arc<OnceLock<String>>) -> Result<SocketAddr, BoxError> {
     Ok(addr)
 }
 
-fn weft_config(a: SocketAddr, b: SocketAddr, protected: bool) -> String {
-    let protection = if protected {
-        "    adaptive_concurrency: { concurrency_update_interval: 100ms, min_rtt_calc_request_count: 20, min_rtt_calc_interval: 10s }\n"
-    } else {
-        "    retry_budget: { percent: 100000, min_retries_per_second: 100000, window: 10s }\n"
-    };
+/// The runs: name and the keys added to both clusters.
+const MODES: [(&str, &str); 3] = [
+    (
+        "off: plain retries",
+        "    retry_budget: { percent: 100000, min_retries_per_second: 100000, window: 10s }\n",
+    ),
+    ("retry budget only", ""),
+    (
+        "on: adaptive concurrency + budget",
+        "    adaptive_concurrency: { concurrency_update_interval: 100ms, min_rtt_calc_request_count: 20, min_rtt_calc_interval: 10s }\n",
+    ),
+];
+
+fn weft_config(a: SocketAddr, b: SocketAddr, protection: &str) -> String {
     format!(
         "admin: {{ address: 127.0.0.1:0 }}
 access_log: {{ enabled: false }}
@@ -190,7 +198,7 @@ struct RunResult {
     weft_retries: u64,
 }
 
-async fn run(protected: bool) -> Result<RunResult, BoxError> {
+async fn run(protection: &str) -> Result<RunResult, BoxError> {
     let b = Arc::new(ServiceB {
         slow: AtomicBool::new(false),
         workers: Semaphore::new(B_WORKERS),
@@ -201,7 +209,7 @@ async fn run(protected: bool) -> Result<RunResult, BoxError> {
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("weft.yaml");
-    std::fs::write(&path, weft_config(a_addr, b_addr, protected))?;
+    std::fs::write(&path, weft_config(a_addr, b_addr, protection))?;
     let loaded = weft::config::load(&path).map_err(|e| e.to_string())?;
     let app = App::start(loaded).await?;
     let egress = app.listener_addr("egress").await.ok_or("no egress listener")?;
@@ -328,12 +336,9 @@ async fn main() -> Result<(), BoxError> {
         B_WORKERS as u128 * 1000 / B_SERVICE_TIME.as_millis(),
         B_WORKERS as u128 * 1000 / (B_SERVICE_TIME.as_millis() * u128::from(SLOWDOWN_FACTOR)),
     );
-    for (mode, protected) in [
-        ("off: plain retries", false),
-        ("on: adaptive concurrency + budget", true),
-    ] {
+    for (mode, protection) in MODES {
         eprintln!("running with protection {mode} ...");
-        let result = run(protected).await?;
+        let result = run(protection).await?;
         table.push_str(&row(mode, &result));
         table.push('\n');
         // Abandoned work and pooled connections from the previous run settle.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
 use super::health::{HealthCheckConfig, OutlierDetectionConfig, ZoneAwareSection};
+pub use super::overload::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, RetryBudgetConfig, RetryConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -278,6 +279,8 @@ pub struct RouteConfig {
     /// Whole-request deadline; expiry gives 504.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -381,6 +384,13 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub zone_aware: ZoneAwareSection,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
+    /// Applies to routes with `retry`; absent means the default budget.
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -30,6 +30,20 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         problems.extend(super::health::validate_cluster(&key, c));
+        let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
+        if guarded && c.protocol == ClusterProtocol::Tcp {
+            problems.push((
+                format!("{key}.protocol"),
+                "adaptive_concurrency, retry_budget and circuit_breaker apply to HTTP clusters only".into(),
+            ));
+        }
+        for (sub, message) in super::overload::check_cluster(
+            c.adaptive_concurrency.as_ref(),
+            c.retry_budget.as_ref(),
+            c.circuit_breaker.as_ref(),
+        ) {
+            problems.push((format!("{key}.{sub}"), message));
+        }
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));

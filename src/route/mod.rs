@@ -15,6 +15,7 @@ use tokio::time::Duration;
 pub use matcher::{MatchError, Matcher};
 
 use crate::config::schema::RouteConfig;
+use crate::layer::retry::policy::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -70,6 +71,7 @@ pub struct Route {
     pub matcher: Matcher,
     pub action: Action,
     pub timeout: Option<Duration>,
+    pub retry: Option<Arc<RetryPolicy>>,
 }
 
 /// Compiles one route; `clusters` maps names to indices. Errors name the key
@@ -121,11 +123,21 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
             })
         }
     };
+    let retry = match &config.retry {
+        None => None,
+        Some(retry) => Some(Arc::new(RetryPolicy::compile(retry).map_err(|(key, message)| {
+            MatchError {
+                key: format!("retry.{key}"),
+                message,
+            }
+        })?)),
+    };
     Ok(Route {
         name: Arc::from(config.name.as_str()),
         matcher,
         action,
         timeout: config.timeout,
+        retry,
     })
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -21,6 +21,66 @@ pub struct Metrics {
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
+    pub overload: OverloadFamilies,
+}
+
+/// Families of the overload protections (adaptive concurrency, retries,
+/// circuit breaking), all labelled by cluster.
+#[derive(Clone)]
+pub struct OverloadFamilies {
+    pub concurrency_limit: IntGaugeVec,
+    pub concurrency_in_flight: IntGaugeVec,
+    pub concurrency_rejections: IntCounterVec,
+    pub min_rtt_seconds: GaugeVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    /// Also labelled by `limit` (max_connections, max_pending_requests, max_requests).
+    pub circuit_open: IntCounterVec,
+}
+
+impl OverloadFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["cluster"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let min_rtt_seconds = GaugeVec::new(
+            Opts::new(
+                "weft_min_rtt_seconds",
+                "The adaptive concurrency limiter's measured minRTT.",
+            ),
+            &["cluster"],
+        )?;
+        registry.register(Box::new(min_rtt_seconds.clone()))?;
+        Ok(Self {
+            concurrency_limit: gauge("weft_concurrency_limit", "The adaptive concurrency limit now in force.")?,
+            concurrency_in_flight: gauge(
+                "weft_concurrency_in_flight",
+                "Requests admitted by the adaptive concurrency limiter and not yet finished.",
+            )?,
+            concurrency_rejections: counter(
+                registry,
+                "weft_concurrency_rejections_total",
+                "Requests refused over the adaptive concurrency limit.",
+                &["cluster"],
+            )?,
+            min_rtt_seconds,
+            retries: counter(registry, "weft_retries_total", "Retries sent.", &["cluster"])?,
+            retry_budget_exhausted: counter(
+                registry,
+                "weft_retry_budget_exhausted_total",
+                "Retries not sent because the cluster's retry budget was spent.",
+                &["cluster"],
+            )?,
+            circuit_open: counter(
+                registry,
+                "weft_circuit_open_total",
+                "Requests refused by a circuit breaker limit.",
+                &["cluster", "limit"],
+            )?,
+        })
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -61,7 +121,9 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(downstream_connections_active.clone()))?;
+        let overload = OverloadFamilies::new(&registry)?;
         Ok(Self {
+            overload,
             requests: counter(
                 &registry,
                 "weft_requests_total",

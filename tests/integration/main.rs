@@ -4,6 +4,7 @@ mod bad_input;
 mod h3;
 mod health;
 mod lifecycle;
+mod overload;
 mod process;
 mod proxy;
 mod support;

@@ -1,7 +1,7 @@
 //! Schema of the overload-protection keys: `adaptive_concurrency`,
 //! `retry_budget` and `circuit_breaker` on a cluster, `retry` on a route.
 //! Defaults follow Envoy (adaptive concurrency, retry policy) and linkerd
-//! (retry budget); docs/config-overload.md lists every key with its default.
+//! (retry budget); docs/config.md (Overload protection) lists every key with its default.
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Duration;

@@ -6,7 +6,7 @@ set -euo pipefail
 out=${1:-"$(dirname "$0")/certs"}
 mkdir -p "$out"
 cd "$out"
-days=30
+days=3650
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days "$days" \
   -subj "/CN=weft demo CA" -keyout ca.key -out ca.pem 2>/dev/null
 leaf() { # name cn san
@@ -14,7 +14,7 @@ leaf() { # name cn san
     -keyout "$1.key" -out "$1.csr" 2>/dev/null
   openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days "$days" \
     -extfile <(printf 'subjectAltName=%s\nbasicConstraints=CA:FALSE\n' "$3") -out "$1.pem" 2>/dev/null
-  rm -f "$1.csr"
+  rm -f "$1.csr" ca.srl
 }
 leaf server localhost "DNS:localhost,IP:127.0.0.1"
 leaf client client-a "URI:spiffe://cluster.local/ns/demo/sa/client-a"

@@ -3,7 +3,7 @@
 //! labels are resolved when a config snapshot is built, so a request only
 //! resolves its `status` label (through a small cache, see [`StatusCounters`]).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -110,7 +110,7 @@ impl Metrics {
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            &["listener", "route", "cluster"],
+            &["listener", "route", "cluster", "protocol"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
         let downstream_connections_active = IntGaugeVec::new(
@@ -127,8 +127,8 @@ impl Metrics {
             requests: counter(
                 &registry,
                 "weft_requests_total",
-                "Requests answered, by listener, route, cluster and status.",
-                &["listener", "route", "cluster", "status"],
+                "Requests answered, by listener, route, cluster, downstream protocol and status.",
+                &["listener", "route", "cluster", "protocol", "status"],
             )?,
             request_duration,
             upstream_requests: counter(
@@ -166,12 +166,39 @@ impl Metrics {
     }
 }
 
-/// Counters of one label set that differ only by `status`; each status code's
-/// handle is resolved once and then read under an uncontended read lock.
+/// The downstream protocol of a request: the `protocol` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn from_version(version: http::Version) -> Self {
+        match version {
+            http::Version::HTTP_2 => Self::Http2,
+            http::Version::HTTP_3 => Self::Http3,
+            _ => Self::Http1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Http3 => "http3",
+        }
+    }
+}
+
+/// Counters of one label set that differ only by the last labels (an
+/// optional protocol, then `status`); each combination's handle is resolved
+/// once and then read under an uncontended read lock.
 pub struct StatusCounters {
     family: IntCounterVec,
     labels: Vec<String>,
-    cache: RwLock<Vec<(u16, IntCounter)>>,
+    cache: RwLock<Vec<(Option<Protocol>, u16, IntCounter)>>,
 }
 
 impl StatusCounters {
@@ -183,36 +210,60 @@ impl StatusCounters {
         }
     }
 
+    /// For families whose last label is `status`.
     pub fn inc(&self, status: u16) {
+        self.inc_for(None, status);
+    }
+
+    /// For families whose last labels are `protocol`, `status`.
+    pub fn inc_for(&self, protocol: Option<Protocol>, status: u16) {
         if let Ok(cache) = self.cache.read() {
-            if let Some((_, c)) = cache.iter().find(|(s, _)| *s == status) {
+            if let Some((.., c)) = cache.iter().find(|(p, s, _)| *s == status && *p == protocol) {
                 c.inc();
                 return;
             }
         }
         let mut values: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        values.extend(protocol.map(Protocol::as_str));
         let status_text = status.to_string();
         values.push(&status_text);
         let counter = self.family.with_label_values(&values);
         counter.inc();
         if let Ok(mut cache) = self.cache.write() {
-            cache.push((status, counter));
+            cache.push((protocol, status, counter));
         }
     }
 }
 
 /// Pre-resolved handles for one (listener, route, cluster).
 pub struct RouteMetrics {
-    pub requests: StatusCounters,
-    pub duration: Histogram,
+    requests: StatusCounters,
+    family: HistogramVec,
+    labels: [String; 3],
+    /// One histogram per protocol, made on first use.
+    durations: [OnceLock<Histogram>; 3],
 }
 
 impl RouteMetrics {
     pub fn new(metrics: &Metrics, listener: &str, route: &str, cluster: &str) -> Arc<Self> {
         Arc::new(Self {
             requests: StatusCounters::new(&metrics.requests, &[listener, route, cluster]),
-            duration: metrics.request_duration.with_label_values(&[listener, route, cluster]),
+            family: metrics.request_duration.clone(),
+            labels: [listener.to_string(), route.to_string(), cluster.to_string()],
+            durations: Default::default(),
         })
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn record(&self, protocol: Protocol, status: u16, seconds: f64) {
+        self.requests.inc_for(Some(protocol), status);
+        let [listener, route, cluster] = &self.labels;
+        self.durations[protocol as usize]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[listener, route, cluster, protocol.as_str()])
+            })
+            .observe(seconds);
     }
 }
 
@@ -221,18 +272,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_metrics_count_per_protocol_and_status() {
+        let metrics = Metrics::new().unwrap();
+        let route = RouteMetrics::new(&metrics, "l", "r", "c");
+        route.record(Protocol::Http1, 200, 0.001);
+        route.record(Protocol::Http1, 200, 0.001);
+        route.record(Protocol::Http3, 503, 0.002);
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["l", "r", "c", "http1", "200"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["l", "r", "c", "http3", "503"])
+                .get(),
+            1
+        );
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                "weft_requests_total{cluster=\"c\",listener=\"l\",protocol=\"http1\",route=\"r\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weft_request_duration_seconds_count{cluster=\"c\",listener=\"l\",protocol=\"http3\",route=\"r\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn status_counters_count_per_status() {
         let metrics = Metrics::new().unwrap();
-        let counters = StatusCounters::new(&metrics.requests, &["l", "r", "c"]);
+        let counters = StatusCounters::new(&metrics.upstream_requests, &["c", "e"]);
         counters.inc(200);
         counters.inc(200);
         counters.inc(503);
-        assert_eq!(metrics.requests.with_label_values(&["l", "r", "c", "200"]).get(), 2);
-        assert_eq!(metrics.requests.with_label_values(&["l", "r", "c", "503"]).get(), 1);
-        let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(
-            text.contains("weft_requests_total{cluster=\"c\",listener=\"l\",route=\"r\",status=\"200\"} 2"),
-            "{text}"
-        );
+        assert_eq!(metrics.upstream_requests.with_label_values(&["c", "e", "200"]).get(), 2);
+        assert_eq!(metrics.upstream_requests.with_label_values(&["c", "e", "503"]).get(), 1);
     }
 }

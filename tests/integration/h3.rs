@@ -145,7 +145,7 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
 
     let text = metrics_of(&app).await;
     assert!(
-        text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",route=\"canary\",status=\"200\"} 1"),
+        text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",protocol=\"http3\",route=\"canary\",status=\"200\"} 1"),
         "{text}"
     );
 
@@ -286,7 +286,7 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
     assert!(body == data, "body differs after HTTP/1 -> HTTP/3 -> HTTP/1");
     let text = metrics_of(&app).await;
     assert!(
-        text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",route=\"to-echo\",status=\"200\"} 1"),
+        text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",protocol=\"http3\",route=\"to-echo\",status=\"200\"} 1"),
         "{text}"
     );
 }

@@ -1,4 +1,5 @@
-//! Unit tests of the retry layer against a scripted inner service, with paused time.
+//! Unit tests of the retry layer against a scripted inner service, with paused time
+//! (compiled only under #[cfg(test)], see the `mod tests` line in mod.rs).
 
 use std::sync::Mutex;
 

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod lines;
 pub mod schema;
+pub mod trace;
 mod validate;
 pub mod watch;
 

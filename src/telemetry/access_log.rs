@@ -17,6 +17,8 @@ pub struct AccessRecord<'a> {
     pub endpoint: Option<String>,
     pub duration_ms: f64,
     pub request_id: &'a str,
+    /// W3C trace id (32 hex digits), to join the line with its trace.
+    pub trace_id: &'a str,
     pub client: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

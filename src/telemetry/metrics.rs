@@ -21,6 +21,7 @@ pub struct Metrics {
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
+    pub trace: super::trace::TraceMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -90,6 +91,7 @@ impl Metrics {
                 &["listener"],
             )?,
             health: super::health::HealthMetrics::new(&registry)?,
+            trace: super::trace::TraceMetrics::new(&registry)?,
             registry,
         })
     }

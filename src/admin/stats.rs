@@ -106,15 +106,7 @@ pub fn from_families(families: &[MetricFamily]) -> Stats {
                     };
                     let listener = listener.unwrap_or_default();
                     add(&mut stats.listeners.entry(listener.clone()).or_default().counts);
-                    let route = route.unwrap_or_default();
-                    let entry = routes
-                        .entry((listener.clone(), route.clone()))
-                        .or_insert_with(|| RouteStats {
-                            listener,
-                            route,
-                            ..Default::default()
-                        });
-                    add(&mut entry.counts);
+                    add(&mut route_entry(&mut routes, listener, route.unwrap_or_default()).counts);
                     if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
                         add(&mut stats.clusters.entry(cluster).or_default().counts);
                     }
@@ -133,13 +125,7 @@ pub fn from_families(families: &[MetricFamily]) -> Stats {
                         *entry.families.entry(name.to_string()).or_default() += value;
                     }
                     if let (Some(listener), Some(route)) = (listener, route) {
-                        let entry = routes
-                            .entry((listener.clone(), route.clone()))
-                            .or_insert_with(|| RouteStats {
-                                listener,
-                                route,
-                                ..Default::default()
-                            });
+                        let entry = route_entry(&mut routes, listener, route);
                         *entry.families.entry(name.to_string()).or_default() += value;
                     }
                 }
@@ -148,6 +134,20 @@ pub fn from_families(families: &[MetricFamily]) -> Stats {
     }
     stats.routes = routes.into_values().collect();
     stats
+}
+
+fn route_entry(
+    routes: &mut BTreeMap<(String, String), RouteStats>,
+    listener: String,
+    route: String,
+) -> &mut RouteStats {
+    routes
+        .entry((listener.clone(), route.clone()))
+        .or_insert_with(|| RouteStats {
+            listener,
+            route,
+            ..Default::default()
+        })
 }
 
 fn count_requests(counts: &mut Counts, status: u16, n: u64) {

@@ -200,7 +200,8 @@ impl Tracing {
             Some((trace_id, _)) => trace_id,
             None => nonzero(rand::random::<u128>),
         };
-        let tracer = self.current.load_full();
+        // A guard, not a clone: unsampled requests never touch the refcount.
+        let tracer = self.current.load();
         let ratio = tracer.as_ref().map_or(0.0, |t| t.config.sample_ratio);
         let sampled = should_sample(incoming.sampled, ratio, trace_id);
         let out = Outgoing {
@@ -209,9 +210,9 @@ impl Tracing {
             parent_span_id: incoming.parent.map(|(_, span)| span),
             sampled,
         };
-        let recording = match tracer {
+        let recording = match tracer.as_ref() {
             Some(tracer) if sampled => Some(Recording {
-                tracer,
+                tracer: tracer.clone(),
                 start: SystemTime::now(),
                 trace_state: trace_state(headers, &incoming),
             }),

@@ -1,6 +1,7 @@
 //! criterion micro-benchmarks for the pure functions on every request:
 //! route matching over 10 and 1000 routes, balancer picks over 3 and 300
-//! endpoints, and header rewriting. Run: `cargo bench --bench hot_paths`.
+//! endpoints, header rewriting, and trace context (parse, ids, `traceparent`)
+//! with tracing off. Run: `cargo bench --bench hot_paths`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -12,6 +13,7 @@ use weft::cluster::balancer::{self, Candidate, PickInput};
 use weft::config::schema::{LbPolicy, RouteConfig};
 use weft::proxy::headers;
 use weft::route;
+use weft::telemetry::trace::{TraceMetrics, Tracing};
 
 fn routes(n: usize) -> Vec<route::Route> {
     let clusters = HashMap::from([("c", 0usize)]);
@@ -94,5 +96,30 @@ fn header_rewriting(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_matching, balancer_pick, header_rewriting);
+/// What every request pays for trace context when no span is recorded.
+fn trace_context(c: &mut Criterion) {
+    let tracing = Tracing::new(TraceMetrics::new(&prometheus::Registry::new()).expect("metrics"));
+    for (name, incoming) in [
+        ("trace_context_new_trace", None),
+        (
+            "trace_context_w3c_parent",
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ),
+    ] {
+        let mut base = HeaderMap::new();
+        base.insert("host", HeaderValue::from_static("example.com"));
+        if let Some(tp) = incoming {
+            base.insert("traceparent", HeaderValue::from_static(tp));
+        }
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let mut h = base.clone();
+                let trace = tracing.start(&mut h);
+                black_box((trace.trace_id().as_str().len(), h))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, route_matching, balancer_pick, header_rewriting, trace_context);
 criterion_main!(benches);

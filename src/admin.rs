@@ -1,7 +1,12 @@
 //! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
 //! `/config` (the effective config as JSON) and `/clusters` (endpoints with
 //! zone, weight, in-flight requests, health-check verdict, ejection state and
-//! latency estimate, plus each cluster's zone routing state).
+//! latency estimate, plus each cluster's zone routing state), `/stats`
+//! (request and error counters per listener, route and cluster) and `/`, the
+//! live admin page built on those.
+
+mod page;
+mod stats;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,6 +79,8 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         }
         "/ready" if is_ready(shared) => plain_response(StatusCode::OK, Bytes::from_static(b"ready\n")),
         "/ready" => plain_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"draining\n")),
+        "/" => page::response(),
+        "/stats" => json(&stats::collect(&shared.metrics)),
         "/live" => plain_response(StatusCode::OK, Bytes::from_static(b"live\n")),
         "/config" => json(&shared.snapshot.load().loaded.config),
         "/clusters" => {
@@ -83,7 +90,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         }
         _ => plain_response(
             StatusCode::NOT_FOUND,
-            Bytes::from_static(b"admin endpoints: /metrics /ready /live /config /clusters\n"),
+            Bytes::from_static(b"admin endpoints: / /metrics /ready /live /config /clusters /stats\n"),
         ),
     }
 }

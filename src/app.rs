@@ -34,9 +34,13 @@ impl App {
         let listeners_config = snapshot.loaded.config.listeners.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            tracing: crate::telemetry::trace::Tracing::new(metrics.trace.clone()),
             metrics,
             ready: true.into(),
         });
+        shared
+            .tracing
+            .configure(shared.snapshot.load().loaded.config.tracing.as_ref());
         let admin = crate::admin::bind(admin_address)
             .await
             .map_err(|e| format!("admin: cannot bind {admin_address}: {e}"))?;
@@ -115,6 +119,9 @@ impl App {
             self.shared.snapshot.store(previous);
             return Err(e);
         }
+        self.shared
+            .tracing
+            .configure(self.shared.snapshot.load().loaded.config.tracing.as_ref());
         Ok(())
     }
 

@@ -70,6 +70,7 @@ impl Service<Request<Body>> for ClusterService {
                         format!("cluster {} has no available endpoint", cluster.name),
                     )
                 })?;
+            let retry_attempt = crate::telemetry::trace::retry_attempt(req.headers());
             let in_flight = endpoint.start_request();
             let attempt = cluster.start_attempt(idx);
             let result = http.send(&endpoint, req).await;
@@ -86,6 +87,11 @@ impl Service<Request<Body>> for ClusterService {
                         .boxed()
                     });
                     response.extensions_mut().insert(ServedBy(endpoint.address));
+                    if retry_attempt > 0 {
+                        response
+                            .extensions_mut()
+                            .insert(crate::telemetry::trace::RetryAttempt(retry_attempt));
+                    }
                     Ok(response)
                 }
                 Err(e) => {

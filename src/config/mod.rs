@@ -6,6 +6,7 @@ pub mod health;
 pub mod lines;
 pub mod overload;
 pub mod schema;
+pub mod trace;
 mod validate;
 pub mod watch;
 

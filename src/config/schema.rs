@@ -33,6 +33,9 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Span export (OTLP); without it weft only propagates trace context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<super::trace::TracingConfig>,
 }
 
 impl Config {

@@ -138,6 +138,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             }
         }
     }
+    problems.extend(super::trace::validate(config.tracing.as_ref()));
     problems
 }
 

@@ -1,7 +1,8 @@
 //! The front of the request path shared by every HTTP listener: load the live
 //! snapshot, match a route, rewrite headers, call the route's target service,
-//! turn errors into responses (the one rescue step), and record metrics and
-//! the access log line.
+//! turn errors into responses (the one rescue step), and record metrics, the
+//! access log line and the request's span (W3C trace context, see
+//! `telemetry::trace`).
 
 pub mod headers;
 mod upgrade;
@@ -25,6 +26,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::{Metrics, Protocol};
+use crate::telemetry::trace::{RetryAttempt, SpanFields};
 use crate::tls::PeerIdentity;
 
 /// State shared by all listeners and the admin server.
@@ -33,6 +35,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// False once draining has begun: `/ready` answers 503.
     pub ready: AtomicBool,
+    /// Trace context and span export (`tracing` section).
+    pub tracing: crate::telemetry::trace::Tracing,
 }
 
 /// Who is on the other end of one downstream connection.
@@ -108,6 +112,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme);
     headers::set_client_cert(req.headers_mut(), downstream.identity.as_ref().map(|i| i.xfcc.as_str()));
+    let trace = shared.tracing.start(req.headers_mut());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let listener = snapshot.listeners.get(&*downstream.listener);
@@ -147,6 +152,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         }
     };
 
+    let error_kind = result.as_ref().err().map(ProxyError::kind);
     let (mut response, cluster, error) = match result {
         Ok((response, cluster)) => (response, cluster, None),
         Err(e) => {
@@ -173,6 +179,19 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     metrics.record(Protocol::from_version(version), status, elapsed.as_secs_f64());
+    let trace_id = trace.trace_id();
+    trace.finish(|| SpanFields {
+        listener: downstream.listener.to_string(),
+        protocol: protocol_name(version),
+        method: method.to_string(),
+        path: path.clone(),
+        route: route_name.to_string(),
+        cluster: target.map(|t| t.cluster.to_string()).unwrap_or_default(),
+        endpoint: response.extensions().get::<ServedBy>().map(|s| s.0),
+        status,
+        retry_attempts: response.extensions().get::<RetryAttempt>().map_or(0, |a| a.0),
+        reason: error_kind.map(crate::telemetry::trace::reason),
+    });
     if snapshot.loaded.config.access_log.enabled {
         access_log::write(&AccessRecord {
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -186,6 +205,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
             endpoint: response.extensions().get::<ServedBy>().map(|s| s.0.to_string()),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             request_id: request_id.to_str().unwrap_or(""),
+            trace_id: trace_id.as_str(),
             client: downstream.peer.to_string(),
             error,
         });

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
     pub overload: OverloadFamilies,
+    pub trace: super::trace::TraceMetrics,
 }
 
 /// Families of the overload protections (adaptive concurrency, retries,
@@ -152,6 +153,7 @@ impl Metrics {
                 &["listener"],
             )?,
             health: super::health::HealthMetrics::new(&registry)?,
+            trace: super::trace::TraceMetrics::new(&registry)?,
             registry,
         })
     }

@@ -1,5 +1,8 @@
-//! Metrics, the access log and log set-up.
+//! Metrics, the access log, trace context and span export.
 
 pub mod access_log;
 pub mod health;
 pub mod metrics;
+pub mod otlp;
+pub mod propagation;
+pub mod trace;

@@ -290,3 +290,42 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn http3_requests_get_trace_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("h3-trace-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let upstream = Upstream::echo_headers().await;
+    let yaml = config(
+        &format!(
+            "  - name: quic\n    address: 127.0.0.1:{}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n      - {{ name: all, cluster: web }}",
+            free_udp_port()
+        ),
+        &format!("  - {{ name: web, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
+    );
+    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
+    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
+        .await
+        .unwrap();
+    let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, _, body) = client
+        .request(
+            "GET",
+            "/",
+            &[("traceparent", incoming), ("tracestate", "v=1")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body = String::from_utf8_lossy(&body);
+    let sent = body
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+    assert!(sent.ends_with("-01") && !sent.contains("00f067aa0ba902b7"), "{sent}");
+    assert!(body.contains("tracestate: v=1"), "{body}");
+}

@@ -1,7 +1,8 @@
 //! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
 //! `/config` (the effective config as JSON) and `/clusters` (endpoints with
 //! zone, weight, in-flight requests, health-check verdict, ejection state and
-//! latency estimate, plus each cluster's zone routing state).
+//! latency estimate, plus each cluster's zone routing state) and `/compare`
+//! (per mirrored route: comparison counts and the last few mismatches).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -81,9 +82,10 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             let clusters: Vec<_> = snapshot.clusters.iter().map(|c| c.status()).collect();
             json(&clusters)
         }
+        "/compare" => json(&shared.metrics.mirror.report()),
         _ => plain_response(
             StatusCode::NOT_FOUND,
-            Bytes::from_static(b"admin endpoints: /metrics /ready /live /config /clusters\n"),
+            Bytes::from_static(b"admin endpoints: /metrics /ready /live /config /clusters /compare\n"),
         ),
     }
 }

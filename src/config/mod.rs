@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod lines;
+pub mod mirror;
 pub mod schema;
 mod validate;
 pub mod watch;

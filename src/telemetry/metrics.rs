@@ -21,6 +21,7 @@ pub struct Metrics {
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
+    pub mirror: super::mirror::MirrorMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -90,6 +91,7 @@ impl Metrics {
                 &["listener"],
             )?,
             health: super::health::HealthMetrics::new(&registry)?,
+            mirror: super::mirror::MirrorMetrics::new(&registry)?,
             registry,
         })
     }

@@ -4,6 +4,7 @@ mod bad_input;
 mod h3;
 mod health;
 mod lifecycle;
+mod mirror;
 mod proxy;
 mod support;
 mod tcp;

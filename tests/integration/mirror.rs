@@ -331,3 +331,33 @@ async fn sticky_split_keeps_each_user_on_one_side() {
     }
     assert_eq!(sides.len(), 2);
 }
+
+#[tokio::test]
+async fn clusters_report_recent_error_rate_and_latency_percentiles() {
+    let good = Upstream::text("good").await;
+    let bad = Upstream::start(|_req| async {
+        let mut response = Response::new(full("bad"));
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+    .await;
+    let routes = "      - { name: good, match: { path_prefix: /good }, cluster: good }
+      - { name: bad, match: { path_prefix: /bad }, cluster: bad }";
+    let clusters = cluster("good", &good) + &cluster("bad", &bad);
+    let weft = Weft::start(&config(&listener(routes), &clusters)).await;
+    let client = h1_client();
+    for path in ["/good", "/bad"] {
+        for _ in 0..10 {
+            get(&client, &weft.url("web", path).await).await;
+        }
+    }
+    let status: Value = serde_json::from_str(&get(&client, &weft.admin("/clusters")).await.1).unwrap();
+    let recent = |name: &str| {
+        let c = status.as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+        c["recent"].clone()
+    };
+    assert_eq!(recent("good")["requests"], 10);
+    assert_eq!(recent("good")["error_rate"], 0.0);
+    assert_eq!(recent("bad")["error_rate"], 1.0);
+    assert!(recent("good")["p99_ms"].as_f64().unwrap() > 0.0);
+}

@@ -361,3 +361,30 @@ async fn clusters_report_recent_error_rate_and_latency_percentiles() {
     assert_eq!(recent("bad")["error_rate"], 1.0);
     assert!(recent("good")["p99_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test]
+async fn a_weight_step_reloads_without_rebinding_the_listener() {
+    let stable = Upstream::text("stable").await;
+    let canary = Upstream::text("canary").await;
+    let routes = |canary_weight: u32| {
+        format!(
+            "      - name: split
+        match: {{ path_prefix: / }}
+        split: [ {{ cluster: stable, weight: {} }}, {{ cluster: canary, weight: {canary_weight} }} ]
+        sticky: {{ header: x-user-id }}",
+            100 - canary_weight
+        )
+    };
+    let clusters = cluster("stable", &stable) + &cluster("canary", &canary);
+    let weft = Weft::start(&config(&listener(&routes(0)), &clusters)).await;
+    let before = weft.addr("web").await;
+    get_n(&weft, "/", 5, "stable").await;
+    weft.write(&config(&listener(&routes(100)), &clusters));
+    assert_eq!(weft.app.reload(false).await, Ok(true));
+    assert_eq!(
+        weft.addr("web").await,
+        before,
+        "a route edit must not rebind the socket"
+    );
+    get_n(&weft, "/", 5, "canary").await;
+}

@@ -179,7 +179,12 @@ impl MirrorState {
         let declared_len = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        self.methods.contains(method) && roll < self.percent && declared_len.is_none_or(|n| n <= self.max_body_bytes)
+        // An upgrade (WebSocket) is a connection, not a request to replay.
+        let upgrade = headers.contains_key(header::UPGRADE);
+        self.methods.contains(method)
+            && roll < self.percent
+            && !upgrade
+            && declared_len.is_none_or(|n| n <= self.max_body_bytes)
     }
 }
 
@@ -524,6 +529,9 @@ mod tests {
         assert!(!state.selects(&Method::POST, &headers, 0.0));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
         assert!(!state.selects(&Method::GET, &headers, 0.0));
+        let mut upgrade = HeaderMap::new();
+        upgrade.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!state.selects(&Method::GET, &upgrade, 0.0));
     }
 
     #[test]

@@ -267,8 +267,19 @@ async fn writes_are_mirrored_only_when_listed_and_carry_their_body() {
         2000,
         "a large body still reaches the primary"
     );
-    let entry = results(&weft, "writes", 1).await;
+    // A chunked body (no content-length) that outgrows the limit: the
+    // primary still gets every byte, the shadow is abandoned.
+    use http_body_util::{BodyExt, StreamBody};
+    let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, BoxError>> = (0..3)
+        .map(|_| Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'z'; 600]))))
+        .collect();
+    let chunked = Request::post(weft.url("web", "/writes").await)
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap();
+    assert_eq!(send(&client, chunked).await.1.len(), 1800);
+    let entry = results(&weft, "writes", 2).await;
     assert_eq!(entry["results"]["match"], 1, "{entry}");
+    assert_eq!(entry["results"]["skipped_large"], 1, "{entry}");
     assert_eq!(*new_bodies.lock().unwrap(), ["hello"]);
     let report: Value = serde_json::from_str(&get(&client, &weft.admin("/compare")).await.1).unwrap();
     let reads = report

@@ -218,14 +218,23 @@ where
         // `S::Future: Send` for every lifetime of the body's error type there.
         let primary: Self::Future = Box::pin(self.inner.call(req));
         let (seen_tx, seen_rx) = oneshot::channel();
-        tokio::spawn(shadow_side(state.clone(), permit, head, request_copy, seen_rx));
+        let (dispatched_tx, dispatched_rx) = oneshot::channel();
+        let shadow = ShadowJob {
+            permit,
+            head,
+            request_copy,
+            dispatched: dispatched_rx,
+            primary: seen_rx,
+        };
+        tokio::spawn(shadow_side(state.clone(), shadow));
         Box::pin(async move {
+            // The shadow starts only once the primary is on its way.
+            let _ = dispatched_tx.send(());
             let result = primary.await;
             state.metrics.primary_duration.observe(started.elapsed().as_secs_f64());
             let (result, seen) = match result {
                 Ok(response) if state.compare.is_some() => {
-                    let (parts, body) = response.into_parts();
-                    let (response, body) = copy_body(Response::from_parts(parts, body), state.max_body_bytes);
+                    let (response, body) = copy_body(response, state.max_body_bytes);
                     let seen = (response.status().as_u16(), response.headers().clone(), body);
                     (Ok(response), seen)
                 }
@@ -327,15 +336,25 @@ impl ShadowHead {
 /// What the shadow task learns of the primary: status, headers, body copy.
 type PrimarySeen = (u16, HeaderMap, BodyCopy);
 
-async fn shadow_side(
-    state: Arc<MirrorState>,
-    _permit: OwnedSemaphorePermit,
+/// Everything the shadow task needs of one request.
+struct ShadowJob {
+    /// Holds one of `max_in_flight` slots until the task ends.
+    permit: OwnedSemaphorePermit,
     head: ShadowHead,
     request_copy: BodyCopy,
+    /// Fires when the primary is first polled; dropped if it never is.
+    dispatched: oneshot::Receiver<()>,
     primary: oneshot::Receiver<PrimarySeen>,
-) {
+}
+
+async fn shadow_side(state: Arc<MirrorState>, job: ShadowJob) {
+    let _permit = job.permit;
     let deadline = Instant::now() + state.targets.deadline;
-    if let Some(result) = mirror_once(&state, head, request_copy, primary, deadline).await {
+    // Never polled (the client went away first): nothing was dispatched.
+    if !matches!(timeout_at(deadline, job.dispatched).await, Ok(Ok(()))) {
+        return;
+    }
+    if let Some(result) = mirror_once(&state, job.head, job.request_copy, job.primary, deadline).await {
         state.metrics.record(result);
     }
 }

@@ -69,6 +69,7 @@ pub struct RouteCompare {
     pub route: String,
     pub cluster: String,
     pub requests: IntCounter,
+    /// One per [`MirrorResult::ALL`], in that order.
     results: Vec<IntCounter>,
     pub primary_duration: Histogram,
     pub shadow_duration: Histogram,
@@ -80,6 +81,13 @@ impl RouteCompare {
         if let Some(i) = MirrorResult::ALL.iter().position(|r| *r == result) {
             self.results[i].inc();
         }
+    }
+
+    pub fn count(&self, result: MirrorResult) -> u64 {
+        MirrorResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .map_or(0, |i| self.results[i].get())
     }
 
     /// Keeps `mismatch` among the last few shown by `/compare`.
@@ -97,11 +105,7 @@ impl RouteCompare {
             route: self.route.clone(),
             cluster: self.cluster.clone(),
             requests: self.requests.get(),
-            results: MirrorResult::ALL
-                .iter()
-                .zip(&self.results)
-                .map(|(r, c)| (r.label(), c.get()))
-                .collect(),
+            results: MirrorResult::ALL.iter().map(|r| (r.label(), self.count(*r))).collect(),
             recent_mismatches: self
                 .recent
                 .lock()

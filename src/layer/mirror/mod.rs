@@ -553,6 +553,36 @@ mod tests {
         assert!(!state.selects(&Method::GET, &upgrade, 0.0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_shadow_leaves_the_primary_alone_and_frees_its_slot_at_the_deadline() {
+        use tower::ServiceExt;
+        let hanging: RouteService = tower::util::BoxCloneSyncService::new(tower::service_fn(|_req| {
+            std::future::pending::<Result<Response<Body>, ProxyError>>()
+        }));
+        let metrics = crate::telemetry::metrics::Metrics::new().unwrap();
+        let board = metrics.mirror.route("r", "next");
+        let config: MirrorConfig = serde_yaml_ng::from_str("{ cluster: next, max_in_flight: 1 }").unwrap();
+        let targets = ShadowTargets {
+            cluster: Arc::from("next"),
+            shadow: hanging,
+            noise: None,
+            deadline: Duration::from_secs(1),
+        };
+        let layer = MirrorLayer::new("r", &config, targets, board.clone()).unwrap();
+        let primary = tower::service_fn(|_req: Request<Body>| async { Ok(Response::new(body::full("primary"))) });
+        let mirrored = layer.layer(primary);
+        for _ in 0..3 {
+            let response = mirrored.clone().oneshot(Request::new(body::empty())).await.unwrap();
+            let text = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&text[..], b"primary");
+        }
+        let count = |r: MirrorResult| board.count(r);
+        assert_eq!((board.requests.get(), count(MirrorResult::Dropped)), (3, 2));
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert_eq!(count(MirrorResult::ShadowError), 1);
+        assert_eq!(layer.state.in_flight.available_permits(), 1);
+    }
+
     #[test]
     fn check_names_the_bad_key() {
         let bad = |yaml: &str| check(&serde_yaml_ng::from_str(yaml).unwrap()).unwrap_err().key;

@@ -32,7 +32,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use prometheus::Histogram;
 use serde::Serialize;
@@ -47,7 +46,7 @@ use crate::route::MatchError;
 use crate::stack::RouteService;
 use crate::telemetry::mirror::{MirrorResult, RouteCompare};
 use compare::{classify, CompareSpec, Differences, LogLimiter, Observed};
-use tee::{TeeBody, Teed};
+use tee::{copy_body, BodyCopy, Teed};
 
 /// How long a shadow may take when its route has no timeout.
 pub const DEFAULT_SHADOW_DEADLINE: Duration = Duration::from_secs(10);
@@ -255,50 +254,6 @@ where
             let _ = seen_tx.send(seen);
             result
         })
-    }
-}
-
-/// A body copy in the making.
-enum BodyCopy {
-    Ready(Bytes),
-    Teed(oneshot::Receiver<Teed>),
-}
-
-/// Puts a tee on a request's or response's body unless it is known empty.
-fn copy_body<M>(message: M, limit: usize) -> (M, BodyCopy)
-where
-    M: HasBody,
-{
-    if message.body_ref().is_end_stream() {
-        return (message, BodyCopy::Ready(Bytes::new()));
-    }
-    let mut message = message;
-    let (tee, rx) = TeeBody::new(std::mem::replace(message.body_mut_ref(), body::empty()), limit);
-    *message.body_mut_ref() = tee.boxed();
-    (message, BodyCopy::Teed(rx))
-}
-
-/// Requests and responses alike, for [`copy_body`].
-trait HasBody {
-    fn body_ref(&self) -> &Body;
-    fn body_mut_ref(&mut self) -> &mut Body;
-}
-
-impl HasBody for Request<Body> {
-    fn body_ref(&self) -> &Body {
-        self.body()
-    }
-    fn body_mut_ref(&mut self) -> &mut Body {
-        self.body_mut()
-    }
-}
-
-impl HasBody for Response<Body> {
-    fn body_ref(&self) -> &Body {
-        self.body()
-    }
-    fn body_mut_ref(&mut self) -> &mut Body {
-        self.body_mut()
     }
 }
 

@@ -7,16 +7,20 @@
 //! errors too); the copy never holds more than `limit` bytes; the receiver
 //! learns [`Teed::Complete`] once the stream has ended, [`Teed::TooLarge`] as
 //! soon as the limit is passed (so a waiting shadow can give up early), and
-//! sees the sender dropped if the stream fails or is abandoned unfinished.
+//! sees the sender dropped if the stream fails or is abandoned unfinished;
+//! [`copy_body`] skips the tee for a body known to be empty.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 
-use crate::body::Body;
+use http::{Request, Response};
+
+use crate::body::{self, Body};
 use crate::error::BoxError;
 
 #[derive(Debug)]
@@ -96,6 +100,50 @@ impl Drop for TeeBody {
             let copy = self.copy.split().freeze();
             self.finish(Teed::Complete(copy));
         }
+    }
+}
+
+/// A body copy in the making.
+pub enum BodyCopy {
+    Ready(Bytes),
+    Teed(oneshot::Receiver<Teed>),
+}
+
+/// Puts a tee on a request's or response's body unless it is known empty.
+pub fn copy_body<M>(message: M, limit: usize) -> (M, BodyCopy)
+where
+    M: HasBody,
+{
+    if message.body_ref().is_end_stream() {
+        return (message, BodyCopy::Ready(Bytes::new()));
+    }
+    let mut message = message;
+    let (tee, rx) = TeeBody::new(std::mem::replace(message.body_mut_ref(), body::empty()), limit);
+    *message.body_mut_ref() = tee.boxed();
+    (message, BodyCopy::Teed(rx))
+}
+
+/// Requests and responses alike, for [`copy_body`].
+pub trait HasBody {
+    fn body_ref(&self) -> &Body;
+    fn body_mut_ref(&mut self) -> &mut Body;
+}
+
+impl HasBody for Request<Body> {
+    fn body_ref(&self) -> &Body {
+        self.body()
+    }
+    fn body_mut_ref(&mut self) -> &mut Body {
+        self.body_mut()
+    }
+}
+
+impl HasBody for Response<Body> {
+    fn body_ref(&self) -> &Body {
+        self.body()
+    }
+    fn body_mut_ref(&mut self) -> &mut Body {
+        self.body_mut()
     }
 }
 

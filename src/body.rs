@@ -24,3 +24,14 @@ where
 {
     body.map_err(Into::into).boxed()
 }
+
+/// Keeps `guard` alive as long as the body: a slot or count tied to a
+/// response is released when the body has been read to its end (hyper then
+/// drops it) or abandoned.
+pub fn hold_until_dropped<G: Send + Sync + 'static>(body: Body, guard: G) -> Body {
+    body.map_err(move |e| {
+        let _ = &guard;
+        e
+    })
+    .boxed()
+}

@@ -31,9 +31,33 @@ pub enum ErrorKind {
     ConnectFailed,
     /// The upstream reset the connection or sent something that is not HTTP.
     UpstreamReset,
-    /// The route timeout expired.
+    /// The route timeout or a per-try timeout expired.
     Timeout,
+    /// weft refused the request to protect the upstream; never sent.
+    Overloaded(Overload),
 }
+
+/// Which protection refused a request; the value of `x-weft-overloaded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// Over the adaptive concurrency limit.
+    Concurrency,
+    /// Over a circuit breaker limit.
+    Circuit,
+}
+
+impl Overload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Concurrency => "concurrency",
+            Self::Circuit => "circuit",
+        }
+    }
+}
+
+/// Marks responses weft refused for overload; a weft one hop downstream
+/// never retries them (retrying would feed the overload).
+pub const OVERLOADED_HEADER: &str = "x-weft-overloaded";
 
 #[derive(Debug)]
 pub struct ProxyError {
@@ -56,22 +80,28 @@ impl ProxyError {
     pub fn origin(&self) -> Origin {
         match self.kind {
             ErrorKind::NoRoute | ErrorKind::BadRequest => Origin::Downstream,
-            ErrorKind::NoEndpoint => Origin::Internal,
+            ErrorKind::NoEndpoint | ErrorKind::Overloaded(_) => Origin::Internal,
             ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::Timeout => Origin::Upstream,
         }
     }
 
     /// Whether sending the request again cannot do harm twice: only when the
-    /// upstream never saw it.
+    /// upstream never saw it. (Overload rejections are never sent, but the
+    /// retry layer still refuses to retry them: that would add load.)
     pub fn retry_safe(&self) -> bool {
-        matches!(self.kind, ErrorKind::ConnectFailed | ErrorKind::NoEndpoint)
+        matches!(
+            self.kind,
+            ErrorKind::ConnectFailed | ErrorKind::NoEndpoint | ErrorKind::Overloaded(_)
+        )
     }
 
     pub fn status(&self) -> StatusCode {
         match self.kind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorKind::NoEndpoint | ErrorKind::ConnectFailed => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoEndpoint | ErrorKind::ConnectFailed | ErrorKind::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -86,13 +116,21 @@ impl ProxyError {
             ErrorKind::ConnectFailed => "upstream connect error",
             ErrorKind::UpstreamReset => "upstream reset or sent an invalid response",
             ErrorKind::Timeout => "upstream request timeout",
+            ErrorKind::Overloaded(Overload::Concurrency) => "upstream concurrency limit reached",
+            ErrorKind::Overloaded(Overload::Circuit) => "upstream circuit breaker open",
         };
         let text = if self.detail.is_empty() {
             format!("{reason}\n")
         } else {
             format!("{reason}: {}\n", self.detail)
         };
-        plain_response(self.status(), Bytes::from(text))
+        let mut response = plain_response(self.status(), Bytes::from(text));
+        if let ErrorKind::Overloaded(overload) = self.kind {
+            response
+                .headers_mut()
+                .insert(OVERLOADED_HEADER, HeaderValue::from_static(overload.as_str()));
+        }
+        response
     }
 }
 
@@ -117,6 +155,15 @@ pub fn plain_response(status: StatusCode, text: Bytes) -> Response<Body> {
 
 /// Classifies an error of the upstream HTTP client.
 pub fn from_client_error(err: hyper_util::client::legacy::Error) -> ProxyError {
+    // The cluster's connector refuses connections over the circuit breaker's
+    // limits; that is an overload rejection, not a failing upstream.
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        if let Some(open) = inner.downcast_ref::<crate::layer::circuit_breaker::CircuitOpen>() {
+            return ProxyError::new(ErrorKind::Overloaded(Overload::Circuit), open.to_string());
+        }
+        source = inner.source();
+    }
     if err.is_connect() {
         return ProxyError::new(ErrorKind::ConnectFailed, error_chain(&err));
     }

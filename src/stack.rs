@@ -3,8 +3,12 @@
 //! stacks never nest deeply (short compile times).
 //!
 //! Per request: `proxy::Proxy` (route match, header rewriting, metrics, access
-//! log, error rescue) -> route timeout -> cluster (endpoint pick + pooled
-//! upstream client).
+//! log, error rescue) -> route timeout (capped by `grpc-timeout`) -> retry
+//! (route policy, cluster budget, per-try timeout) -> per try: circuit
+//! breaker `max_requests` -> adaptive concurrency -> cluster (endpoint pick +
+//! pooled upstream client, whose connector enforces the connection limits).
+//! The overload layers sit inside retry so that every try is admitted on its
+//! own, and their rejections reach retry as errors it never retries.
 
 use std::sync::Arc;
 
@@ -17,7 +21,10 @@ use crate::body::Body;
 use crate::cluster::{service::ClusterService, Cluster};
 use crate::config::mirror::MirrorConfig;
 use crate::error::{plain_response, ProxyError};
+use crate::layer::adaptive_concurrency::AdaptiveConcurrencyLayer;
+use crate::layer::circuit_breaker::RequestLimitLayer;
 use crate::layer::mirror::{MirrorLayer, ShadowTargets, DEFAULT_SHADOW_DEADLINE};
+use crate::layer::retry::RetryLayer;
 use crate::layer::timeout::TimeoutLayer;
 use crate::route::Route;
 use crate::telemetry::metrics::Metrics;
@@ -26,10 +33,22 @@ pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Proxy
 
 /// The service that sends a route's requests to one cluster.
 pub fn cluster_target(route: &Route, cluster: &Arc<Cluster>) -> RouteService {
+    let overload = &cluster.overload;
+    let per_try: RouteService = ServiceBuilder::new()
+        .layer(BoxCloneSyncService::layer())
+        .option_layer(overload.circuit.as_deref().map(RequestLimitLayer::new))
+        .option_layer(overload.concurrency.clone().map(AdaptiveConcurrencyLayer::new))
+        .service(ClusterService::new(cluster.clone()));
     ServiceBuilder::new()
         .layer(BoxCloneSyncService::layer())
-        .option_layer(route.timeout.map(TimeoutLayer::new))
-        .service(ClusterService::new(cluster.clone()))
+        .layer(TimeoutLayer::new(route.timeout))
+        .option_layer(
+            route
+                .retry
+                .clone()
+                .map(|policy| RetryLayer::new(policy, overload.retry.clone())),
+        )
+        .service(per_try)
 }
 
 /// [`cluster_target`] behind the route's mirror, when it has one: the

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::schema::{ClusterConfig, ClusterProtocol, LbPolicy, NodeConfig};
 use crate::error::ErrorKind;
+use crate::layer::ClusterOverload;
 use crate::telemetry::metrics::{Metrics, StatusCounters};
 use crate::upstream::HttpClient;
 use balancer::PickInput;
@@ -122,6 +123,8 @@ pub struct Cluster {
     pub recent: recent::RecentRequests,
     /// Background outlier timers and health checks; stopped when the cluster drops.
     monitor: OnceLock<monitor::Monitor>,
+    /// Overload protection state, shared by every route to this cluster.
+    pub overload: ClusterOverload,
 }
 
 impl Cluster {
@@ -146,17 +149,20 @@ impl Cluster {
                 })
             })
             .collect();
+        let overload = ClusterOverload::new(config, &metrics.overload);
         let http = match config.protocol {
             ClusterProtocol::Tcp => None,
             // Validation loaded the same files moments ago; should they have
             // broken since, the cluster answers 503 rather than failing the reload.
-            ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => match HttpClient::new(config) {
-                Ok(client) => Some(client),
-                Err(e) => {
-                    tracing::error!(cluster = %config.name, error = %e, "cannot build the upstream client");
-                    None
+            ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => {
+                match HttpClient::new(config, overload.connection_limits()) {
+                    Ok(client) => Some(client),
+                    Err(e) => {
+                        tracing::error!(cluster = %config.name, error = %e, "cannot build the upstream client");
+                        None
+                    }
                 }
-            },
+            }
         };
         let cluster = Arc::new(Self {
             name: Arc::from(config.name.as_str()),
@@ -168,6 +174,7 @@ impl Cluster {
             health: ClusterHealth::new(config, node, &metrics.health),
             recent: recent::RecentRequests::default(),
             monitor: OnceLock::new(),
+            overload,
         });
         if let Some(monitor) = monitor::spawn(&cluster) {
             // Freshly built, so the cell is empty and the set cannot fail.

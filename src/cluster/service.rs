@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -19,6 +19,14 @@ use crate::error::{ErrorKind, ProxyError};
 /// Response extension naming the endpoint that answered, for logs.
 #[derive(Clone, Copy, Debug)]
 pub struct ServedBy(pub SocketAddr);
+
+/// Request extension from the retry layer: avoid the endpoint that just
+/// failed (when another exists) and report which one this try picked.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointHint {
+    pub exclude: Option<usize>,
+    pub picked: Arc<OnceLock<usize>>,
+}
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -42,6 +50,7 @@ impl Service<Request<Body>> for ClusterService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let cluster = self.cluster.clone();
+        let hint = req.extensions().get::<EndpointHint>().cloned();
         Box::pin(async move {
             let Some(http) = cluster.http.as_ref() else {
                 return Err(ProxyError::new(
@@ -49,8 +58,11 @@ impl Service<Request<Body>> for ClusterService {
                     format!("cluster {} does not speak HTTP", cluster.name),
                 ));
             };
-            let (idx, endpoint) = cluster
-                .pick(None)
+            let index = cluster.pick(hint.as_ref().and_then(|h| h.exclude));
+            if let (Some(hint), Some(index)) = (&hint, index) {
+                let _ = hint.picked.set(index);
+            }
+            let (idx, endpoint) = index
                 .and_then(|i| Some((i, cluster.endpoints.get(i)?.clone())))
                 .ok_or_else(|| {
                     ProxyError::new(

@@ -1,7 +1,7 @@
 //! Schema and semantic checks of a cluster's endpoint-health sections:
 //! `outlier_detection`, `health_check` and `zone_aware` (issue 3). Kept apart
 //! from `schema.rs` so each section is one struct with serde defaults, and a
-//! missing key always means the documented default (see docs/config-health.md).
+//! missing key always means the documented default (see docs/config.md, "Endpoint health").
 //!
 //! Guarantees: every struct denies unknown keys; [`validate_cluster`] returns
 //! (key path, message) pairs naming the offending key, like `validate.rs`.

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod lines;
 pub mod mirror;
+pub mod overload;
 pub mod schema;
 mod validate;
 pub mod watch;

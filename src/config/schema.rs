@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
 use super::health::{HealthCheckConfig, OutlierDetectionConfig, ZoneAwareSection};
+pub use super::overload::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, RetryBudgetConfig, RetryConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -38,6 +39,7 @@ impl Config {
     /// Makes every file path absolute against `base` (the config file's
     /// directory), so later stages need not know where the file was.
     pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         let fix = |p: &mut PathBuf| *p = base.join(&*p);
         for l in &mut self.listeners {
             if let Some(tls) = &mut l.tls {
@@ -288,6 +290,8 @@ pub struct RouteConfig {
     /// With `split`: keep each header or cookie value on one side.
     #[serde(default)]
     pub sticky: Option<super::mirror::StickyConfig>,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -391,6 +395,13 @@ pub struct ClusterConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub zone_aware: ZoneAwareSection,
+    #[serde(default)]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
+    /// Applies to routes with `retry`; absent means the default budget.
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudgetConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -30,6 +30,20 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         problems.extend(super::health::validate_cluster(&key, c));
+        let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
+        if guarded && c.protocol == ClusterProtocol::Tcp {
+            problems.push((
+                format!("{key}.protocol"),
+                "adaptive_concurrency, retry_budget and circuit_breaker apply to HTTP clusters only".into(),
+            ));
+        }
+        for (sub, message) in super::overload::check_cluster(
+            c.adaptive_concurrency.as_ref(),
+            c.retry_budget.as_ref(),
+            c.circuit_breaker.as_ref(),
+        ) {
+            problems.push((format!("{key}.{sub}"), message));
+        }
         for (j, e) in c.endpoints.iter().enumerate() {
             if e.weight == 0 {
                 problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));
@@ -45,7 +59,10 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("{key}.name"), format!("duplicate listener name {:?}", l.name)));
         }
         // Port 0 (any free port, used by tests) can never collide.
-        if l.address.port() != 0 && (!addresses.insert(l.address) || l.address == config.admin.address) {
+        // An http3 listener (UDP) may share a TCP listener's port number.
+        let udp = l.protocol == ListenerProtocol::Http3;
+        if l.address.port() != 0 && (!addresses.insert((l.address, udp)) || (!udp && l.address == config.admin.address))
+        {
             problems.push((
                 format!("{key}.address"),
                 format!("address {} is already in use by another listener or admin", l.address),

@@ -111,27 +111,30 @@ async fn serve_connection(
     let mut requests = JoinSet::new();
     let mut draining = false;
     loop {
-        let next = tokio::select! {
+        tokio::select! {
             _ = crate::listener::stopped(&mut stop), if !draining => {
                 draining = true;
-                // GOAWAY: the client sends no new requests; accept() then ends.
+                // GOAWAY: the client opens no new requests.
                 if let Err(e) = h3.shutdown(0).await {
                     tracing::debug!(%peer, error = %e, "HTTP/3 shutdown");
                 }
-                continue;
             }
-            next = h3.accept() => next,
-        };
-        match next {
-            Ok(Some(resolver)) => {
-                while requests.try_join_next().is_some() {}
-                requests.spawn(serve_request(resolver, Proxy::new(shared.clone(), downstream.clone())));
-            }
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
-                break;
-            }
+            Some(_) = requests.join_next(), if draining => {}
+            next = h3.accept() => match next {
+                Ok(Some(resolver)) => {
+                    while requests.try_join_next().is_some() {}
+                    requests.spawn(serve_request(resolver, Proxy::new(shared.clone(), downstream.clone())));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                    break;
+                }
+            },
+        }
+        // Once drained, close instead of waiting for the client to go idle.
+        if draining && requests.is_empty() {
+            break;
         }
     }
     while requests.join_next().await.is_some() {}

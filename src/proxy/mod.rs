@@ -24,7 +24,7 @@ use crate::cluster::service::ServedBy;
 use crate::error::{ErrorKind, ProxyError};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, Protocol};
 use crate::tls::PeerIdentity;
 
 /// State shared by all listeners and the admin server.
@@ -172,8 +172,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     }
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    metrics.requests.inc(status);
-    metrics.duration.observe(elapsed.as_secs_f64());
+    metrics.record(Protocol::from_version(version), status, elapsed.as_secs_f64());
     if snapshot.loaded.config.access_log.enabled {
         access_log::write(&AccessRecord {
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

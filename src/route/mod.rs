@@ -16,6 +16,7 @@ use tokio::time::Duration;
 pub use matcher::{MatchError, Matcher};
 
 use crate::config::schema::RouteConfig;
+use crate::layer::retry::policy::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -71,6 +72,7 @@ pub struct Route {
     pub matcher: Matcher,
     pub action: Action,
     pub timeout: Option<Duration>,
+    pub retry: Option<Arc<RetryPolicy>>,
     /// With a split: the header or cookie that keeps a user on one side.
     pub sticky: Option<sticky::Sticky>,
     /// `mirror:` with its cluster references resolved.
@@ -165,6 +167,15 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
             message: "a direct_response route has nothing to mirror".into(),
         });
     }
+    let retry = match &config.retry {
+        None => None,
+        Some(retry) => Some(Arc::new(RetryPolicy::compile(retry).map_err(|(key, message)| {
+            MatchError {
+                key: format!("retry.{key}"),
+                message,
+            }
+        })?)),
+    };
     Ok(Route {
         name: Arc::from(config.name.as_str()),
         matcher,
@@ -172,6 +183,7 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
         timeout: config.timeout,
         sticky,
         mirror,
+        retry,
     })
 }
 

@@ -3,10 +3,10 @@
 //! labels are resolved when a config snapshot is built, so a request only
 //! resolves its `status` label (through a small cache, see [`StatusCounters`]).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -22,6 +22,66 @@ pub struct Metrics {
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
     pub mirror: super::mirror::MirrorMetrics,
+    pub overload: OverloadFamilies,
+}
+
+/// Families of the overload protections (adaptive concurrency, retries,
+/// circuit breaking), all labelled by cluster.
+#[derive(Clone)]
+pub struct OverloadFamilies {
+    pub concurrency_limit: IntGaugeVec,
+    pub concurrency_in_flight: IntGaugeVec,
+    pub concurrency_rejections: IntCounterVec,
+    pub min_rtt_seconds: GaugeVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    /// Also labelled by `limit` (max_connections, max_pending_requests, max_requests).
+    pub circuit_open: IntCounterVec,
+}
+
+impl OverloadFamilies {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["cluster"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let min_rtt_seconds = GaugeVec::new(
+            Opts::new(
+                "weft_min_rtt_seconds",
+                "The adaptive concurrency limiter's measured minRTT.",
+            ),
+            &["cluster"],
+        )?;
+        registry.register(Box::new(min_rtt_seconds.clone()))?;
+        Ok(Self {
+            concurrency_limit: gauge("weft_concurrency_limit", "The adaptive concurrency limit now in force.")?,
+            concurrency_in_flight: gauge(
+                "weft_concurrency_in_flight",
+                "Requests admitted by the adaptive concurrency limiter and not yet finished.",
+            )?,
+            concurrency_rejections: counter(
+                registry,
+                "weft_concurrency_rejections_total",
+                "Requests refused over the adaptive concurrency limit.",
+                &["cluster"],
+            )?,
+            min_rtt_seconds,
+            retries: counter(registry, "weft_retries_total", "Retries sent.", &["cluster"])?,
+            retry_budget_exhausted: counter(
+                registry,
+                "weft_retry_budget_exhausted_total",
+                "Retries not sent because the cluster's retry budget was spent.",
+                &["cluster"],
+            )?,
+            circuit_open: counter(
+                registry,
+                "weft_circuit_open_total",
+                "Requests refused by a circuit breaker limit.",
+                &["cluster", "limit"],
+            )?,
+        })
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -51,7 +111,7 @@ impl Metrics {
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-            &["listener", "route", "cluster"],
+            &["listener", "route", "cluster", "protocol"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
         let downstream_connections_active = IntGaugeVec::new(
@@ -62,12 +122,14 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(downstream_connections_active.clone()))?;
+        let overload = OverloadFamilies::new(&registry)?;
         Ok(Self {
+            overload,
             requests: counter(
                 &registry,
                 "weft_requests_total",
-                "Requests answered, by listener, route, cluster and status.",
-                &["listener", "route", "cluster", "status"],
+                "Requests answered, by listener, route, cluster, downstream protocol and status.",
+                &["listener", "route", "cluster", "protocol", "status"],
             )?,
             request_duration,
             upstream_requests: counter(
@@ -106,12 +168,39 @@ impl Metrics {
     }
 }
 
-/// Counters of one label set that differ only by `status`; each status code's
-/// handle is resolved once and then read under an uncontended read lock.
+/// The downstream protocol of a request: the `protocol` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn from_version(version: http::Version) -> Self {
+        match version {
+            http::Version::HTTP_2 => Self::Http2,
+            http::Version::HTTP_3 => Self::Http3,
+            _ => Self::Http1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Http3 => "http3",
+        }
+    }
+}
+
+/// Counters of one label set that differ only by the last labels (an
+/// optional protocol, then `status`); each combination's handle is resolved
+/// once and then read under an uncontended read lock.
 pub struct StatusCounters {
     family: IntCounterVec,
     labels: Vec<String>,
-    cache: RwLock<Vec<(u16, IntCounter)>>,
+    cache: RwLock<Vec<(Option<Protocol>, u16, IntCounter)>>,
 }
 
 impl StatusCounters {
@@ -123,36 +212,60 @@ impl StatusCounters {
         }
     }
 
+    /// For families whose last label is `status`.
     pub fn inc(&self, status: u16) {
+        self.inc_for(None, status);
+    }
+
+    /// For families whose last labels are `protocol`, `status`.
+    pub fn inc_for(&self, protocol: Option<Protocol>, status: u16) {
         if let Ok(cache) = self.cache.read() {
-            if let Some((_, c)) = cache.iter().find(|(s, _)| *s == status) {
+            if let Some((.., c)) = cache.iter().find(|(p, s, _)| *s == status && *p == protocol) {
                 c.inc();
                 return;
             }
         }
         let mut values: Vec<&str> = self.labels.iter().map(String::as_str).collect();
+        values.extend(protocol.map(Protocol::as_str));
         let status_text = status.to_string();
         values.push(&status_text);
         let counter = self.family.with_label_values(&values);
         counter.inc();
         if let Ok(mut cache) = self.cache.write() {
-            cache.push((status, counter));
+            cache.push((protocol, status, counter));
         }
     }
 }
 
 /// Pre-resolved handles for one (listener, route, cluster).
 pub struct RouteMetrics {
-    pub requests: StatusCounters,
-    pub duration: Histogram,
+    requests: StatusCounters,
+    family: HistogramVec,
+    labels: [String; 3],
+    /// One histogram per protocol, made on first use.
+    durations: [OnceLock<Histogram>; 3],
 }
 
 impl RouteMetrics {
     pub fn new(metrics: &Metrics, listener: &str, route: &str, cluster: &str) -> Arc<Self> {
         Arc::new(Self {
             requests: StatusCounters::new(&metrics.requests, &[listener, route, cluster]),
-            duration: metrics.request_duration.with_label_values(&[listener, route, cluster]),
+            family: metrics.request_duration.clone(),
+            labels: [listener.to_string(), route.to_string(), cluster.to_string()],
+            durations: Default::default(),
         })
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn record(&self, protocol: Protocol, status: u16, seconds: f64) {
+        self.requests.inc_for(Some(protocol), status);
+        let [listener, route, cluster] = &self.labels;
+        self.durations[protocol as usize]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[listener, route, cluster, protocol.as_str()])
+            })
+            .observe(seconds);
     }
 }
 
@@ -161,18 +274,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_metrics_count_per_protocol_and_status() {
+        let metrics = Metrics::new().unwrap();
+        let route = RouteMetrics::new(&metrics, "l", "r", "c");
+        route.record(Protocol::Http1, 200, 0.001);
+        route.record(Protocol::Http1, 200, 0.001);
+        route.record(Protocol::Http3, 503, 0.002);
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["l", "r", "c", "http1", "200"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            metrics
+                .requests
+                .with_label_values(&["l", "r", "c", "http3", "503"])
+                .get(),
+            1
+        );
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(
+                "weft_requests_total{cluster=\"c\",listener=\"l\",protocol=\"http1\",route=\"r\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "weft_request_duration_seconds_count{cluster=\"c\",listener=\"l\",protocol=\"http3\",route=\"r\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn status_counters_count_per_status() {
         let metrics = Metrics::new().unwrap();
-        let counters = StatusCounters::new(&metrics.requests, &["l", "r", "c"]);
+        let counters = StatusCounters::new(&metrics.upstream_requests, &["c", "e"]);
         counters.inc(200);
         counters.inc(200);
         counters.inc(503);
-        assert_eq!(metrics.requests.with_label_values(&["l", "r", "c", "200"]).get(), 2);
-        assert_eq!(metrics.requests.with_label_values(&["l", "r", "c", "503"]).get(), 1);
-        let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(
-            text.contains("weft_requests_total{cluster=\"c\",listener=\"l\",route=\"r\",status=\"200\"} 2"),
-            "{text}"
-        );
+        assert_eq!(metrics.upstream_requests.with_label_values(&["c", "e", "200"]).get(), 2);
+        assert_eq!(metrics.upstream_requests.with_label_values(&["c", "e", "503"]).get(), 1);
     }
 }

@@ -15,6 +15,7 @@ use crate::body::{self, Body};
 use crate::cluster::Endpoint;
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
 use crate::error::{from_client_error, ErrorKind, ProxyError};
+use crate::layer::circuit_breaker::connector::{ConnectionLimits, LimitedConnector};
 use crate::tls;
 
 pub mod h3;
@@ -28,10 +29,11 @@ pub enum HttpClient {
 impl HttpClient {
     /// Fails only when the cluster's TLS files cannot be loaded (or, for
     /// HTTP/3, no UDP socket can be opened).
-    pub fn new(config: &ClusterConfig) -> Result<Self, String> {
+    /// `limits` are the cluster circuit breaker's connection limits, if any.
+    pub fn new(config: &ClusterConfig, limits: Option<ConnectionLimits>) -> Result<Self, String> {
         match config.protocol {
             ClusterProtocol::Http3 => Ok(Self::Quic(h3::H3Client::new(config)?)),
-            _ => Ok(Self::Tcp(TcpClient::new(config)?)),
+            _ => Ok(Self::Tcp(TcpClient::new(config, limits)?)),
         }
     }
 
@@ -46,13 +48,13 @@ impl HttpClient {
 /// HTTP/1.1 and HTTP/2 over TCP (optionally TLS), pooled by hyper-util.
 #[derive(Clone)]
 pub struct TcpClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<LimitedConnector<HttpsConnector<HttpConnector>>, Body>,
     version: Version,
     scheme: Scheme,
 }
 
 impl TcpClient {
-    fn new(config: &ClusterConfig) -> Result<Self, String> {
+    fn new(config: &ClusterConfig, limits: Option<ConnectionLimits>) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
@@ -82,7 +84,7 @@ impl TcpClient {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(http2)
-            .build(connector);
+            .build(LimitedConnector::new(connector, limits));
         Ok(Self {
             client,
             version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },

@@ -145,7 +145,7 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
 
     let text = metrics_of(&app).await;
     assert!(
-        text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",route=\"canary\",status=\"200\"} 1"),
+        text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",protocol=\"http3\",route=\"canary\",status=\"200\"} 1"),
         "{text}"
     );
 
@@ -185,6 +185,63 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
         response.headers().get("alt-svc").unwrap(),
         &format!("h3=\":{h3_port}\"; ma=86400")
     );
+}
+
+#[tokio::test]
+async fn http3_oversized_headers_get_431_and_the_listener_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("h3-limits-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let yaml = config(
+        "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    limits: { max_request_headers_kb: 8 }\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: ok, direct_response: { status: 200, body: fine } } ]",
+        "  []",
+    );
+    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
+    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
+        .await
+        .unwrap();
+    let addr = app.listener_addr("quic").await.unwrap();
+    let mut client = H3Client::connect(addr, &ca_path).await;
+    let big = "x".repeat(16 * 1024);
+    let (status, _, _) = client.request("GET", "/", &[("x-big", &big)], Bytes::new()).await;
+    assert_eq!(status, 431);
+    // The same connection and new ones are still served.
+    assert_eq!(client.request("GET", "/", &[], Bytes::new()).await.0, 200);
+    let mut fresh = H3Client::connect(addr, &ca_path).await;
+    assert_eq!(
+        fresh.request("GET", "/", &[], Bytes::new()).await.2,
+        Bytes::from_static(b"fine")
+    );
+}
+
+#[tokio::test]
+async fn http3_drain_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("h3-drain-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let slow = Upstream::start(|_req| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        http::Response::new(full("finished"))
+    })
+    .await;
+    let yaml = config(
+        "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: slow, cluster: slow } ]",
+        &format!("  - {{ name: slow, endpoints: [ {{ address: {} }} ] }}", slow.addr),
+    );
+    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
+    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
+        .await
+        .unwrap();
+    let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
+    let request = client.request("GET", "/", &[], Bytes::new());
+    let drain = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        app.shutdown().await;
+    };
+    let ((status, _, body), ()) = tokio::join!(request, drain);
+    assert_eq!((status, &body[..]), (200, &b"finished"[..]));
 }
 
 async fn metrics_of(app: &weft::app::App) -> String {
@@ -229,7 +286,7 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
     assert!(body == data, "body differs after HTTP/1 -> HTTP/3 -> HTTP/1");
     let text = metrics_of(&app).await;
     assert!(
-        text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",route=\"to-echo\",status=\"200\"} 1"),
+        text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",protocol=\"http3\",route=\"to-echo\",status=\"200\"} 1"),
         "{text}"
     );
 }

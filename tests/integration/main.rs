@@ -5,6 +5,8 @@ mod h3;
 mod health;
 mod lifecycle;
 mod mirror;
+mod overload;
+mod process;
 mod proxy;
 mod support;
 mod tcp;

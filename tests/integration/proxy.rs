@@ -63,11 +63,13 @@ async fn header_routing_split_direct_response_and_404() {
 
     let text = metrics(&weft).await;
     assert!(
-        text.contains(r#"weft_requests_total{cluster="web-canary",listener="public",route="split",status="200"}"#),
+        text.contains(
+            r#"weft_requests_total{cluster="web-canary",listener="public",protocol="http1",route="split",status="200"}"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"weft_requests_total{cluster="",listener="public",route="",status="404"} 1"#),
+        text.contains(r#"weft_requests_total{cluster="",listener="public",protocol="http1",route="",status="404"} 1"#),
         "{text}"
     );
     assert!(text.contains("weft_request_duration_seconds_bucket"), "{text}");

@@ -2,8 +2,9 @@
 //! `/config` (the effective config as JSON) and `/clusters` (endpoints with
 //! zone, weight, in-flight requests, health-check verdict, ejection state and
 //! latency estimate, plus each cluster's zone routing state), `/stats`
-//! (request and error counters per listener, route and cluster) and `/`, the
-//! live admin page built on those.
+//! (request and error counters per listener, route and cluster), `/compare`
+//! (per mirrored route: comparison counts and the last few mismatches) and
+//! `/`, the live admin page built on those.
 
 mod page;
 mod stats;
@@ -88,9 +89,10 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             let clusters: Vec<_> = snapshot.clusters.iter().map(|c| c.status()).collect();
             json(&clusters)
         }
+        "/compare" => json(&shared.metrics.mirror.report()),
         _ => plain_response(
             StatusCode::NOT_FOUND,
-            Bytes::from_static(b"admin endpoints: / /metrics /ready /live /config /clusters /stats\n"),
+            Bytes::from_static(b"admin endpoints: / /metrics /ready /live /config /clusters /stats /compare\n"),
         ),
     }
 }

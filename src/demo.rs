@@ -3,7 +3,9 @@
 //! answers with its cluster, version (the cluster name's last part) and zone;
 //! `GET /toggle-fail` switches it to answering 500 (health checks included)
 //! and back, so an outlier ejection and a zone failover can be triggered by
-//! hand. A tcp backend echoes.
+//! hand. Under `/api/` it answers JSON instead, where version `v2` differs
+//! from the others in one field (`$.user.tier`), for the mirror-and-compare
+//! demo. A tcp backend echoes.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -51,7 +53,7 @@ pub async fn start_backends(config: &Config) -> Result<(), String> {
             match cluster.protocol {
                 ClusterProtocol::Tcp => tokio::spawn(echo(socket)),
                 ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => {
-                    tokio::spawn(http_backend(socket, identity))
+                    tokio::spawn(http_backend(socket, identity, version))
                 }
             };
         }
@@ -59,14 +61,20 @@ pub async fn start_backends(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn http_backend(socket: TcpListener, identity: String) {
+async fn http_backend(socket: TcpListener, identity: String, version: String) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let failing = Arc::new(AtomicBool::new(false));
     while let Ok((stream, _)) = socket.accept().await {
         let identity = identity.clone();
+        let version = version.clone();
         let failing = failing.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let response = demo_response(&identity, &failing, req.uri().path());
+            let path = req.uri().path();
+            let response = if path.starts_with("/api/") {
+                api_response(&version, path)
+            } else {
+                demo_response(&identity, &failing, path)
+            };
             async move { Ok::<_, Infallible>(response) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
@@ -84,6 +92,26 @@ fn demo_response(identity: &str, failing: &AtomicBool, path: &str) -> Response<F
     if failing.load(Ordering::Relaxed) {
         *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     }
+    response
+}
+
+/// The mirror demo's JSON: `generated_at` differs on every answer (the
+/// config ignores it), `user.tier` differs only in version v2 (a mismatch).
+fn api_response(version: &str, path: &str) -> Response<Full<Bytes>> {
+    let tier = if version == "v2" { "Gold" } else { "gold" };
+    let generated_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let body = serde_json::json!({
+        "path": path,
+        "user": { "id": 42, "name": "ada", "tier": tier },
+        "generated_at": generated_at,
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -133,6 +161,19 @@ weft demo is running. Try:
   for i in $(seq 60); do curl -s http://{public}/; done | grep web-stable | cut -d' ' -f3 | sort | uniq -c
   # heal them (run each toggle again); health checks bring them back
   for p in 9001 9002 9003; do curl -s http://127.0.0.1:$p/toggle-fail; done
+
+  # mirror and compare: /api/ answers come from api-v1; api-v2 gets a copy
+  # and differs in one field, so /compare counts mismatches naming $.user.tier
+  for i in $(seq 20); do curl -s -o /dev/null http://{public}/api/users/42; done
+  curl -s http://{admin}/compare
+  curl -s http://{admin}/metrics | grep weft_mirror_results_total
+  tail -n1 /tmp/weft-demo-mismatches.jsonl
+
+  # sticky split: one x-user-id always lands on the same side
+  for i in $(seq 20); do curl -s -H 'x-user-id: ada' http://{public}/; done | cut -d' ' -f1 | sort | uniq -c
+
+  # per-cluster error rate and latency percentiles (what examples/rollout.py reads)
+  curl -s http://{admin}/clusters | grep -A8 '"recent"'
 
   # admin
   curl -s http://{admin}/clusters

@@ -33,11 +33,18 @@ impl AsRef<Route> for RouteEntry {
 }
 
 impl RouteEntry {
-    pub fn target(&self) -> Option<&Target> {
+    /// The target for a request with `headers`: with a sticky split, the
+    /// side the request's sticky value hashes to (see `route::sticky`).
+    pub fn target(&self, headers: &http::HeaderMap) -> Option<&Target> {
         match &self.split {
             None => self.targets.first(),
             Some(split) => {
-                let point = rand::random_range(0..split.total().max(1));
+                let total = split.total().max(1);
+                let sticky = self.route.sticky.as_ref().and_then(|s| s.value(headers));
+                let point = match sticky {
+                    Some(value) => route::sticky::point(value, total),
+                    None => rand::random_range(0..total),
+                };
                 split.pick(point).and_then(|i| self.targets.get(i))
             }
         }
@@ -85,9 +92,22 @@ impl Snapshot {
             for r in &l.routes {
                 let route = route::compile(r, &index)
                     .map_err(|e| format!("listener {} route {}: {}: {}", l.name, r.name, e.key, e.message))?;
+                let mirror = match (&r.mirror, &route.mirror) {
+                    (Some(config), Some(to)) => Some(
+                        stack::mirror_layer(
+                            &route,
+                            config,
+                            &clusters[to.shadow],
+                            to.noise.map(|n| &clusters[n]),
+                            metrics,
+                        )
+                        .map_err(|e| format!("listener {} route {}: {e}", l.name, r.name))?,
+                    ),
+                    _ => None,
+                };
                 let target = |cluster: usize| Target {
                     cluster: clusters[cluster].name.clone(),
-                    service: stack::cluster_target(&route, &clusters[cluster]),
+                    service: stack::mirrored_target(&route, &clusters[cluster], mirror.as_ref()),
                     metrics: RouteMetrics::new(metrics, &l.name, &route.name, &clusters[cluster].name),
                 };
                 let (targets, split) = match &route.action {

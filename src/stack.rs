@@ -19,12 +19,15 @@ use tower::{service_fn, ServiceBuilder};
 
 use crate::body::Body;
 use crate::cluster::{service::ClusterService, Cluster};
+use crate::config::mirror::MirrorConfig;
 use crate::error::{plain_response, ProxyError};
 use crate::layer::adaptive_concurrency::AdaptiveConcurrencyLayer;
 use crate::layer::circuit_breaker::RequestLimitLayer;
+use crate::layer::mirror::{MirrorLayer, ShadowTargets, DEFAULT_SHADOW_DEADLINE};
 use crate::layer::retry::RetryLayer;
 use crate::layer::timeout::TimeoutLayer;
 use crate::route::Route;
+use crate::telemetry::metrics::Metrics;
 
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
 
@@ -46,6 +49,36 @@ pub fn cluster_target(route: &Route, cluster: &Arc<Cluster>) -> RouteService {
                 .map(|policy| RetryLayer::new(policy, overload.retry.clone())),
         )
         .service(per_try)
+}
+
+/// [`cluster_target`] behind the route's mirror, when it has one: the
+/// mirror sits outside the timeout, so it sees the answer the client gets.
+pub fn mirrored_target(route: &Route, cluster: &Arc<Cluster>, mirror: Option<&MirrorLayer>) -> RouteService {
+    let target = cluster_target(route, cluster);
+    match mirror {
+        Some(mirror) => BoxCloneSyncService::new(tower::Layer::layer(mirror, target)),
+        None => target,
+    }
+}
+
+/// A route's mirror, shared by all its targets (one `max_in_flight` budget).
+/// Shadow and noise copies go straight to their clusters; the mirror's own
+/// deadline (the route timeout) bounds them.
+pub fn mirror_layer(
+    route: &Route,
+    config: &MirrorConfig,
+    shadow: &Arc<Cluster>,
+    noise: Option<&Arc<Cluster>>,
+    metrics: &Metrics,
+) -> Result<MirrorLayer, String> {
+    let targets = ShadowTargets {
+        cluster: shadow.name.clone(),
+        shadow: BoxCloneSyncService::new(ClusterService::new(shadow.clone())),
+        noise: noise.map(|c| BoxCloneSyncService::new(ClusterService::new(c.clone()))),
+        deadline: route.timeout.unwrap_or(DEFAULT_SHADOW_DEADLINE),
+    };
+    let board = metrics.mirror.route(&route.name, &shadow.name);
+    MirrorLayer::new(&route.name, config, targets, board)
 }
 
 /// The service of a `direct_response` route.

@@ -14,6 +14,7 @@ pub mod health;
 pub mod health_check;
 pub mod monitor;
 pub mod outlier;
+pub mod recent;
 pub mod service;
 pub mod status;
 pub mod zone;
@@ -118,6 +119,8 @@ pub struct Cluster {
     /// `None` for tcp clusters.
     pub http: Option<HttpClient>,
     pub health: ClusterHealth,
+    /// Error rate and latency percentiles of recent attempts, for `/clusters`.
+    pub recent: recent::RecentRequests,
     /// Background outlier timers and health checks; stopped when the cluster drops.
     monitor: OnceLock<monitor::Monitor>,
     /// Overload protection state, shared by every route to this cluster.
@@ -169,6 +172,7 @@ impl Cluster {
             round_robin: AtomicU64::new(0),
             http,
             health: ClusterHealth::new(config, node, &metrics.health),
+            recent: recent::RecentRequests::default(),
             monitor: OnceLock::new(),
             overload,
         });
@@ -232,8 +236,13 @@ impl Cluster {
     /// Feeds the result of one attempt on endpoint `idx`, started at
     /// `started`, into its latency estimate and the outlier detector.
     pub fn record_attempt(&self, idx: usize, started: Instant, result: Result<StatusCode, ErrorKind>) {
-        self.health
-            .record_attempt(&self.endpoints, idx, started, Instant::now(), result);
+        let now = Instant::now();
+        self.recent.record(recent::Sample {
+            at: now,
+            latency: now.saturating_duration_since(started),
+            error: result.map_or(true, |s| s.is_server_error()),
+        });
+        self.health.record_attempt(&self.endpoints, idx, started, now, result);
     }
 
     /// [`Cluster::record_attempt`] for a tcp connection: only the connect

@@ -1,5 +1,6 @@
 //! What `/clusters` shows of a cluster: each endpoint's load, health-check
-//! verdict, ejection state and latency estimate, and the zone plan in force.
+//! verdict, ejection state and latency estimate, the zone plan in force, and
+//! the cluster's recent error rate and latency percentiles.
 //! A read-only view; building it takes the same locks a request does, briefly.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,8 @@ pub struct ClusterStatus {
     pub protocol: ClusterProtocol,
     pub lb: LbPolicy,
     pub zone_routing: ZoneStatus,
+    /// Error rate and latency percentiles of recent attempts.
+    pub recent: super::recent::RecentSummary,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -62,6 +65,7 @@ impl Cluster {
                 local_share: plan.local_share(),
                 remote_shares: plan.remote_shares().map(|(z, s)| (z.to_string(), s)).collect(),
             },
+            recent: self.recent.summary(now),
             endpoints: self
                 .endpoints
                 .iter()

@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod lines;
+pub mod mirror;
 pub mod overload;
 pub mod schema;
 pub mod trace;

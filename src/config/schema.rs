@@ -56,6 +56,11 @@ impl Config {
                     fix(&mut c.key);
                 }
             }
+            let compare_logs = l
+                .routes
+                .iter_mut()
+                .filter_map(|r| r.mirror.as_mut()?.compare.as_mut()?.log.as_mut());
+            compare_logs.for_each(|log| fix(&mut log.path));
         }
         for c in &mut self.clusters {
             if let Some(tls) = &mut c.tls {
@@ -282,6 +287,12 @@ pub struct RouteConfig {
     /// Whole-request deadline; expiry gives 504.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
+    /// Copy requests to a shadow cluster and compare answers (docs/config-mirror.md).
+    #[serde(default)]
+    pub mirror: Option<super::mirror::MirrorConfig>,
+    /// With `split`: keep each header or cookie value on one side.
+    #[serde(default)]
+    pub sticky: Option<super::mirror::StickyConfig>,
     #[serde(default)]
     pub retry: Option<RetryConfig>,
 }

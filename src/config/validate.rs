@@ -124,7 +124,8 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                     match route::compile(r, &clusters) {
                         Err(e) => problems.push((format!("{key}.{}", e.key), e.message)),
                         Ok(compiled) => {
-                            for c in targets(&compiled.action) {
+                            let mirrors = compiled.mirror.iter().flat_map(|m| [Some(m.shadow), m.noise]).flatten();
+                            for c in targets(&compiled.action).into_iter().chain(mirrors) {
                                 if config.clusters[c].protocol == ClusterProtocol::Tcp {
                                     problems.push((
                                         format!("{key}.cluster"),

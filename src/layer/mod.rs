@@ -4,6 +4,7 @@
 
 pub mod adaptive_concurrency;
 pub mod circuit_breaker;
+pub mod mirror;
 pub mod retry;
 pub mod timeout;
 

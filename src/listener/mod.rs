@@ -89,12 +89,12 @@ impl ListenerSet {
         let mut to_stop: Vec<String> = self
             .running
             .iter()
-            .filter(|(name, r)| !wanted.iter().any(|w| &w.name == *name && *w == r.config))
+            .filter(|(name, r)| !wanted.iter().any(|w| &w.name == *name && same_socket(w, &r.config)))
             .map(|(name, _)| name.clone())
             .collect();
         let to_start: Vec<&ListenerConfig> = wanted
             .iter()
-            .filter(|w| self.running.get(&w.name).is_none_or(|r| r.config != **w))
+            .filter(|w| self.running.get(&w.name).is_none_or(|r| !same_socket(&r.config, w)))
             .collect();
         // Listeners whose address is reused by a starting one stop first.
         let (now, later): (Vec<String>, Vec<String>) = to_stop.drain(..).partition(|name| {
@@ -168,4 +168,16 @@ impl ListenerSet {
     pub fn local_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
         self.running.get(name).map(|r| r.local)
     }
+}
+
+/// Whether a running listener can keep serving `b`'s settings: everything
+/// but the routes must match. Requests read their routes from the live
+/// snapshot, so a route edit (a canary weight step, say) needs no rebind,
+/// and rebinding would race the old socket's close for the address.
+fn same_socket(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    let without_routes = |c: &ListenerConfig| ListenerConfig {
+        routes: Vec::new(),
+        ..c.clone()
+    };
+    without_routes(a) == without_routes(b)
 }

@@ -125,7 +125,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
             downstream.identity.as_ref().map(|i| i.id.as_str()),
         )
     });
-    let target = entry.and_then(|e| e.target());
+    let target = entry.and_then(|e| e.target(req.headers()));
     let (route_name, metrics, result) = match (entry, target) {
         (Some(entry), Some(target)) => {
             // Route services are always ready (they never apply backpressure

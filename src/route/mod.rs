@@ -4,6 +4,7 @@
 //! time, so a request never looks a cluster up by name.
 
 pub mod matcher;
+pub mod sticky;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -72,6 +73,17 @@ pub struct Route {
     pub action: Action,
     pub timeout: Option<Duration>,
     pub retry: Option<Arc<RetryPolicy>>,
+    /// With a split: the header or cookie that keeps a user on one side.
+    pub sticky: Option<sticky::Sticky>,
+    /// `mirror:` with its cluster references resolved.
+    pub mirror: Option<MirrorTargets>,
+}
+
+/// Indices of a mirror's shadow and noise clusters.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorTargets {
+    pub shadow: usize,
+    pub noise: Option<usize>,
 }
 
 /// Compiles one route; `clusters` maps names to indices. Errors name the key
@@ -123,6 +135,38 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
             })
         }
     };
+    let sticky = match (&config.sticky, &action) {
+        (None, _) => None,
+        (Some(s), Action::Split(_)) => Some(sticky::Sticky::compile(s)?),
+        (Some(_), _) => {
+            return Err(MatchError {
+                key: "sticky".into(),
+                message: "sticky only applies to a route with split".into(),
+            })
+        }
+    };
+    let mirror = match &config.mirror {
+        None => None,
+        Some(m) => {
+            crate::layer::mirror::check(m).map_err(|e| MatchError {
+                key: format!("mirror.{}", e.key),
+                message: e.message,
+            })?;
+            let noise = m.compare.as_ref().and_then(|c| c.noise_cluster.as_deref());
+            Some(MirrorTargets {
+                shadow: lookup(&m.cluster, "mirror.cluster".into())?,
+                noise: noise
+                    .map(|n| lookup(n, "mirror.compare.noise_cluster".into()))
+                    .transpose()?,
+            })
+        }
+    };
+    if mirror.is_some() && matches!(action, Action::Direct { .. }) {
+        return Err(MatchError {
+            key: "mirror".into(),
+            message: "a direct_response route has nothing to mirror".into(),
+        });
+    }
     let retry = match &config.retry {
         None => None,
         Some(retry) => Some(Arc::new(RetryPolicy::compile(retry).map_err(|(key, message)| {
@@ -137,6 +181,8 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
         matcher,
         action,
         timeout: config.timeout,
+        sticky,
+        mirror,
         retry,
     })
 }

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
     pub health: super::health::HealthMetrics,
+    pub mirror: super::mirror::MirrorMetrics,
     pub overload: OverloadFamilies,
     pub trace: super::trace::TraceMetrics,
 }
@@ -154,6 +155,7 @@ impl Metrics {
             )?,
             health: super::health::HealthMetrics::new(&registry)?,
             trace: super::trace::TraceMetrics::new(&registry)?,
+            mirror: super::mirror::MirrorMetrics::new(&registry)?,
             registry,
         })
     }

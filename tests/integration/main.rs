@@ -6,6 +6,7 @@ mod dashboard;
 mod h3;
 mod health;
 mod lifecycle;
+mod mirror;
 mod overload;
 mod process;
 mod proxy;

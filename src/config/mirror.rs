@@ -1,7 +1,7 @@
 //! Schema of a route's traffic-migration sections (issue 6): `mirror:` (with
 //! `compare:` inside) and `sticky:` next to `split:`. Kept apart from
 //! `schema.rs` so each section is one struct with serde defaults; a missing
-//! key always means the default documented in docs/config-mirror.md.
+//! key always means the default documented in docs/migration.md.
 //!
 //! Guarantees: every struct denies unknown keys; byte sizes accept a plain
 //! number of bytes or a number with a unit (`512KiB`, `1MiB`, `10MB`, see

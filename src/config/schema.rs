@@ -287,7 +287,7 @@ pub struct RouteConfig {
     /// Whole-request deadline; expiry gives 504.
     #[serde(default, with = "opt_duration")]
     pub timeout: Option<Duration>,
-    /// Copy requests to a shadow cluster and compare answers (docs/config-mirror.md).
+    /// Copy requests to a shadow cluster and compare answers (docs/migration.md).
     #[serde(default)]
     pub mirror: Option<super::mirror::MirrorConfig>,
     /// With `split`: keep each header or cookie value on one side.

@@ -110,11 +110,14 @@ async fn weft_with(upstream: &Upstream, tracing: &str) -> Weft {
     address: 127.0.0.1:0
     routes:
       - { name: api, match: { path_prefix: /api }, cluster: web }
+      - { name: flaky, match: { path_prefix: /flaky }, cluster: flaky, retry: { max_retries: 1, retry_on: [connect_failure] } }
       - { name: down, match: { path_prefix: /down }, cluster: down }",
         &format!(
-            "  - {{ name: web, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: down, endpoints: [ {{ address: {} }} ] }}\n",
+            "  - {{ name: web, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: down, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: flaky, lb: round_robin, endpoints: [ {{ address: {} }}, {{ address: {} }} ] }}\n",
             upstream.addr,
-            closed_port().await
+            closed_port().await,
+            closed_port().await,
+            upstream.addr
         ),
     );
     Weft::start(&format!("{yaml}{tracing}\n")).await
@@ -264,8 +267,23 @@ async fn spans_of_proxied_retried_and_rejected_requests() {
     // 5xx marks the span as an error (OpenTelemetry HTTP conventions).
     assert_eq!(down.status.as_ref().unwrap().code, 2);
 
+    // A real retry: round robin sends first tries to the dead endpoint (the
+    // retry's own pick advances it too, so both do); the retry layer moves
+    // each to the live one, and the span says so.
+    for path in ["/flaky/1", "/flaky/2"] {
+        assert_eq!(get(&client, &weft.url("public", path).await).await.0, 200);
+    }
+    let spans = receiver.spans(6).await;
+    let flaky: Vec<_> = spans
+        .iter()
+        .filter(|s| text(s, "url.path").starts_with("/flaky"))
+        .collect();
+    assert_eq!(flaky.len(), 2);
+    let attempts: Vec<i64> = flaky.iter().map(|s| int(s, "weft.retry_attempts")).collect();
+    assert!(attempts.contains(&1), "{attempts:?}");
+
     // The receiver has the spans before weft has its answer: poll the counter.
-    wait_for_metric(&weft, "weft_trace_spans_exported_total 4").await;
+    wait_for_metric(&weft, "weft_trace_spans_exported_total 6").await;
 }
 
 async fn wait_for_metric(weft: &Weft, line: &str) {

@@ -270,7 +270,9 @@ fn report(raw: &str) -> Result<(), Error> {
     let mut order: Vec<(String, Vec<String>)> = Vec::new();
     for line in raw.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        let [scenario, candidate, metric, value] = f[..] else { continue };
+        let [scenario, candidate, metric, value] = f[..] else {
+            continue;
+        };
         let Ok(value) = value.parse::<f64>() else { continue };
         let key = (scenario.to_string(), metric.to_string());
         let idx = match data.iter().position(|(k, _)| *k == key) {
@@ -302,7 +304,9 @@ fn report(raw: &str) -> Result<(), Error> {
         if scenario != "s3" || !metric.ends_with("_us") {
             continue;
         }
-        let Some((_, direct)) = series.iter().find(|(c, _)| c == "direct") else { continue };
+        let Some((_, direct)) = series.iter().find(|(c, _)| c == "direct") else {
+            continue;
+        };
         let base = median(direct);
         let added: Series = series
             .iter()
@@ -314,7 +318,9 @@ fn report(raw: &str) -> Result<(), Error> {
     data.extend(derived);
 
     for section in SECTIONS {
-        let Some((_, candidates)) = order.iter().find(|(s, _)| s == section.id) else { continue };
+        let Some((_, candidates)) = order.iter().find(|(s, _)| s == section.id) else {
+            continue;
+        };
         println!("#### {}\n", section.title);
         let mut head = String::from("| metric |");
         let mut rule = String::from("| --- |");
@@ -339,29 +345,27 @@ fn report(raw: &str) -> Result<(), Error> {
                     Some((_, v)) if v.len() > 1 => {
                         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
                         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                        row.push_str(&format!(
-                            " {} ({}–{}) |",
-                            fmt_num(median(v)),
-                            fmt_num(lo),
-                            fmt_num(hi)
-                        ));
+                        row.push_str(&format!(" {} ({}–{}) |", fmt_num(median(v)), fmt_num(lo), fmt_num(hi)));
                     }
                     Some((_, v)) => row.push_str(&format!(" {} |", fmt_num(median(v)))),
                     None => row.push_str(" – |"),
                 }
             }
             for (num, dens, _) in section.ratios {
-                let best = dens
-                    .iter()
-                    .filter_map(|d| med(d).map(|m| (*d, m)))
-                    .reduce(|a, b| match (higher_better, a.1 >= b.1) {
+                let best = dens.iter().filter_map(|d| med(d).map(|m| (*d, m))).reduce(|a, b| {
+                    match (higher_better, a.1 >= b.1) {
                         (true, true) | (false, false) => a,
                         _ => b,
-                    });
+                    }
+                });
                 // Ratios of added latency over direct against direct mean nothing.
                 match (med(num), best) {
                     (Some(n), Some((who, d))) if d != 0.0 && !(metric.starts_with("added") && who == "direct") => {
-                        let peer = if dens.len() > 1 { format!(" ({who})") } else { String::new() };
+                        let peer = if dens.len() > 1 {
+                            format!(" ({who})")
+                        } else {
+                            String::new()
+                        };
                         row.push_str(&format!(" {:.2}x{peer} |", n / d));
                     }
                     _ => row.push_str(" – |"),

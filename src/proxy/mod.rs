@@ -92,7 +92,9 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     let snapshot = shared.snapshot.load_full();
     let version = req.version();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A cheap clone (shared bytes) rather than a String copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
 
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs Host.
     if !req.headers().contains_key(header::HOST) {
@@ -115,7 +117,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         crate::route::find(
             &l.routes,
             &method,
-            &path,
+            path,
             req.headers(),
             downstream.identity.as_ref().map(|i| i.id.as_str()),
         )
@@ -180,7 +182,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
             listener: &downstream.listener,
             protocol: protocol_name(version),
             method: method.as_str(),
-            path: &path,
+            path,
             status,
             route: route_name,
             cluster,

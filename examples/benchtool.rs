@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use tokio::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -250,14 +250,12 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn fmt_num(x: f64) -> String {
-    if x.abs() >= 1000.0 {
-        format!("{:.0}", x)
-    } else if x.abs() >= 100.0 {
-        format!("{:.0}", x)
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
     } else if x.abs() >= 10.0 {
-        format!("{:.1}", x)
+        format!("{x:.1}")
     } else {
-        format!("{:.3}", x)
+        format!("{x:.3}")
     }
 }
 

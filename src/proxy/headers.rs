@@ -26,6 +26,12 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// handshake can reach the upstream. `TE: trailers` always survives: gRPC
 /// needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry no hop-by-hop header at all: one pass over the names
+    // (no hashing) instead of a removal per listed name. `Connection` is in the
+    // list, so without any of them no other header is named for removal.
+    if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -70,7 +76,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) -> HeaderValue {
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {client}")),
-        None => HeaderValue::try_from(client.to_string()),
+        None => Ok(client_value(client)),
     };
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -101,16 +107,41 @@ pub fn set_client_cert(headers: &mut HeaderMap, xfcc: Option<&str>) {
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits: u128 = rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
+    // 8-4-4-4-12 hex digits: a dash before bytes 4, 6, 8 and 10.
     let mut text = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, slot) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    let mut pos = 0;
+    for (i, byte) in bits.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            pos += 1;
         }
-        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+        text[pos] = HEX[usize::from(byte >> 4)];
+        text[pos + 1] = HEX[usize::from(byte & 0xf)];
+        pos += 2;
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// The client address as a header value. A sidecar sees very few distinct
+/// clients (mostly its own pod over loopback), so the last one formatted is
+/// kept per thread: formatting an address on every request cost more than
+/// the rest of the header rewriting together.
+fn client_value(client: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, value)) if *ip == client => value.clone(),
+            _ => {
+                // An address always formats to a valid header value.
+                let value =
+                    HeaderValue::try_from(client.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+                *last = Some((client, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -160,6 +191,20 @@ mod tests {
         let text = id.to_str().unwrap();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
+        h.remove("x-request-id");
+        let other = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert_ne!(other, id);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1, 127.0.0.1");
+        for client in ["10.1.2.3", "::1", "10.1.2.3"] {
+            let mut fresh = HeaderMap::new();
+            set_forwarding(&mut fresh, client.parse().unwrap(), "https");
+            assert_eq!(fresh.get("x-forwarded-for").unwrap(), client);
+        }
+        assert!(text.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) {
+            b == b'-'
+        } else {
+            b.is_ascii_hexdigit()
+        }));
         let mut given = map(&[("x-request-id", "abc")]);
         assert_eq!(set_forwarding(&mut given, "::1".parse().unwrap(), "http"), "abc");
     }

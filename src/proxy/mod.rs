@@ -96,7 +96,9 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     let snapshot = shared.snapshot.load_full();
     let version = req.version();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A cheap clone (shared bytes) rather than a String copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
 
     // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs Host.
     if !req.headers().contains_key(header::HOST) {
@@ -120,7 +122,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         crate::route::find(
             &l.routes,
             &method,
-            &path,
+            path,
             req.headers(),
             downstream.identity.as_ref().map(|i| i.id.as_str()),
         )
@@ -184,7 +186,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         listener: downstream.listener.to_string(),
         protocol: protocol_name(version),
         method: method.to_string(),
-        path: path.clone(),
+        path: path.to_string(),
         route: route_name.to_string(),
         cluster: target.map(|t| t.cluster.to_string()).unwrap_or_default(),
         endpoint: response.extensions().get::<ServedBy>().map(|s| s.0),
@@ -198,7 +200,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
             listener: &downstream.listener,
             protocol: protocol_name(version),
             method: method.as_str(),
-            path: &path,
+            path,
             status,
             route: route_name,
             cluster,

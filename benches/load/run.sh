@@ -1,0 +1,402 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: no proxy (direct), weft, nginx and HAProxy in
+# front of the same upstream on loopback. See README "Performance".
+#
+#   bash benches/load/run.sh                 # 3 alternating repeats of 10 s (the issue's setup)
+#   REPS=1 DUR=3 bash benches/load/run.sh     # quick look while developing
+#   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s6)
+#
+# Each proxy runs one worker pinned to CPU 0 (taskset -c 0); the upstream and
+# the load generators are pinned to CPU 1. Candidates run alternately
+# (A B C D A B C D ...); the table gives the median and range of the repeats.
+# Output: benches/results/latest.md (Markdown, also printed); raw figures in
+# benches/results/latest.tsv.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DUR=${DUR:-10}
+REPS=${REPS:-3}
+RATE=${RATE:-2000}
+ONLY=${ONLY:-"s1 s2 s3 s4 s5 s6"}
+OUT=${OUT:-$ROOT/benches/results}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+# Ports (all 127.0.0.1).
+P_UP=18081                       # upstream (HTTP/1.1 and h2c)
+P_WEFT=18080                     # weft: HTTP/1.1 and h2c on one port
+P_WEFT_PLAIN=18082               # weft, plain route (scenario 6)
+P_WEFT_HEALTH=18083              # weft, outlier detection + zone-aware (scenario 6)
+P_WEFT_TLS=18443                 # weft: TLS (h2 via ALPN) on TCP, HTTP/3 on UDP
+P_NGINX=18090 P_NGINX_H2=18091   # nginx 1.22 serves h2c prior knowledge on an `http2` listener only
+P_HAPROXY=18100 P_HAPROXY_H2=18101
+
+WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.3
+  for pid in "${PIDS[@]}"; do
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '%s\n' "$*" >&2; }
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+ensure_apt() { # command package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "installing $2 with apt (missing)"
+    if [[ -z ${APT_UPDATED:-} ]]; then apt-get update -qq >&2 || true; APT_UPDATED=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >&2 || true
+  fi
+  command -v "$1" >/dev/null 2>&1
+}
+ensure_apt wrk wrk || { say "wrk is required (apt-get install wrk)"; exit 1; }
+ensure_apt h2load nghttp2-client || { say "h2load is required (apt-get install nghttp2-client)"; exit 1; }
+HAVE_NGINX=1 HAVE_HAPROXY=1 HAVE_OHA=1
+ensure_apt nginx nginx || { say "nginx unavailable: skipped"; HAVE_NGINX=0; }
+ensure_apt haproxy haproxy || { say "HAProxy unavailable: skipped"; HAVE_HAPROXY=0; }
+export PATH="$HOME/.cargo/bin:$PATH"
+if want s3 && ! command -v oha >/dev/null 2>&1; then
+  say "installing oha from crates.io (cargo install oha; cached in ~/.cargo/bin)"
+  cargo install --locked oha >&2 || { say "oha unavailable: fixed-rate scenario skipped"; HAVE_OHA=0; }
+fi
+command -v openssl >/dev/null || { say "openssl is required for the TLS certificates"; exit 1; }
+
+say "building weft and the bench helper (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin weft --example benchtool) >&2
+WEFT="$ROOT/target/release/weft"
+TOOL="$ROOT/target/release/examples/benchtool"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# ---------------------------------------------------------------- helpers
+wait_port() { # port
+  local i
+  for i in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  say "nothing listens on 127.0.0.1:$1"
+  return 1
+}
+# All processes of a candidate: the main pid and its children (nginx workers).
+pids_of() { echo "$1" $(pgrep -P "$1" 2>/dev/null || true); }
+cpu_ticks() { # main pid -> utime+stime of it and its children, in clock ticks
+  local total=0 p f
+  for p in $(pids_of "$1"); do
+    f=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+    f=${f##*) }   # fields after "(comm) "; utime and stime are fields 14, 15 => 12, 13 here
+    set -- $f
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+rss_kib() { # main pid -> VmRSS summed over its processes, KiB
+  local total=0 p v
+  for p in $(pids_of "$1"); do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+RAW="$WORK/raw.tsv"
+: >"$RAW"
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; } # scenario candidate metric value
+
+# ---------------------------------------------------------------- upstream
+taskset -c "$LOAD_CPU" "$TOOL" upstream "127.0.0.1:$P_UP" >"$WORK/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_port "$P_UP"
+
+# ---------------------------------------------------------------- candidates
+declare -A PID PORT PORT_H2
+CANDIDATES=(direct)
+PORT[direct]=$P_UP PORT_H2[direct]=$P_UP
+
+weft_config() { # port [extra cluster yaml] [node yaml]
+  cat <<EOF
+admin: { address: 127.0.0.1:0 }
+runtime: { worker_threads: 1 }
+access_log: { enabled: false }
+${3:-}
+listeners:
+  - name: bench
+    address: 127.0.0.1:$1
+    routes:
+      - { name: all, match: { path_prefix: / }, cluster: up }
+clusters:
+  - name: up
+    protocol: http1
+${2:-}
+    endpoints: [ { address: 127.0.0.1:$P_UP, zone: zone-a } ]
+EOF
+}
+start_weft() { # name config-file port
+  taskset -c "$PROXY_CPU" "$WEFT" run --config "$2" >"$WORK/$1.log" 2>&1 &
+  PID[$1]=$!
+  PIDS+=($!)
+  wait_port "$3"
+}
+weft_config "$P_WEFT" >"$WORK/weft.yaml"
+start_weft weft "$WORK/weft.yaml" "$P_WEFT"
+CANDIDATES+=(weft)
+PORT[weft]=$P_WEFT PORT_H2[weft]=$P_WEFT
+
+if [[ $HAVE_NGINX == 1 ]]; then
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  http2_max_requests 1000000;
+  upstream up { server 127.0.0.1:$P_UP; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$P_NGINX;
+    listen 127.0.0.1:$P_NGINX_H2 http2;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_buffering on;
+    }
+  }
+}
+EOF
+  taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+  PID[nginx]=$!
+  PIDS+=($!)
+  if wait_port "$P_NGINX"; then
+    CANDIDATES+=(nginx)
+    PORT[nginx]=$P_NGINX PORT_H2[nginx]=$P_NGINX_H2
+  else
+    say "nginx did not start: skipped ($(cat "$WORK/nginx.log"))"
+  fi
+fi
+
+if [[ $HAVE_HAPROXY == 1 ]]; then
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  http-reuse always
+  option forwardfor
+frontend h1
+  bind 127.0.0.1:$P_HAPROXY
+  bind 127.0.0.1:$P_HAPROXY_H2 proto h2
+  default_backend up
+backend up
+  server up 127.0.0.1:$P_UP
+EOF
+  taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  PID[haproxy]=$!
+  PIDS+=($!)
+  if wait_port "$P_HAPROXY"; then
+    CANDIDATES+=(haproxy)
+    PORT[haproxy]=$P_HAPROXY PORT_H2[haproxy]=$P_HAPROXY_H2
+  else
+    say "HAProxy did not start: skipped ($(cat "$WORK/haproxy.log"))"
+  fi
+fi
+PROXIES=("${CANDIDATES[@]:1}")
+say "candidates: ${CANDIDATES[*]} (proxies on CPU $PROXY_CPU, upstream and load on CPU $LOAD_CPU)"
+
+# Idle memory, before any request.
+sleep 1
+for c in "${PROXIES[@]}"; do record s4 "$c" rss_idle_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"; done
+
+load() { taskset -c "$LOAD_CPU" "$@"; }
+# Runs a load command for candidate $c and records the proxy's CPU for it.
+measure_cpu_start() { [[ $1 == direct ]] && return 0; CPU0=$(cpu_ticks "${PID[$1]}"); }
+measure_cpu_end() { # scenario candidate requests [process name, default: candidate]
+  [[ $2 == direct ]] && return 0
+  local used=$(( $(cpu_ticks "${PID[${4:-$2}]}") - CPU0 ))
+  [[ $3 -gt 0 ]] && record "$1" "$2" cpu_s_per_100k "$(awk -v t="$used" -v hz="$HZ" -v n="$3" 'BEGIN{printf "%.3f", t/hz/n*100000}')"
+}
+
+# Short warm-up of every candidate on both protocols (connection pools, caches).
+for c in "${CANDIDATES[@]}"; do
+  load wrk -t1 -c64 -d1s "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+  load h2load -c16 -m16 -t1 -D 1 "http://127.0.0.1:${PORT_H2[$c]}/" >/dev/null
+done
+
+# ---------------------------------------------------------------- scenario 1: HTTP/1.1, 64 connections
+if want s1; then
+  say "s1: HTTP/1.1 keep-alive, 64 connections, ${REPS}x${DUR}s"
+  for r in $(seq "$REPS"); do
+    for c in "${CANDIDATES[@]}"; do
+      measure_cpu_start "$c"
+      out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$c]}/")
+      n=$(awk '/requests in/ {print $1}' <<<"$out")
+      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+      [[ -n $errs ]] && say "  $c: $errs"
+      measure_cpu_end s1 "$c" "${n:-0}"
+      record s1 "$c" rps "$rps"
+      say "  $c: $rps req/s"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 2: HTTP/2, 16 x 16
+h2run() { # url -> sets N and RPS
+  local out
+  out=$(load h2load -c16 -m16 -t1 -D "$DUR" "$1" 2>&1)
+  RPS=$(awk '/^finished in/ {print $4}' <<<"$out")
+  N=$(awk '/^requests:/ {print $8}' <<<"$out")
+  local failed=$(awk '/^requests:/ {print $10}' <<<"$out")
+  [[ ${failed:-0} != 0 ]] && say "  $1: $failed failed"
+  return 0
+}
+if want s2; then
+  say "s2: HTTP/2 prior knowledge, 16 connections x 16 streams, ${REPS}x${DUR}s"
+  for r in $(seq "$REPS"); do
+    for c in "${CANDIDATES[@]}"; do
+      measure_cpu_start "$c"
+      h2run "http://127.0.0.1:${PORT_H2[$c]}/"
+      measure_cpu_end s2 "$c" "${N:-0}"
+      record s2 "$c" rps "$RPS"
+      say "  $c: $RPS req/s"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 3: fixed rate, latency
+if want s3 && [[ $HAVE_OHA == 1 ]]; then
+  say "s3: HTTP/1.1 at $RATE req/s, latency with coordinated-omission correction (oha), ${REPS}x${DUR}s"
+  for r in $(seq "$REPS"); do
+    for c in "${CANDIDATES[@]}"; do
+      load oha --no-tui --output-format json -z "${DUR}s" -c 32 -q "$RATE" --latency-correction \
+        "http://127.0.0.1:${PORT[$c]}/" >"$WORK/oha.json"
+      for p in p50 p99 p99.9; do
+        record s3 "$c" "${p}_us" "$(jq -r ".latencyPercentiles[\"$p\"] * 1e6 | floor" "$WORK/oha.json")"
+      done
+      record s3 "$c" rps "$(jq -r '.summary.requestsPerSec | floor' "$WORK/oha.json")"
+      say "  $c: p50 $(jq -r '.latencyPercentiles.p50 * 1e6 | floor' "$WORK/oha.json") us, p99 $(jq -r '.latencyPercentiles.p99 * 1e6 | floor' "$WORK/oha.json") us"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 4: memory
+if want s4; then
+  say "s4: resident memory after load and with 1000 idle keep-alive connections"
+  for c in "${PROXIES[@]}"; do
+    record s4 "$c" rss_after_load_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"
+  done
+  for c in "${PROXIES[@]}"; do
+    load "$TOOL" idle "127.0.0.1:${PORT[$c]}" 1000 4 >"$WORK/idle.out" &
+    idle=$!
+    for i in $(seq 100); do grep -q ready "$WORK/idle.out" && break; sleep 0.1; done
+    sleep 0.5
+    record s4 "$c" rss_1000_idle_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"
+    say "  $c: $(cat "$WORK/idle.out") connections answered"
+    wait "$idle" || true
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 5: TLS HTTP/2 and HTTP/3 (weft)
+if want s5; then
+  say "s5: weft over TLS (HTTP/2 via ALPN) and HTTP/3, 16 connections x 16 streams, ${REPS}x${DUR}s"
+  bash "$ROOT/config/make-certs.sh" "$WORK/certs" >/dev/null
+  cat >"$WORK/weft-tls.yaml" <<EOF
+admin: { address: 127.0.0.1:0 }
+runtime: { worker_threads: 1 }
+access_log: { enabled: false }
+listeners:
+  - name: tls
+    address: 127.0.0.1:$P_WEFT_TLS
+    tls: { cert: $WORK/certs/server.pem, key: $WORK/certs/server.key }
+    routes: [ { name: all, cluster: up } ]
+  - name: quic
+    address: 127.0.0.1:$P_WEFT_TLS
+    protocol: http3
+    tls: { cert: $WORK/certs/server.pem, key: $WORK/certs/server.key }
+    quic: { max_concurrent_streams: 256 }
+    routes: [ { name: all, cluster: up } ]
+clusters:
+  - { name: up, protocol: http1, endpoints: [ { address: 127.0.0.1:$P_UP } ] }
+EOF
+  start_weft weft-tls "$WORK/weft-tls.yaml" "$P_WEFT_TLS"
+  h3run() { # sets N and RPS
+    local out
+    out=$(load "$TOOL" h3load "127.0.0.1:$P_WEFT_TLS" "$WORK/certs/ca.pem" 16 16 "$DUR")
+    N=$(jq -r .requests <<<"$out")
+    RPS=$(jq -r '.rps | floor' <<<"$out")
+  }
+  h3run >/dev/null 2>&1 || true # warm-up (DUR seconds)
+  for r in $(seq "$REPS"); do
+    h2run "http://127.0.0.1:$P_UP/"
+    record s5 direct-h2c rps "$RPS"
+    measure_cpu_start weft-tls
+    h2run "https://127.0.0.1:$P_WEFT_TLS/"
+    measure_cpu_end s5 weft-tls-h2 "${N:-0}" weft-tls
+    record s5 weft-tls-h2 rps "$RPS"
+    measure_cpu_start weft-tls
+    h3run
+    measure_cpu_end s5 weft-h3 "${N:-0}" weft-tls
+    record s5 weft-h3 rps "$RPS"
+    say "  direct h2c / weft TLS h2 / weft h3: see table"
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 6: endpoint-health features
+if want s6; then
+  say "s6: weft plain route vs outlier detection + zone-aware routing, HTTP/1.1 64 connections, ${REPS}x${DUR}s"
+  weft_config "$P_WEFT_PLAIN" "    zone_aware: { enabled: false }" >"$WORK/weft-plain.yaml"
+  weft_config "$P_WEFT_HEALTH" "    outlier_detection: {}
+    zone_aware: { enabled: true, min_cluster_size: 1 }" "node: { zone: zone-a }" >"$WORK/weft-health.yaml"
+  start_weft weft-plain "$WORK/weft-plain.yaml" "$P_WEFT_PLAIN"
+  start_weft weft-health "$WORK/weft-health.yaml" "$P_WEFT_HEALTH"
+  PORT[weft-plain]=$P_WEFT_PLAIN PORT[weft-health]=$P_WEFT_HEALTH
+  for c in weft-plain weft-health; do load wrk -t1 -c64 -d1s "http://127.0.0.1:${PORT[$c]}/" >/dev/null; done
+  for r in $(seq "$REPS"); do
+    for c in weft-plain weft-health; do
+      measure_cpu_start "$c"
+      out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$c]}/")
+      n=$(awk '/requests in/ {print $1}' <<<"$out")
+      measure_cpu_end s6 "$c" "${n:-0}"
+      record s6 "$c" rps "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- report
+mkdir -p "$OUT"
+cp "$RAW" "$OUT/latest.tsv"
+{
+  echo "Machine: $(nproc) CPUs, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "Command: \`REPS=$REPS DUR=$DUR bash benches/load/run.sh\` ($(date -u +%Y-%m-%dT%H:%MZ), weft $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))."
+  echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //' || true), HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), h2load $(h2load --version | awk '{print $2}'), $(oha --version 2>/dev/null || echo 'oha missing')."
+  echo
+  "$TOOL" report "$RAW"
+} >"$OUT/latest.md"
+cat "$OUT/latest.md"

@@ -117,10 +117,7 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
             stable.addr, canary.addr, echo.addr
         ),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
 
     let (status, _, body) = client.request("GET", "/x", &[("x-canary", "1")], Bytes::new()).await;
@@ -197,10 +194,7 @@ async fn http3_oversized_headers_get_431_and_the_listener_keeps_serving() {
         "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    limits: { max_request_headers_kb: 8 }\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: ok, direct_response: { status: 200, body: fine } } ]",
         "  []",
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let addr = app.listener_addr("quic").await.unwrap();
     let mut client = H3Client::connect(addr, &ca_path).await;
     let big = "x".repeat(16 * 1024);
@@ -230,10 +224,7 @@ async fn http3_drain_lets_in_flight_requests_finish() {
         "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: slow, cluster: slow } ]",
         &format!("  - {{ name: slow, endpoints: [ {{ address: {} }} ] }}", slow.addr),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
     let request = client.request("GET", "/", &[], Bytes::new());
     let drain = async {
@@ -270,10 +261,7 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
             echo.addr
         ),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let url = format!("http://{}/bridge", app.listener_addr("plain").await.unwrap());
     let data: Bytes = (0..(1 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
     let response = h1_client()
@@ -305,10 +293,7 @@ async fn http3_requests_get_trace_context() {
         ),
         &format!("  - {{ name: web, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, _, body) = client

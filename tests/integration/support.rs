@@ -127,6 +127,14 @@ impl Weft {
     }
 }
 
+/// Starts weft from `yaml` written as `weft.yaml` into `dir`, next to the
+/// files (certificates) it names.
+pub async fn start_in(dir: &std::path::Path, yaml: &str) -> Arc<App> {
+    let path = dir.join("weft.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    App::start(weft::config::load(&path).unwrap_or_else(|e| panic!("{e}"))).await.unwrap()
+}
+
 /// Base config: admin and listeners on ephemeral ports, no access log.
 pub fn config(listeners: &str, clusters: &str) -> String {
     format!("admin: {{ address: 127.0.0.1:0 }}\naccess_log: {{ enabled: false }}\nlisteners:\n{listeners}\nclusters:\n{clusters}\n")

@@ -132,10 +132,7 @@ async fn http1_and_http2_over_tls_with_alpn() {
         "      - { name: all, cluster: app }",
         &format!("  - {{ name: app, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let port = app.listener_addr("secure").await.unwrap().port();
     let url = format!("https://localhost:{port}/x");
     for (http2, alpn, version) in [
@@ -171,10 +168,7 @@ async fn mtls_listener_verifies_clients_and_passes_identity() {
         &format!("      - {{ name: trusted, match: {{ client_identity: {{ exact: \"{spiffe}\" }} }}, cluster: app }}\n      - {{ name: other, direct_response: {{ status: 403, body: denied }} }}"),
         &format!("  - {{ name: app, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let port = app.listener_addr("secure").await.unwrap().port();
     let url = format!("https://localhost:{port}/");
 
@@ -221,10 +215,7 @@ async fn optional_client_cert_routes_by_identity() {
         "      - { name: known, match: { client_identity: { prefix: client- } }, direct_response: { status: 200, body: known } }\n      - { name: anonymous, direct_response: { status: 200, body: anonymous } }",
         "  []",
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let url = format!(
         "https://localhost:{}/",
         app.listener_addr("secure").await.unwrap().port()
@@ -254,10 +245,7 @@ async fn rotated_certificate_is_served_to_new_connections_and_broken_one_is_not(
         "      - { name: ok, direct_response: { status: 200, body: ok } }",
         "  []",
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let addr = app.listener_addr("secure").await.unwrap();
     assert_eq!(served_cn(addr, &ca_path).await, "first");
     ca.leaf(dir.path(), "server", "second", None);
@@ -302,10 +290,7 @@ async fn sni_picks_the_certificate() {
         "      - { name: ok, direct_response: { status: 200, body: ok } }",
         "  []",
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let addr = app.listener_addr("secure").await.unwrap();
     assert_eq!(served_cn(addr, &ca_path).await, "api-cert");
 }
@@ -381,10 +366,7 @@ async fn upstream_mtls_for_http1_and_http2_clusters() {
         "  - name: public\n    address: 127.0.0.1:0\n    routes:\n      - { name: h1, match: { path_prefix: /h1 }, cluster: h1 }\n      - { name: h2, match: { path_prefix: /h2 }, cluster: h2 }\n      - { name: anon, cluster: anonymous }",
         &clusters,
     );
-    std::fs::write(dir.path().join("weft.yaml"), yaml).unwrap();
-    let app = weft::app::App::start(weft::config::load(&dir.path().join("weft.yaml")).unwrap())
-        .await
-        .unwrap();
+    let app = start_in(dir.path(), &yaml).await;
     let base = format!("http://{}", app.listener_addr("public").await.unwrap());
     let client = h1_client();
     assert_eq!(

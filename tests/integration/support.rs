@@ -132,7 +132,9 @@ impl Weft {
 pub async fn start_in(dir: &std::path::Path, yaml: &str) -> Arc<App> {
     let path = dir.join("weft.yaml");
     std::fs::write(&path, yaml).unwrap();
-    App::start(weft::config::load(&path).unwrap_or_else(|e| panic!("{e}"))).await.unwrap()
+    App::start(weft::config::load(&path).unwrap_or_else(|e| panic!("{e}")))
+        .await
+        .unwrap()
 }
 
 /// Base config: admin and listeners on ephemeral ports, no access log.

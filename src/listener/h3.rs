@@ -50,11 +50,7 @@ pub async fn serve(
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let header_bytes = u64::from(config.limits.max_request_headers_kb) * 1024;
-    let active = shared
-        .metrics
-        .downstream_connections_active
-        .with_label_values(&[&config.name]);
-    let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let counters = crate::listener::ConnectionCounters::new(&shared.metrics, &config.name);
     let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -62,15 +58,14 @@ pub async fn serve(
             incoming = endpoint.accept() => match incoming { Some(i) => i, None => break },
         };
         while connections.try_join_next().is_some() {}
-        accepted.inc();
-        active.inc();
-        let (shared, name, stop, active) = (shared.clone(), name.clone(), stop.clone(), active.clone());
+        let open = counters.open();
+        let (shared, name, stop) = (shared.clone(), name.clone(), stop.clone());
         connections.spawn(async move {
+            let _counted = open;
             match incoming.await {
                 Ok(conn) => serve_connection(conn, name, shared, header_bytes, stop).await,
                 Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
             }
-            active.dec();
         });
     }
     // Stop taking new connections; open ones get GOAWAY and drain.

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::schema::ListenerConfig;
 use crate::listener::tls::TlsSetup;
+use crate::listener::{accept_tcp, ConnectionCounters};
 use crate::proxy::{Downstream, Proxy, Shared};
 use crate::tls::PeerIdentity;
 
@@ -48,33 +49,11 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let active = shared
-        .metrics
-        .downstream_connections_active
-        .with_label_values(&[&config.name]);
-    let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let handshake_timeout = config.limits.header_read_timeout;
-    loop {
-        let permit = tokio::select! {
-            _ = crate::listener::stopped(&mut stop) => break,
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = crate::listener::stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE: back off briefly instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut stop, &name).await {
         let _ = stream.set_nodelay(true);
-        accepted.inc();
-        active.inc();
-        let active = active.clone();
+        let open = counters.open();
         let (shared, builder, name, acceptor) = (shared.clone(), builder.clone(), name.clone(), acceptor.clone());
         // Watch before the handshake so a drain waits for it too.
         let watcher = graceful.watcher();
@@ -109,8 +88,7 @@ pub async fn serve(
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
             }
-            active.dec();
-            drop(permit);
+            drop((open, permit));
         });
     }
     drop(listener);

@@ -55,6 +55,69 @@ async fn bind(config: &ListenerConfig, base: &Path) -> Result<Bound, String> {
     Ok(Bound::Tcp(socket, tls))
 }
 
+/// A listener's connection metrics: accepted in total, and open now.
+#[derive(Clone)]
+pub struct ConnectionCounters {
+    accepted: prometheus::IntCounter,
+    active: prometheus::IntGauge,
+}
+
+impl ConnectionCounters {
+    pub fn new(metrics: &crate::telemetry::metrics::Metrics, listener: &str) -> Self {
+        Self {
+            accepted: metrics.downstream_connections.with_label_values(&[listener]),
+            active: metrics.downstream_connections_active.with_label_values(&[listener]),
+        }
+    }
+
+    /// Counts one accepted connection, open until the guard drops.
+    pub fn open(&self) -> OpenConnection {
+        self.accepted.inc();
+        self.active.inc();
+        OpenConnection(self.active.clone())
+    }
+}
+
+/// Keeps a connection counted as open.
+pub struct OpenConnection(prometheus::IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Waits for a free connection slot, then for a connection; `None` once
+/// `stop` turns true. Accept errors (usually EMFILE) back off briefly
+/// instead of spinning.
+pub async fn accept_tcp(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+    name: &str,
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let permit = tokio::select! {
+        _ = stopped(stop) => return None,
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+    };
+    loop {
+        tokio::select! {
+            _ = stopped(stop) => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => return Some((stream, peer, permit)),
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;

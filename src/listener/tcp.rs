@@ -9,6 +9,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::schema::ListenerConfig;
+use crate::listener::{accept_tcp, ConnectionCounters};
 use crate::proxy::Shared;
 
 pub async fn serve(
@@ -19,37 +20,16 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let cluster_name = config.cluster.clone().unwrap_or_default();
-    let active = shared
-        .metrics
-        .downstream_connections_active
-        .with_label_values(&[&config.name]);
-    let accepted = shared.metrics.downstream_connections.with_label_values(&[&config.name]);
+    let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = crate::listener::stopped(&mut stop) => break,
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-        };
-        let (mut inbound, peer) = tokio::select! {
-            _ = crate::listener::stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(listener = %config.name, error = %e, "accept failed");
-                    tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        accepted.inc();
-        active.inc();
+    while let Some((mut inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut stop, &config.name).await {
+        let open = counters.open();
         // The cluster is looked up per connection so a reload that changes
         // its endpoints applies to new connections.
         let cluster = shared.snapshot.load().cluster(&cluster_name).cloned();
-        let active = active.clone();
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            let _permit = permit;
+            let _counted = (open, permit);
             let result = async {
                 let cluster = cluster.ok_or("cluster is gone")?;
                 let (idx, endpoint) = cluster
@@ -75,7 +55,6 @@ pub async fn serve(
             if let Err(why) = result {
                 tracing::debug!(%peer, why, "tcp connection ended");
             }
-            active.dec();
         });
     }
     drop(listener);

@@ -155,11 +155,13 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     };
 
     let error_kind = result.as_ref().err().map(ProxyError::kind);
+    let log_access = snapshot.loaded.config.access_log.enabled;
     let (mut response, cluster, error) = match result {
         Ok((response, cluster)) => (response, cluster, None),
         Err(e) => {
-            let text = e.to_string();
-            (e.into_response(), "", Some(text))
+            // The text is for the access log only; skip formatting it otherwise.
+            let text = log_access.then(|| e.to_string());
+            (e.into_response(), "", text)
         }
     };
     let upgraded = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -194,7 +196,7 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
         retry_attempts: response.extensions().get::<RetryAttempt>().map_or(0, |a| a.0),
         reason: error_kind.map(crate::telemetry::trace::reason),
     });
-    if snapshot.loaded.config.access_log.enabled {
+    if log_access {
         access_log::write(&AccessRecord {
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             listener: &downstream.listener,

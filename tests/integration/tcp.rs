@@ -29,4 +29,23 @@ async fn tcp_listener_streams_both_ways_with_half_close() {
     client.read_to_string(&mut reply).await.unwrap();
     assert_eq!(reply, "got 100000 bytes");
     server.await.unwrap();
+    drop(client);
+    // The connection is counted once and no longer open (bounded wait for
+    // weft to notice the close).
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = metrics(&weft).await;
+        if text.contains("weft_downstream_connections_active{listener=\"db\"} 0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        text.contains("weft_downstream_connections_active{listener=\"db\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("weft_downstream_connections_total{listener=\"db\"} 1"),
+        "{text}"
+    );
 }

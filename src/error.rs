@@ -153,21 +153,29 @@ pub fn plain_response(status: StatusCode, text: Bytes) -> Response<Body> {
     response
 }
 
-/// Classifies an error of the upstream HTTP client.
-pub fn from_client_error(err: hyper_util::client::legacy::Error) -> ProxyError {
+/// Classifies a failed upstream connect (TCP, TLS or a circuit-breaker refusal).
+pub fn connect_error(err: &(dyn std::error::Error + 'static)) -> ProxyError {
     // The cluster's connector refuses connections over the circuit breaker's
     // limits; that is an overload rejection, not a failing upstream.
-    let mut source = std::error::Error::source(&err);
-    while let Some(inner) = source {
+    let mut cause = Some(err);
+    while let Some(inner) = cause {
         if let Some(open) = inner.downcast_ref::<crate::layer::circuit_breaker::CircuitOpen>() {
             return ProxyError::new(ErrorKind::Overloaded(Overload::Circuit), open.to_string());
         }
-        source = inner.source();
+        cause = inner.source();
     }
-    if err.is_connect() {
-        return ProxyError::new(ErrorKind::ConnectFailed, error_chain(&err));
-    }
-    ProxyError::new(ErrorKind::UpstreamReset, error_chain(&err))
+    ProxyError::new(ErrorKind::ConnectFailed, error_chain(err))
+}
+
+/// The HTTP/1.1 or HTTP/2 handshake on a fresh connection failed: nothing
+/// was sent, so this counts as a failed connect.
+pub fn handshake_error(err: &hyper::Error) -> ProxyError {
+    ProxyError::new(ErrorKind::ConnectFailed, error_chain(err))
+}
+
+/// The upstream connection failed while the request was (maybe) on it.
+pub fn upstream_error(err: &hyper::Error) -> ProxyError {
+    ProxyError::new(ErrorKind::UpstreamReset, error_chain(err))
 }
 
 /// The error and its sources on one line, for logs and error bodies.

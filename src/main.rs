@@ -96,11 +96,18 @@ fn run(path: &Path, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime serves everything on the thread
+    // that drives it, with no cross-thread wake-ups or work stealing.
+    let mut runtime = match loaded.config.runtime.worker_threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(n) = loaded.config.runtime.worker_threads {
-        runtime.worker_threads(n.max(1));
-    }
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {

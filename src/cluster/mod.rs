@@ -45,6 +45,8 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     pub upstream_requests: StatusCounters,
     pub health: EndpointHealth,
+    /// Pooled upstream connections (HTTP/1.1 and HTTP/2 clusters).
+    pub pool: Arc<crate::upstream::pool::ConnectionPool>,
 }
 
 impl balancer::Candidate for Arc<Endpoint> {
@@ -146,6 +148,7 @@ impl Cluster {
                     in_flight: AtomicUsize::new(0),
                     upstream_requests: StatusCounters::new(&metrics.upstream_requests, &[&config.name, &address]),
                     health: EndpointHealth::new(metrics.health.endpoint(&config.name, &address), now),
+                    pool: Default::default(),
                 })
             })
             .collect();

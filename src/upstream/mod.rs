@@ -1,24 +1,32 @@
-//! Pooled upstream HTTP/1.1 and HTTP/2 connections, one pool per cluster,
-//! keyed by endpoint; plain text (HTTP/2 by prior knowledge) or TLS with the
+//! Pooled upstream HTTP/1.1 and HTTP/2 connections, one pool per endpoint
+//! (see [`pool`]); plain text (HTTP/2 by prior knowledge) or TLS with the
 //! cluster's `tls` settings (ALPN asks for the cluster's protocol).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use http::uri::Scheme;
-use http::{Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
+use tokio::time::Duration;
+use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body};
 use crate::cluster::Endpoint;
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
-use crate::error::{from_client_error, ErrorKind, ProxyError};
+use crate::error::{connect_error, handshake_error, upstream_error, ErrorKind, ProxyError};
 use crate::layer::circuit_breaker::connector::{ConnectionLimits, LimitedConnector};
 use crate::tls;
 
 pub mod h3;
+pub mod pool;
+
+use pool::{ConnectionPool, PooledBody};
 
 /// The client of an HTTP cluster, whatever its protocol.
 pub enum HttpClient {
@@ -40,17 +48,23 @@ impl HttpClient {
     pub async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         match self {
             Self::Tcp(client) => client.send(endpoint, req).await,
-            Self::Quic(client) => client.send(endpoint, req).await,
+            // Boxed: the HTTP/3 future is large, and every request's future
+            // would otherwise carry (and copy) its size.
+            Self::Quic(client) => Box::pin(client.send(endpoint, req)).await,
         }
     }
 }
 
-/// HTTP/1.1 and HTTP/2 over TCP (optionally TLS), pooled by hyper-util.
+/// HTTP/1.1 and HTTP/2 over TCP (optionally TLS), pooled per endpoint
+/// (see [`pool`]).
 #[derive(Clone)]
 pub struct TcpClient {
-    client: Client<LimitedConnector<HttpsConnector<HttpConnector>>, Body>,
-    version: Version,
+    connector: LimitedConnector<HttpsConnector<HttpConnector>>,
+    http1: http1::Builder,
+    /// `Some` for `http2` clusters.
+    http2: Option<http2::Builder<TokioExecutor>>,
     scheme: Scheme,
+    idle_timeout: Duration,
 }
 
 impl TcpClient {
@@ -79,22 +93,95 @@ impl TcpClient {
         } else {
             builder.enable_http1().wrap_connector(connector)
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(config.idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(http2)
-            .build(LimitedConnector::new(connector, limits));
+        let http2 = http2.then(|| {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            builder
+        });
         Ok(Self {
-            client,
-            version: if http2 { Version::HTTP_2 } else { Version::HTTP_11 },
+            connector: LimitedConnector::new(connector, limits),
+            http1: http1::Builder::new(),
+            http2,
             scheme,
+            idle_timeout: config.idle_timeout,
         })
     }
 
-    /// Sends `req` to `endpoint`, rewriting the URI to point at it and the
-    /// version to the cluster's protocol.
-    async fn send(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    /// Sends `req` to `endpoint` over one of its pooled connections,
+    /// rewriting the URI and version for the cluster's protocol.
+    async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        match &self.http2 {
+            Some(builder) => self.send_http2(builder, endpoint, req).await,
+            None => self.send_http1(endpoint, req).await,
+        }
+    }
+
+    async fn send_http1(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        *req.version_mut() = Version::HTTP_11;
+        // HTTP/1.1 to an origin takes the origin form (RFC 9112 §3.2.1);
+        // requests that arrived over HTTP/1.1 already have it.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            *req.uri_mut() = Uri::try_from(path).map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
+        }
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let pool = &endpoint.pool;
+        // Each turn takes one idle connection off the stack, so this ends.
+        while let Some(mut sender) = pool.take_http1(self.idle_timeout) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.pooled(response, pool, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Unsent: the connection closed under it; try another.
+                    Some(unsent) => req = unsent,
+                    None => return Err(upstream_error(&e.into_error())),
+                },
+            }
+        }
+        // Boxed: connecting is rare, and its large future would otherwise be
+        // part of (and copied with) every request's.
+        let mut sender = Box::pin(self.connect_http1(endpoint)).await?;
+        match sender.send_request(req).await {
+            Ok(response) => Ok(self.pooled(response, pool, sender)),
+            Err(e) => Err(upstream_error(&e)),
+        }
+    }
+
+    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let io = self.connect(endpoint).await?;
+        let (sender, connection) = self.http1.handshake(io).await.map_err(|e| handshake_error(&e))?;
+        tokio::spawn(async move {
+            // The connection's own errors reach the request that saw them.
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    fn pooled(
+        &self,
+        response: Response<Incoming>,
+        pool: &Arc<ConnectionPool>,
+        sender: http1::SendRequest<Body>,
+    ) -> Response<Body> {
+        // An upgraded connection belongs to the tunnel, never to the pool.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return response.map(body::boxed);
+        }
+        PooledBody::wrap(response, pool.clone(), sender, self.idle_timeout).map(body::boxed)
+    }
+
+    async fn send_http2(
+        &self,
+        builder: &http2::Builder<TokioExecutor>,
+        endpoint: &Endpoint,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -103,8 +190,50 @@ impl TcpClient {
             .build()
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
         *req.uri_mut() = uri;
-        *req.version_mut() = self.version;
-        let response = self.client.request(req).await.map_err(from_client_error)?;
-        Ok(response.map(body::boxed::<hyper::body::Incoming>))
+        *req.version_mut() = Version::HTTP_2;
+        let connect = || {
+            Box::pin(async {
+                let io = self.connect(endpoint).await?;
+                let (sender, connection) = builder.handshake(io).await.map_err(|e| handshake_error(&e))?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok::<_, ProxyError>(sender)
+            })
+        };
+        let mut sender = endpoint.pool.http2_or_connect(connect).await?;
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(response.map(body::boxed)),
+            Err(mut e) => match e.take_message() {
+                // The shared connection went away (GOAWAY, reset) before the
+                // request left: once more on a fresh connection.
+                Some(unsent) => {
+                    endpoint.pool.forget_closed_http2();
+                    let mut sender = endpoint.pool.http2_or_connect(connect).await?;
+                    let response = sender.send_request(unsent).await.map_err(|e| upstream_error(&e))?;
+                    Ok(response.map(body::boxed))
+                }
+                None => Err(upstream_error(&e.into_error())),
+            },
+        }
+    }
+
+    /// A new transport connection to `endpoint` (TLS when the cluster has it),
+    /// within the circuit breaker's connection limits.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<<LimitedConnector<HttpsConnector<HttpConnector>> as Service<Uri>>::Response, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
+        self.connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(|e| connect_error(&*e))
     }
 }

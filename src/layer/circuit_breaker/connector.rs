@@ -4,9 +4,9 @@
 //! slot back when the attempt ends, and keeps the connection slot inside the
 //! returned stream until hyper drops the connection. Refusals fail the
 //! connect with [`CircuitOpen`], which the client reports as a connect error
-//! and `error::from_client_error` turns into a circuit overload rejection.
-//! hyper-util's legacy client fails a request at once when its connect
-//! fails, so a refusal is immediate (no queueing).
+//! and `error::connect_error` turns into a circuit overload rejection.
+//! The pooled client fails a request at once when its connect fails, so a
+//! refusal is immediate (no queueing).
 
 use std::future::Future;
 use std::io;

@@ -3,7 +3,7 @@
 //! `max_requests`). Over any of them a request fails at once with
 //! [`Overload::Circuit`] (503, `x-weft-overloaded: circuit`); nothing queues.
 //!
-//! What each limit counts, precisely (hyper-util's legacy pooled client has
+//! What each limit counts, precisely (the per-endpoint pooled client has
 //! no pending queue of its own, so the limits are enforced around it):
 //! - `max_requests`: requests of this cluster from admission by this layer
 //!   until their response body ends or is dropped (a retry is a new request).
@@ -58,7 +58,7 @@ impl CircuitLimit {
 }
 
 /// The error a refused request carries through the upstream client, found
-/// again by `error::from_client_error`.
+/// again by `error::connect_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CircuitOpen(pub CircuitLimit);
 

@@ -37,6 +37,7 @@ impl App {
             tracing: crate::telemetry::trace::Tracing::new(metrics.trace.clone()),
             metrics,
             ready: true.into(),
+            requests: 0.into(),
         });
         shared
             .tracing
@@ -50,6 +51,7 @@ impl App {
         let base = shared.snapshot.load().loaded.base_dir.clone();
         listeners.reconcile(&listeners_config, &base, &shared).await?;
         tokio::spawn(crate::admin::serve(admin, shared.clone(), admin_stopped));
+        crate::memory::spawn_trimmer(&shared);
         tracing::info!(admin = %admin_addr, "weft started");
         Ok(Arc::new(Self {
             shared,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http3;
 pub mod layer;
 pub mod listener;
+pub mod memory;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;

@@ -148,7 +148,7 @@ impl Cluster {
                     in_flight: AtomicUsize::new(0),
                     upstream_requests: StatusCounters::new(&metrics.upstream_requests, &[&config.name, &address]),
                     health: EndpointHealth::new(metrics.health.endpoint(&config.name, &address), now),
-                    pool: Default::default(),
+                    pool: Arc::new(crate::upstream::pool::ConnectionPool::new(config.idle_timeout)),
                 })
             })
             .collect();

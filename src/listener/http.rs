@@ -1,38 +1,58 @@
-//! HTTP/1.1 and HTTP/2 (prior knowledge, detected by the connection preface)
-//! on one port, served by hyper-util's auto connection builder into the shared
-//! [`Proxy`] service.
+//! HTTP/1.1 and HTTP/2 (prior knowledge, detected by the connection preface
+//! or chosen by TLS ALPN) on one port, served by hyper's HTTP/1 or HTTP/2
+//! connection into the shared [`Proxy`] service.
 //!
 //! Downstream limits: the header block size (431 beyond it, from hyper), a
-//! header-read timeout for slow clients, and a cap on open connections.
+//! header-read timeout for slow clients (also bounding the wait for a new
+//! connection's first bytes), and a cap on open connections.
+//!
+//! Each connection's task holds only the server of its own protocol (see
+//! `preface`); an HTTP/2 connection is boxed. Drain: on stop, every
+//! connection is asked to shut down gracefully (HTTP/2 GOAWAY, HTTP/1.1 close
+//! after the current response) and `serve` returns once all have ended.
 
 use std::sync::Arc;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::Duration;
 
 use crate::config::schema::ListenerConfig;
+use crate::listener::preface::{sniff, Prefixed, Protocol};
 use crate::listener::tls::TlsSetup;
-use crate::listener::{accept_tcp, ConnectionCounters};
+use crate::listener::{accept_tcp, stopped, ConnectionCounters};
 use crate::proxy::{Downstream, Proxy, Shared};
 use crate::tls::PeerIdentity;
 
-pub fn builder(config: &ListenerConfig) -> auto::Builder<TokioExecutor> {
-    let header_bytes = (config.limits.max_request_headers_kb as usize * 1024).max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.limits.header_read_timeout)
-        .max_buf_size(header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-    builder
+/// The HTTP/1 and HTTP/2 servers of one listener, with its limits.
+pub struct Servers {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+}
+
+impl Servers {
+    pub fn new(config: &ListenerConfig) -> Self {
+        let header_bytes = (config.limits.max_request_headers_kb as usize * 1024).max(8192);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.limits.header_read_timeout)
+            .max_buf_size(header_bytes);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+        Self {
+            http1,
+            http2,
+            header_read_timeout: config.limits.header_read_timeout,
+        }
+    }
 }
 
 /// Accepts until `stop` turns true, then lets open connections finish
@@ -44,9 +64,11 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&config));
+    let servers = Arc::new(Servers::new(&config));
     let acceptor = tls.as_ref().map(TlsSetup::acceptor);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `drain` tells them to finish, and
+    // `closed()` resolves once the last one has.
+    let (drain, draining) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let name: Arc<str> = Arc::from(config.name.as_str());
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
@@ -54,9 +76,9 @@ pub async fn serve(
     while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut stop, &name).await {
         let _ = stream.set_nodelay(true);
         let open = counters.open();
-        let (shared, builder, name, acceptor) = (shared.clone(), builder.clone(), name.clone(), acceptor.clone());
-        // Watch before the handshake so a drain waits for it too.
-        let watcher = graceful.watcher();
+        let (shared, servers, name, acceptor) = (shared.clone(), servers.clone(), name.clone(), acceptor.clone());
+        // Taken before the handshake so a drain waits for it too.
+        let draining = draining.clone();
         tokio::spawn(async move {
             match acceptor {
                 None => {
@@ -66,48 +88,94 @@ pub async fn serve(
                         scheme: "http",
                         identity: None,
                     });
-                    serve_connection(&builder, stream, downstream, shared, watcher).await;
+                    serve_connection(&servers, stream, None, downstream, shared, draining).await;
                 }
-                Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let identity = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| PeerIdentity::from_der(c));
-                        let downstream = Arc::new(Downstream {
-                            listener: name,
-                            peer,
-                            scheme: "https",
-                            identity,
-                        });
-                        serve_connection(&builder, tls, downstream, shared, watcher).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                // Boxed: the TLS state is large and plain connections need not carry its size.
+                Some(acceptor) => {
+                    Box::pin(async move {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let session = tls.get_ref().1;
+                                let identity = session
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| PeerIdentity::from_der(c));
+                                let alpn = match session.alpn_protocol() {
+                                    Some(b"h2") => Some(Protocol::Http2),
+                                    Some(_) => Some(Protocol::Http1),
+                                    None => None,
+                                };
+                                let downstream = Arc::new(Downstream {
+                                    listener: name,
+                                    peer,
+                                    scheme: "https",
+                                    identity,
+                                });
+                                serve_connection(&servers, tls, alpn, downstream, shared, draining).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    })
+                    .await
+                }
             }
             drop((open, permit));
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(draining);
+    let _ = drain.send(true);
+    drain.closed().await;
 }
 
+/// Serves one connection in the protocol `known` (from ALPN) or, without it,
+/// the one its first bytes show.
 async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
+    servers: &Servers,
     io: I,
+    known: Option<Protocol>,
     downstream: Arc<Downstream>,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    mut draining: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = downstream.peer;
+    let (protocol, io) = match known {
+        Some(protocol) => (protocol, Prefixed::plain(io)),
+        None => match tokio::time::timeout(servers.header_read_timeout, sniff(io)).await {
+            Ok(Ok(sniffed)) => sniffed,
+            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "connection failed before a request"),
+            Err(_) => return tracing::debug!(%peer, "no request within the header read timeout"),
+        },
+    };
     let service = TowerToHyperService::new(Proxy::new(shared, downstream));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
+    let io = TokioIo::new(io);
+    let result = match protocol {
+        Protocol::Http1 => {
+            let conn = servers.http1.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopped(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Protocol::Http2 => {
+            let mut conn = Box::pin(servers.http2.serve_connection(io, service));
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stopped(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

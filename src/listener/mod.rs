@@ -4,6 +4,7 @@
 
 pub mod h3;
 pub mod http;
+mod preface;
 pub mod tcp;
 pub mod tls;
 

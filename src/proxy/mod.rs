@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -37,6 +37,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Trace context and span export (`tracing` section).
     pub tracing: crate::telemetry::trace::Tracing,
+    /// Requests received on every listener; tells `memory` when load stops.
+    pub requests: AtomicU64,
 }
 
 /// Who is on the other end of one downstream connection.
@@ -93,6 +95,7 @@ fn protocol_name(version: Version) -> &'static str {
 
 async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
+    shared.requests.fetch_add(1, Ordering::Relaxed);
     let snapshot = shared.snapshot.load_full();
     let version = req.version();
     let method = req.method().clone();

@@ -35,6 +35,9 @@ pub static X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 /// context back in the same format (plus `traceparent`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// No trace header at all (not even `tracestate`).
+    Absent,
+    /// Trace headers that carry no usable context.
     None,
     W3c,
     B3Single,
@@ -57,11 +60,26 @@ impl Incoming {
         sampled: None,
         format: Format::None,
     };
+    const ABSENT: Incoming = Incoming {
+        format: Format::Absent,
+        ..Incoming::NONE
+    };
+}
+
+/// Whether `name` is one of the headers [`extract`] reads (or `inject` drops).
+fn is_trace_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name == "traceparent" || name == "tracestate" || name == "b3" || name.starts_with("x-b3-")
 }
 
 /// Reads the incoming trace context. An invalid `traceparent` counts as none
 /// (and B3 is then not consulted: the caller meant W3C).
 pub fn extract(headers: &HeaderMap) -> Incoming {
+    // Most requests carry no trace header: one pass over the few names
+    // present is cheaper than the six hashed lookups that would find none.
+    if !headers.keys().any(is_trace_header) {
+        return Incoming::ABSENT;
+    }
     let mut traceparents = headers.get_all(&TRACEPARENT).iter();
     if let Some(first) = traceparents.next() {
         // Two traceparent headers cannot both be right; trust neither.
@@ -194,7 +212,7 @@ pub struct Outgoing {
 /// survives only when it came with a valid `traceparent`.
 pub fn inject(headers: &mut HeaderMap, incoming: &Incoming, out: &Outgoing) {
     headers.insert(TRACEPARENT.clone(), traceparent(out));
-    if incoming.format != Format::W3c {
+    if !matches!(incoming.format, Format::W3c | Format::Absent) {
         headers.remove(&TRACESTATE);
     }
     match incoming.format {
@@ -210,7 +228,7 @@ pub fn inject(headers: &mut HeaderMap, incoming: &Incoming, out: &Outgoing) {
             };
             headers.insert(X_B3_SAMPLED.clone(), HeaderValue::from_static(sampled_str(out.sampled)));
         }
-        Format::None | Format::W3c => {}
+        Format::Absent | Format::None | Format::W3c => {}
     }
 }
 
@@ -357,6 +375,26 @@ mod tests {
         assert_eq!(parse_traceparent(tp), Some((TRACE, SPAN, 1)));
         let tp = b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(parse_traceparent(tp), Some((TRACE, SPAN, 1)));
+    }
+
+    #[test]
+    fn no_trace_header_is_absent_and_a_lone_tracestate_is_dropped() {
+        let plain = headers(&[("accept", "*/*"), ("x-b3", "not b3"), ("x-b3-other", "?")]);
+        assert_eq!(extract(&headers(&[("accept", "*/*")])), Incoming::ABSENT);
+        // An unknown x-b3-* name is read as B3 (and found empty), not skipped.
+        assert_eq!(extract(&plain).format, Format::None);
+        let mut lone = headers(&[("tracestate", "vendor=1")]);
+        let incoming = extract(&lone);
+        assert_eq!(incoming, Incoming::NONE);
+        let out = Outgoing {
+            trace_id: TRACE,
+            span_id: SPAN,
+            parent_span_id: None,
+            sampled: false,
+        };
+        inject(&mut lone, &incoming, &out);
+        assert!(lone.get("tracestate").is_none());
+        assert!(lone.get("traceparent").is_some());
     }
 
     #[test]

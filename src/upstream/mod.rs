@@ -13,7 +13,6 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::time::Duration;
 use tower::{Service, ServiceExt};
 
 use crate::body::{self, Body};
@@ -64,7 +63,6 @@ pub struct TcpClient {
     /// `Some` for `http2` clusters.
     http2: Option<http2::Builder<TokioExecutor>>,
     scheme: Scheme,
-    idle_timeout: Duration,
 }
 
 impl TcpClient {
@@ -103,7 +101,6 @@ impl TcpClient {
             http1: http1::Builder::new(),
             http2,
             scheme,
-            idle_timeout: config.idle_timeout,
         })
     }
 
@@ -131,7 +128,7 @@ impl TcpClient {
         }
         let pool = &endpoint.pool;
         // Each turn takes one idle connection off the stack, so this ends.
-        while let Some(mut sender) = pool.take_http1(self.idle_timeout) {
+        while let Some(mut sender) = pool.take_http1() {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -173,7 +170,7 @@ impl TcpClient {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return response.map(body::boxed);
         }
-        PooledBody::wrap(response, pool.clone(), sender, self.idle_timeout).map(body::boxed)
+        PooledBody::wrap(response, pool.clone(), sender).map(body::boxed)
     }
 
     async fn send_http2(

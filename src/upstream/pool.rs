@@ -34,8 +34,8 @@ use tokio::time::{Duration, Instant};
 use crate::body::Body;
 
 /// Idle HTTP/1.1 connections and the shared HTTP/2 connection of one endpoint.
-#[derive(Default)]
 pub struct ConnectionPool {
+    idle_timeout: Duration,
     state: Mutex<PoolState>,
     /// Held while connecting to an HTTP/2 endpoint, so concurrent first
     /// requests wait for one connection instead of each opening their own.
@@ -46,7 +46,7 @@ pub struct ConnectionPool {
 struct PoolState {
     /// Oldest first; taken from the end.
     idle: Vec<Idle>,
-    h2: Option<http2::SendRequest<Body>>,
+    h2: Option<SharedHttp2>,
     sweeping: bool,
 }
 
@@ -55,51 +55,61 @@ struct Idle {
     since: Instant,
 }
 
+struct SharedHttp2 {
+    sender: http2::SendRequest<Body>,
+    last_used: Instant,
+}
+
 impl ConnectionPool {
-    /// The most recently returned idle HTTP/1.1 connection still open;
-    /// expired ones are closed on the way.
-    pub fn take_http1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+    pub fn new(idle_timeout: Duration) -> Self {
+        Self {
+            idle_timeout,
+            state: Mutex::default(),
+            h2_connecting: tokio::sync::Mutex::const_new(()),
+        }
+    }
+
+    /// The most recently returned idle HTTP/1.1 connection that can take a
+    /// request now. Expired and closed ones are dropped on the way; one
+    /// still busy (its request body still uploading after an early
+    /// response) stays until it is free or expires.
+    pub fn take_http1(&self) -> Option<http1::SendRequest<Body>> {
         let now = Instant::now();
         let mut state = self.lock();
-        expire(&mut state.idle, now, idle_timeout);
-        while let Some(idle) = state.idle.pop() {
-            if !idle.sender.is_closed() {
-                return Some(idle.sender);
-            }
-        }
-        None
+        expire(&mut state.idle, now, self.idle_timeout);
+        state.idle.retain(|i| !i.sender.is_closed());
+        let ready = state.idle.iter().rposition(|i| i.sender.is_ready())?;
+        Some(state.idle.remove(ready).sender)
     }
 
     /// Returns an HTTP/1.1 connection whose response was read to its end.
-    pub fn put_http1(self: &Arc<Self>, sender: http1::SendRequest<Body>, idle_timeout: Duration) {
+    pub fn put_http1(self: &Arc<Self>, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let start_sweeper = {
-            let mut state = self.lock();
-            expire(&mut state.idle, now, idle_timeout);
-            state.idle.push(Idle { sender, since: now });
-            !std::mem::replace(&mut state.sweeping, true)
-        };
-        if start_sweeper {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(sweep(Arc::downgrade(self), idle_timeout));
-            } else {
-                self.lock().sweeping = false;
-            }
-        }
+        let mut state = self.lock();
+        expire(&mut state.idle, now, self.idle_timeout);
+        state.idle.push(Idle { sender, since: now });
+        self.start_sweeper(&mut state);
     }
 
-    /// The endpoint's HTTP/2 connection, if one is open.
+    /// The endpoint's HTTP/2 connection, if one is open and not expired.
     pub fn http2(&self) -> Option<http2::SendRequest<Body>> {
-        let state = self.lock();
-        state.h2.as_ref().filter(|s| !s.is_closed()).cloned()
+        let now = Instant::now();
+        let mut state = self.lock();
+        let shared = state.h2.as_mut()?;
+        if shared.sender.is_closed() || now.duration_since(shared.last_used) >= self.idle_timeout {
+            state.h2 = None;
+            return None;
+        }
+        shared.last_used = now;
+        Some(shared.sender.clone())
     }
 
     /// The endpoint's HTTP/2 connection, opening it with `connect` when
     /// there is none; callers arriving meanwhile wait for the same one.
-    pub async fn http2_or_connect<F, Fut, E>(&self, connect: F) -> Result<http2::SendRequest<Body>, E>
+    pub async fn http2_or_connect<F, Fut, E>(self: &Arc<Self>, connect: F) -> Result<http2::SendRequest<Body>, E>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<http2::SendRequest<Body>, E>>,
@@ -112,14 +122,19 @@ impl ConnectionPool {
             return Ok(sender);
         }
         let sender = connect().await?;
-        self.lock().h2 = Some(sender.clone());
+        let mut state = self.lock();
+        state.h2 = Some(SharedHttp2 {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+        });
+        self.start_sweeper(&mut state);
         Ok(sender)
     }
 
     /// Forgets the shared HTTP/2 connection once it has closed.
     pub fn forget_closed_http2(&self) {
         let mut state = self.lock();
-        if state.h2.as_ref().is_some_and(|s| s.is_closed()) {
+        if state.h2.as_ref().is_some_and(|s| s.sender.is_closed()) {
             state.h2 = None;
         }
     }
@@ -127,6 +142,16 @@ impl ConnectionPool {
     /// Idle HTTP/1.1 connections held (for tests and `/clusters`).
     pub fn idle_count(&self) -> usize {
         self.lock().idle.len()
+    }
+
+    fn start_sweeper(self: &Arc<Self>, state: &mut PoolState) {
+        if state.sweeping {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            state.sweeping = true;
+            runtime.spawn(sweep(Arc::downgrade(self)));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -142,16 +167,28 @@ fn expire(idle: &mut Vec<Idle>, now: Instant, idle_timeout: Duration) {
     idle.drain(..fresh.unwrap_or(idle.len()));
 }
 
-/// Closes expired idle connections while the pool has any; ends when the
-/// stack is empty or the pool is gone.
-async fn sweep(pool: Weak<ConnectionPool>, idle_timeout: Duration) {
+/// Closes expired idle connections (and an expired HTTP/2 connection) while
+/// the pool holds any; ends when it holds none or the pool is gone.
+async fn sweep(pool: Weak<ConnectionPool>) {
     loop {
         let wake = {
             let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let timeout = pool.idle_timeout;
             let mut state = pool.lock();
-            expire(&mut state.idle, Instant::now(), idle_timeout);
-            match state.idle.first() {
-                Some(oldest) => oldest.since + idle_timeout,
+            expire(&mut state.idle, now, timeout);
+            if state
+                .h2
+                .as_ref()
+                .is_some_and(|h2| now.duration_since(h2.last_used) >= timeout)
+            {
+                state.h2 = None;
+            }
+            let oldest = state.idle.first().map(|i| i.since);
+            let h2 = state.h2.as_ref().map(|h2| h2.last_used);
+            // An idle timeout too large to add never expires: stop watching.
+            match oldest.into_iter().chain(h2).min().and_then(|t| t.checked_add(timeout)) {
+                Some(wake) => wake,
                 None => {
                     state.sweeping = false;
                     return;
@@ -172,7 +209,6 @@ pub struct PooledBody {
 struct Release {
     pool: Arc<ConnectionPool>,
     sender: http1::SendRequest<Body>,
-    idle_timeout: Duration,
 }
 
 impl PooledBody {
@@ -182,13 +218,8 @@ impl PooledBody {
         response: Response<Incoming>,
         pool: Arc<ConnectionPool>,
         sender: http1::SendRequest<Body>,
-        idle_timeout: Duration,
     ) -> Response<PooledBody> {
-        let release = Release {
-            pool,
-            sender,
-            idle_timeout,
-        };
+        let release = Release { pool, sender };
         let mut response = response.map(|body| PooledBody {
             body,
             release: Some(release),
@@ -199,9 +230,13 @@ impl PooledBody {
 
     fn release_if_done(&mut self) {
         if self.body.is_end_stream() {
-            if let Some(r) = self.release.take() {
-                r.pool.put_http1(r.sender, r.idle_timeout);
-            }
+            self.release();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(r) = self.release.take() {
+            r.pool.put_http1(r.sender);
         }
     }
 }
@@ -213,7 +248,10 @@ impl HttpBody for PooledBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) | Poll::Ready(Some(Ok(_))) => self.release_if_done(),
+            // The end of a chunked body (hyper reports no end ahead of it).
+            Poll::Ready(None) => self.release(),
+            // The last bytes of a body of known length.
+            Poll::Ready(Some(Ok(_))) => self.release_if_done(),
             // A broken body means a broken connection: never reuse it.
             Poll::Ready(Some(Err(_))) => self.release = None,
             Poll::Pending => {}
@@ -233,36 +271,51 @@ impl HttpBody for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_and_the_sweeper_stops() {
         let (sender, _server) = connected_pair().await;
-        let pool = Arc::new(ConnectionPool::default());
-        pool.put_http1(sender, Duration::from_secs(10));
+        let pool = Arc::new(ConnectionPool::new(Duration::from_secs(10)));
+        pool.put_http1(sender);
         assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(pool.idle_count(), 0);
         assert!(!pool.lock().sweeping);
-        assert!(pool.take_http1(Duration::from_secs(10)).is_none());
+        assert!(pool.take_http1().is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_newest_open_connection_is_taken_first() {
-        let pool = Arc::new(ConnectionPool::default());
+        let pool = Arc::new(ConnectionPool::new(Duration::from_secs(60)));
         let (old, _s1) = connected_pair().await;
-        pool.put_http1(old, Duration::from_secs(60));
+        pool.put_http1(old);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (new, _s2) = connected_pair().await;
-        pool.put_http1(new, Duration::from_secs(60));
+        pool.put_http1(new);
+        tokio::task::yield_now().await;
         // Take both; the second must be the older one.
         let now = Instant::now();
         let first_since = pool.lock().idle.last().map(|i| i.since);
         assert_eq!(first_since, Some(now));
-        assert!(pool.take_http1(Duration::from_secs(60)).is_some());
-        assert!(pool.take_http1(Duration::from_secs(60)).is_some());
-        assert!(pool.take_http1(Duration::from_secs(60)).is_none());
+        assert!(pool.take_http1().is_some());
+        assert!(pool.take_http1().is_some());
+        assert!(pool.take_http1().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_still_busy_is_left_in_place() {
+        let pool = Arc::new(ConnectionPool::new(Duration::from_secs(60)));
+        let (mut busy, _server) = connected_pair().await;
+        // A request the far end never answers keeps the connection busy.
+        let pending = busy.send_request(Request::new(crate::body::empty()));
+        tokio::spawn(pending);
+        tokio::task::yield_now().await;
+        pool.put_http1(busy);
+        assert!(pool.take_http1().is_none());
+        assert_eq!(pool.idle_count(), 1);
     }
 
     /// A real HTTP/1.1 client connection over an in-memory duplex pipe (the

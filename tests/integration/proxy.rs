@@ -151,6 +151,38 @@ fn chunked(data: &Bytes, trailers: Option<http::HeaderMap>) -> TestBody {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_whatever_the_response_framing() {
+    let upstream = Upstream::start(|req: Request<Incoming>| async move {
+        match req.uri().path() {
+            "/chunked" => Response::new(chunked(&Bytes::from_static(b"no length known"), None)),
+            "/empty" => Response::builder().status(204).body(full("")).unwrap(),
+            _ => Response::new(full("sized")),
+        }
+    })
+    .await;
+    for protocol in ["http1", "http2"] {
+        let yaml = config(
+            "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, cluster: app } ] }",
+            &routes_to(&[("app", &upstream)], protocol),
+        );
+        let weft = Weft::start(&yaml).await;
+        let before = upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+        let client = h1_client();
+        for path in [
+            "/chunked", "/sized", "/empty", "/chunked", "/empty", "/sized", "/chunked",
+        ] {
+            let (status, body) = get(&client, &weft.url("public", path).await).await;
+            assert!(status == 200 || status == 204, "{protocol} {path}: {status} {body}");
+        }
+        let opened = upstream.connections.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert_eq!(
+            opened, 1,
+            "{protocol}: one upstream connection serves sequential requests"
+        );
+    }
+}
+
+#[tokio::test]
 async fn large_chunked_bodies_pass_byte_exact_both_ways() {
     let upstream = Upstream::echo_body().await;
     for (protocol, client) in [("http1", h1_client()), ("http2", h2_client())] {

@@ -90,7 +90,7 @@ fn header_rewriting(c: &mut Criterion) {
         b.iter(|| {
             let mut h = base.clone();
             headers::strip_hop_by_hop(&mut h, false);
-            let id = headers::set_forwarding(&mut h, client, "http");
+            let id = headers::set_forwarding(&mut h, client, "http", None);
             black_box((h, id))
         })
     });

@@ -215,7 +215,7 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         id: "s6",
-        title: "6. weft: outlier detection + zone-aware routing vs a plain route (HTTP/1.1, 64 connections)",
+        title: "6. weft: outlier detection + adaptive concurrency + zone-aware routing vs a plain route (HTTP/1.1, 64 connections)",
         ratios: &[("weft-health", &["weft-plain"], "health/plain")],
     },
 ];

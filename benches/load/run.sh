@@ -370,9 +370,12 @@ fi
 
 # ---------------------------------------------------------------- scenario 6: endpoint-health features
 if want s6; then
-  say "s6: weft plain route vs outlier detection + zone-aware routing, HTTP/1.1 64 connections, ${REPS}x${DUR}s"
+  say "s6: weft plain route vs outlier detection + adaptive concurrency + zone-aware routing, HTTP/1.1 64 connections, ${REPS}x${DUR}s"
   weft_config "$P_WEFT_PLAIN" "    zone_aware: { enabled: false }" >"$WORK/weft-plain.yaml"
+  # min_concurrency above the 64 connections: the minRTT measurement phase
+  # then rejects nothing, so both candidates serve the same requests.
   weft_config "$P_WEFT_HEALTH" "    outlier_detection: {}
+    adaptive_concurrency: { min_concurrency: 100 }
     zone_aware: { enabled: true, min_cluster_size: 1 }" "node: { zone: zone-a }" >"$WORK/weft-health.yaml"
   start_weft weft-plain "$WORK/weft-plain.yaml" "$P_WEFT_PLAIN"
   start_weft weft-health "$WORK/weft-health.yaml" "$P_WEFT_HEALTH"
@@ -383,6 +386,8 @@ if want s6; then
       measure_cpu_start "$c"
       out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$c]}/")
       n=$(awk '/requests in/ {print $1}' <<<"$out")
+      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+      [[ -n $errs ]] && say "  $c: $errs"
       measure_cpu_end s6 "$c" "${n:-0}"
       record s6 "$c" rps "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
     done

@@ -71,10 +71,45 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Appends the client address to `x-forwarded-for` and sets
-/// `x-forwarded-proto`; returns the request id, generating one if absent.
-pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str) -> HeaderValue {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+/// Which of the headers weft rewrites a request already carries. One pass
+/// over the few names present costs less than a hashed lookup per name that
+/// would mostly find nothing.
+#[derive(Clone, Copy, Default)]
+struct Present {
+    forwarded_for: bool,
+    request_id: bool,
+    client_cert: bool,
+}
+
+fn scan(headers: &HeaderMap) -> Present {
+    let mut present = Present::default();
+    for name in headers.keys() {
+        if name == X_FORWARDED_FOR {
+            present.forwarded_for = true;
+        } else if name == X_REQUEST_ID {
+            present.request_id = true;
+        } else if name == X_FORWARDED_CLIENT_CERT {
+            present.client_cert = true;
+        }
+    }
+    present
+}
+
+/// Appends the client address to `x-forwarded-for`, sets
+/// `x-forwarded-proto` and `x-forwarded-client-cert` (see
+/// [`set_client_cert`]); returns the request id, generating one if absent.
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    client_cert: Option<&str>,
+) -> HeaderValue {
+    let present = scan(headers);
+    let xff = match headers
+        .get(&X_FORWARDED_FOR)
+        .filter(|_| present.forwarded_for)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => HeaderValue::try_from(format!("{prev}, {client}")),
         None => Ok(client_value(client)),
     };
@@ -82,7 +117,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static s
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match headers.get(&X_REQUEST_ID) {
+    if present.client_cert || client_cert.is_some() {
+        set_client_cert(headers, client_cert);
+    }
+    match headers.get(&X_REQUEST_ID).filter(|_| present.request_id) {
         Some(id) if !id.is_empty() => id.clone(),
         _ => {
             let id = new_request_id();
@@ -95,7 +133,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static s
 /// Sets `x-forwarded-client-cert` to the verified client certificate, and
 /// removes any the client sent itself so it cannot be forged (Envoy's
 /// `SANITIZE_SET`).
-pub fn set_client_cert(headers: &mut HeaderMap, xfcc: Option<&str>) {
+fn set_client_cert(headers: &mut HeaderMap, xfcc: Option<&str>) {
     headers.remove(&X_FORWARDED_CLIENT_CERT);
     if let Some(value) = xfcc.and_then(|v| HeaderValue::from_str(v).ok()) {
         headers.insert(X_FORWARDED_CLIENT_CERT.clone(), value);
@@ -185,19 +223,19 @@ mod tests {
     #[test]
     fn forwarding_headers_and_request_id() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        let id = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        let id = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         let text = id.to_str().unwrap();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
         h.remove("x-request-id");
-        let other = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        let other = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
         assert_ne!(other, id);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1, 127.0.0.1");
         for client in ["10.1.2.3", "::1", "10.1.2.3"] {
             let mut fresh = HeaderMap::new();
-            set_forwarding(&mut fresh, client.parse().unwrap(), "https");
+            set_forwarding(&mut fresh, client.parse().unwrap(), "https", None);
             assert_eq!(fresh.get("x-forwarded-for").unwrap(), client);
         }
         assert!(text.bytes().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) {
@@ -206,6 +244,17 @@ mod tests {
             b.is_ascii_hexdigit()
         }));
         let mut given = map(&[("x-request-id", "abc")]);
-        assert_eq!(set_forwarding(&mut given, "::1".parse().unwrap(), "http"), "abc");
+        assert_eq!(set_forwarding(&mut given, "::1".parse().unwrap(), "http", None), "abc");
+    }
+
+    #[test]
+    fn a_forged_client_certificate_header_never_passes() {
+        let mut forged = map(&[("x-forwarded-client-cert", "By=spiffe://forged")]);
+        set_forwarding(&mut forged, "::1".parse().unwrap(), "https", None);
+        assert!(forged.get("x-forwarded-client-cert").is_none());
+        let mut forged = map(&[("x-forwarded-client-cert", "By=spiffe://forged")]);
+        set_forwarding(&mut forged, "::1".parse().unwrap(), "https", Some("Hash=ab"));
+        assert_eq!(forged.get_all("x-forwarded-client-cert").iter().count(), 1);
+        assert_eq!(forged.get("x-forwarded-client-cert").unwrap(), "Hash=ab");
     }
 }

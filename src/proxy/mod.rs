@@ -115,8 +115,12 @@ async fn handle(shared: Arc<Shared>, downstream: Arc<Downstream>, mut req: Reque
     }
     let upgrade = version == Version::HTTP_11 && headers::is_upgrade(req.headers());
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme);
-    headers::set_client_cert(req.headers_mut(), downstream.identity.as_ref().map(|i| i.xfcc.as_str()));
+    let request_id = headers::set_forwarding(
+        req.headers_mut(),
+        downstream.peer.ip(),
+        downstream.scheme,
+        downstream.identity.as_ref().map(|i| i.xfcc.as_str()),
+    );
     let trace = shared.tracing.start(req.headers_mut());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 

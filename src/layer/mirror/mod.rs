@@ -485,7 +485,7 @@ mod tests {
     fn selection_follows_methods_percent_and_declared_size() {
         let config: MirrorConfig =
             serde_yaml_ng::from_str("{ cluster: next, percent: 25, max_body_bytes: 10 }").unwrap();
-        let shadow: RouteService = tower::util::BoxCloneSyncService::new(tower::service_fn(|_req| async {
+        let shadow: RouteService = RouteService::boxing(tower::service_fn(|_req| async {
             Ok::<_, ProxyError>(Response::new(body::empty()))
         }));
         let metrics = crate::telemetry::metrics::Metrics::new().unwrap();
@@ -511,7 +511,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_shadow_leaves_the_primary_alone_and_frees_its_slot_at_the_deadline() {
         use tower::ServiceExt;
-        let hanging: RouteService = tower::util::BoxCloneSyncService::new(tower::service_fn(|_req| {
+        let hanging: RouteService = RouteService::boxing(tower::service_fn(|_req| {
             std::future::pending::<Result<Response<Body>, ProxyError>>()
         }));
         let metrics = crate::telemetry::metrics::Metrics::new().unwrap();

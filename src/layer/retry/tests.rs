@@ -5,7 +5,6 @@ use std::sync::Mutex;
 
 use http::StatusCode;
 use tokio::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::{service_fn, ServiceExt};
 
 use super::*;
@@ -40,7 +39,7 @@ impl Harness {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(script);
         let log = seen.clone();
-        let inner: RouteService = BoxCloneSyncService::new(service_fn(move |req: Request<Body>| {
+        let inner: RouteService = RouteService::boxing(service_fn(move |req: Request<Body>| {
             let (log, script) = (log.clone(), script.clone());
             async move {
                 let hint = req.extensions().get::<EndpointHint>().cloned().unwrap_or_default();

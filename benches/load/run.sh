@@ -372,10 +372,13 @@ fi
 if want s6; then
   say "s6: weft plain route vs outlier detection + adaptive concurrency + zone-aware routing, HTTP/1.1 64 connections, ${REPS}x${DUR}s"
   weft_config "$P_WEFT_PLAIN" "    zone_aware: { enabled: false }" >"$WORK/weft-plain.yaml"
-  # min_concurrency above the 64 connections: the minRTT measurement phase
-  # then rejects nothing, so both candidates serve the same requests.
+  # The limiter runs (samples every response, recomputes the limit each
+  # window) but its floor and its minRTT-phase concurrency sit above the 64
+  # connections, so it rejects nothing and both candidates serve the same
+  # requests. (With the defaults it would, rightly, shed most of this
+  # saturating load: latency under 64-way queueing is far above minRTT.)
   weft_config "$P_WEFT_HEALTH" "    outlier_detection: {}
-    adaptive_concurrency: { min_concurrency: 100 }
+    adaptive_concurrency: { min_concurrency: 100, min_concurrency_limit: 100 }
     zone_aware: { enabled: true, min_cluster_size: 1 }" "node: { zone: zone-a }" >"$WORK/weft-health.yaml"
   start_weft weft-plain "$WORK/weft-plain.yaml" "$P_WEFT_PLAIN"
   start_weft weft-health "$WORK/weft-health.yaml" "$P_WEFT_HEALTH"

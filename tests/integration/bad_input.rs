@@ -149,6 +149,8 @@ async fn slow_header_client_is_closed_while_others_are_served() {
     let addr = weft.addr("public").await;
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    // A client that connects and never sends a byte is held to the same limit.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     // Others are served while the slow client dawdles.
     for _ in 0..5 {
         assert_eq!(
@@ -160,6 +162,8 @@ async fn slow_header_client_is_closed_while_others_are_served() {
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "connection still open");
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "silent connection still open");
 }
 
 #[tokio::test]

@@ -121,7 +121,7 @@ fn tls_listener(tls: &str, routes: &str, clusters: &str) -> String {
 }
 
 #[tokio::test]
-async fn http1_and_http2_over_tls_with_alpn() {
+async fn http1_and_http2_over_tls_with_and_without_alpn() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test-ca");
     ca.leaf(dir.path(), "server", "server-1", None);
@@ -135,9 +135,13 @@ async fn http1_and_http2_over_tls_with_alpn() {
     let app = start_in(dir.path(), &yaml).await;
     let port = app.listener_addr("secure").await.unwrap().port();
     let url = format!("https://localhost:{port}/x");
+    let no_alpn: &[&[u8]] = &[];
     for (http2, alpn, version) in [
         (false, &[&b"http/1.1"[..]][..], http::Version::HTTP_11),
         (true, &[&b"h2"[..]][..], http::Version::HTTP_2),
+        // Without ALPN the first bytes decide, as on plain text.
+        (false, no_alpn, http::Version::HTTP_11),
+        (true, no_alpn, http::Version::HTTP_2),
     ] {
         let client = https_client(client_tls(&ca_path, None, alpn), http2);
         let response = client

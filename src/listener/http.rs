@@ -1,10 +1,11 @@
-//! HTTP/1.1 and HTTP/2 (prior knowledge, detected by the connection preface
-//! or chosen by TLS ALPN) on one port, served by hyper's HTTP/1 or HTTP/2
-//! connection into the shared [`Proxy`] service.
+//! HTTP/1.1 and HTTP/2 on one port (HTTP/2 told apart by its connection
+//! preface, in plain text and over TLS alike), served by hyper's HTTP/1 or
+//! HTTP/2 connection into the shared [`Proxy`] service.
 //!
 //! Downstream limits: the header block size (431 beyond it, from hyper), a
 //! header-read timeout for slow clients (also bounding the wait for a new
-//! connection's first bytes), and a cap on open connections.
+//! connection's first bytes, and then again for the rest of its first
+//! request's headers), and a cap on open connections.
 //!
 //! Each connection's task holds only the server of its own protocol (see
 //! `preface`); an HTTP/2 connection is boxed. Drain: on stop, every
@@ -22,7 +23,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Duration;
 
 use crate::config::schema::ListenerConfig;
-use crate::listener::preface::{sniff, Prefixed, Protocol};
+use crate::listener::preface::{sniff, Protocol};
 use crate::listener::tls::TlsSetup;
 use crate::listener::{accept_tcp, stopped, ConnectionCounters};
 use crate::proxy::{Downstream, Proxy, Shared};
@@ -88,30 +89,33 @@ pub async fn serve(
                         scheme: "http",
                         identity: None,
                     });
-                    serve_connection(&servers, stream, None, downstream, shared, draining).await;
+                    serve_connection(&servers, stream, downstream, shared, draining).await;
                 }
                 // Boxed: the TLS state is large and plain connections need not carry its size.
                 Some(acceptor) => {
                     Box::pin(async move {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                        let mut stopping = draining.clone();
+                        let result = tokio::select! {
+                            result = handshake => result,
+                            // A drain does not wait for handshakes still under way.
+                            _ = stopped(&mut stopping) => return,
+                        };
+                        match result {
                             Ok(Ok(tls)) => {
-                                let session = tls.get_ref().1;
-                                let identity = session
+                                let identity = tls
+                                    .get_ref()
+                                    .1
                                     .peer_certificates()
                                     .and_then(|c| c.first())
                                     .and_then(|c| PeerIdentity::from_der(c));
-                                let alpn = match session.alpn_protocol() {
-                                    Some(b"h2") => Some(Protocol::Http2),
-                                    Some(_) => Some(Protocol::Http1),
-                                    None => None,
-                                };
                                 let downstream = Arc::new(Downstream {
                                     listener: name,
                                     peer,
                                     scheme: "https",
                                     identity,
                                 });
-                                serve_connection(&servers, tls, alpn, downstream, shared, draining).await;
+                                serve_connection(&servers, tls, downstream, shared, draining).await;
                             }
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -129,12 +133,13 @@ pub async fn serve(
     drain.closed().await;
 }
 
-/// Serves one connection in the protocol `known` (from ALPN) or, without it,
-/// the one its first bytes show.
+/// Serves one connection in the protocol its first bytes show (over TLS
+/// too, whatever ALPN said: a client that sends nothing is then bounded by
+/// the header read timeout in every case, as hyper-util's auto server did).
+/// A drain closes a connection that has not sent its first bytes yet.
 async fn serve_connection<I>(
     servers: &Servers,
     io: I,
-    known: Option<Protocol>,
     downstream: Arc<Downstream>,
     shared: Arc<Shared>,
     mut draining: watch::Receiver<bool>,
@@ -142,13 +147,15 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = downstream.peer;
-    let (protocol, io) = match known {
-        Some(protocol) => (protocol, Prefixed::plain(io)),
-        None => match tokio::time::timeout(servers.header_read_timeout, sniff(io)).await {
-            Ok(Ok(sniffed)) => sniffed,
-            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "connection failed before a request"),
-            Err(_) => return tracing::debug!(%peer, "no request within the header read timeout"),
-        },
+    let first_bytes = tokio::time::timeout(servers.header_read_timeout, sniff(io));
+    let sniffed = tokio::select! {
+        sniffed = first_bytes => sniffed,
+        _ = stopped(&mut draining) => return,
+    };
+    let (protocol, io) = match sniffed {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "connection failed before a request"),
+        Err(_) => return tracing::debug!(%peer, "no request within the header read timeout"),
     };
     let service = TowerToHyperService::new(Proxy::new(shared, downstream));
     let io = TokioIo::new(io);

@@ -57,11 +57,6 @@ impl<I> Prefixed<I> {
             io,
         }
     }
-
-    /// No prefix: the protocol was known without reading (TLS ALPN).
-    pub fn plain(io: I) -> Self {
-        Self::new([0; 24], 0, io)
-    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::io::AsyncReadExt;
 
 use crate::support::*;
 
@@ -155,6 +156,25 @@ async fn shutdown_drains_in_flight_requests_and_turns_unready() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "listener must be closed"
     );
+}
+
+#[tokio::test]
+async fn drain_closes_connections_that_never_sent_a_request() {
+    let upstream = Upstream::text("x").await;
+    let yaml = config(
+        "  - { name: public, address: 127.0.0.1:0, limits: { header_read_timeout: 60s }, routes: [ { name: all, cluster: app } ] }",
+        &app_at(&upstream),
+    );
+    let weft = Weft::start(&yaml).await;
+    let mut silent = tokio::net::TcpStream::connect(weft.addr("public").await).await.unwrap();
+    // Served first, so the silent connection has surely been accepted.
+    assert_eq!(get(&h1_client(), &weft.url("public", "/").await).await.0, 200);
+    weft.app.shutdown().await;
+    // Closed by the drain, not left to its 60 s header timeout (the bound
+    // only guards against a hang).
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the silent connection outlived the drain");
 }
 
 #[tokio::test]

@@ -187,10 +187,16 @@ impl MirrorState {
     }
 }
 
+/// The inner service's future is already boxed (weft's `RouteService`), so
+/// the primary passes through without a second box.
 impl<S> Service<Request<Body>> for Mirror<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = ProxyError,
+        Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>,
+    >,
 {
     type Response = Response<Body>;
     type Error = ProxyError;
@@ -203,19 +209,17 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let state = self.state.clone();
         if !state.selects(req.method(), req.headers(), rand::random_range(0.0..100.0)) {
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req);
         }
         state.metrics.requests.inc();
         let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
             state.metrics.record(MirrorResult::Dropped);
-            return Box::pin(self.inner.call(req));
+            return self.inner.call(req);
         };
         let head = ShadowHead::of(&req);
         let (req, request_copy) = copy_body(req, state.max_body_bytes);
         let started = Instant::now();
-        // Boxed here, not inside the async block: the compiler cannot prove
-        // `S::Future: Send` for every lifetime of the body's error type there.
-        let primary: Self::Future = Box::pin(self.inner.call(req));
+        let primary: Self::Future = self.inner.call(req);
         let (seen_tx, seen_rx) = oneshot::channel();
         let (dispatched_tx, dispatched_rx) = oneshot::channel();
         let shadow = ShadowJob {
@@ -524,7 +528,9 @@ mod tests {
             deadline: Duration::from_secs(1),
         };
         let layer = MirrorLayer::new("r", &config, targets, board.clone()).unwrap();
-        let primary = tower::service_fn(|_req: Request<Body>| async { Ok(Response::new(body::full("primary"))) });
+        let primary = RouteService::boxing(tower::service_fn(|_req: Request<Body>| async {
+            Ok(Response::new(body::full("primary")))
+        }));
         let mirrored = layer.layer(primary);
         for _ in 0..3 {
             let response = mirrored.clone().oneshot(Request::new(body::empty())).await.unwrap();

@@ -31,7 +31,7 @@ use crate::layer::timeout::TimeoutLayer;
 use crate::route::Route;
 use crate::telemetry::metrics::Metrics;
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 /// A type-erased, always-ready service whose clone is a reference-count
 /// bump: the proxy and the retry layer clone the service of every request

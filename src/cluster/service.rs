@@ -2,9 +2,7 @@
 //! request over the cluster's pooled client, count the result and feed it to
 //! the endpoint's latency estimate and the cluster's outlier detector.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -15,6 +13,7 @@ use tower::Service;
 use super::Cluster;
 use crate::body::Body;
 use crate::error::{ErrorKind, ProxyError};
+use crate::stack::ResponseFuture;
 
 /// Response extension naming the endpoint that answered, for logs.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +41,7 @@ impl ClusterService {
 impl Service<Request<Body>> for ClusterService {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))

@@ -22,8 +22,6 @@
 
 pub mod gradient;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -37,6 +35,7 @@ use tower::{Layer, Service};
 use crate::body::{self, Body};
 use crate::config::schema::AdaptiveConcurrencyConfig;
 use crate::error::{ErrorKind, Overload, ProxyError};
+use crate::stack::ResponseFuture;
 use crate::telemetry::metrics::OverloadFamilies;
 use gradient::{GradientConfig, GradientController};
 
@@ -206,7 +205,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

@@ -24,8 +24,6 @@
 pub mod connector;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,6 +35,7 @@ use tower::{Layer, Service};
 use crate::body::{self, Body};
 use crate::config::schema::CircuitBreakerConfig;
 use crate::error::{ErrorKind, Overload, ProxyError};
+use crate::stack::ResponseFuture;
 use crate::telemetry::metrics::OverloadFamilies;
 
 /// Which circuit breaker limit refused a request; the `limit` metric label.
@@ -166,7 +165,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

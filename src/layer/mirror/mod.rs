@@ -24,9 +24,7 @@ pub mod compare;
 pub mod json_diff;
 mod tee;
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -43,6 +41,7 @@ use crate::body::{self, Body};
 use crate::config::mirror::MirrorConfig;
 use crate::error::ProxyError;
 use crate::route::MatchError;
+use crate::stack::ResponseFuture;
 use crate::stack::RouteService;
 use crate::telemetry::mirror::{MirrorResult, RouteCompare};
 use compare::{classify, CompareSpec, Differences, LogLimiter, Observed};
@@ -191,16 +190,11 @@ impl MirrorState {
 /// the primary passes through without a second box.
 impl<S> Service<Request<Body>> for Mirror<S>
 where
-    S: Service<
-        Request<Body>,
-        Response = Response<Body>,
-        Error = ProxyError,
-        Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>,
-    >,
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError, Future = ResponseFuture>,
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

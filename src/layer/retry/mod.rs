@@ -31,8 +31,6 @@ pub mod policy;
 pub mod replay;
 mod tape;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
@@ -46,6 +44,7 @@ use crate::body::Body;
 use crate::cluster::service::EndpointHint;
 use crate::config::schema::RetryBudgetConfig;
 use crate::error::{ErrorKind, ProxyError, OVERLOADED_HEADER};
+use crate::stack::ResponseFuture;
 use crate::stack::RouteService;
 use crate::telemetry::metrics::OverloadFamilies;
 use budget::RetryBudget;
@@ -115,7 +114,7 @@ pub struct Retry {
 impl Service<Request<Body>> for Retry {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)

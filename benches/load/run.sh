@@ -249,20 +249,27 @@ for c in "${CANDIDATES[@]}"; do
   load h2load -c16 -m16 -t1 -D 1 "http://127.0.0.1:${PORT_H2[$c]}/" >/dev/null
 done
 
+# One timed HTTP/1.1 run (wrk, 64 connections) against candidate $2, recorded
+# under scenario $1: req/s and the proxy's CPU per 100k requests.
+wrk_run() { # scenario candidate
+  local out n rps errs
+  measure_cpu_start "$2"
+  out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$2]}/")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  [[ -n $errs ]] && say "  $2: $errs"
+  measure_cpu_end "$1" "$2" "${n:-0}"
+  record "$1" "$2" rps "$rps"
+  say "  $2: $rps req/s"
+}
+
 # ---------------------------------------------------------------- scenario 1: HTTP/1.1, 64 connections
 if want s1; then
   say "s1: HTTP/1.1 keep-alive, 64 connections, ${REPS}x${DUR}s"
   for r in $(seq "$REPS"); do
     for c in "${CANDIDATES[@]}"; do
-      measure_cpu_start "$c"
-      out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$c]}/")
-      n=$(awk '/requests in/ {print $1}' <<<"$out")
-      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-      [[ -n $errs ]] && say "  $c: $errs"
-      measure_cpu_end s1 "$c" "${n:-0}"
-      record s1 "$c" rps "$rps"
-      say "  $c: $rps req/s"
+      wrk_run s1 "$c"
     done
   done
 fi
@@ -386,13 +393,7 @@ if want s6; then
   for c in weft-plain weft-health; do load wrk -t1 -c64 -d1s "http://127.0.0.1:${PORT[$c]}/" >/dev/null; done
   for r in $(seq "$REPS"); do
     for c in weft-plain weft-health; do
-      measure_cpu_start "$c"
-      out=$(load wrk -t1 -c64 -d"${DUR}s" "http://127.0.0.1:${PORT[$c]}/")
-      n=$(awk '/requests in/ {print $1}' <<<"$out")
-      errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-      [[ -n $errs ]] && say "  $c: $errs"
-      measure_cpu_end s6 "$c" "${n:-0}"
-      record s6 "$c" rps "$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+      wrk_run s6 "$c"
     done
   done
 fi

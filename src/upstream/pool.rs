@@ -318,6 +318,38 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_http2_connection_is_shared_while_used_and_closed_once_unused() {
+        let pool = Arc::new(ConnectionPool::new(Duration::from_secs(10)));
+        let opened = std::cell::Cell::new(0);
+        let far_ends = std::cell::RefCell::new(Vec::new());
+        let connect = || async {
+            opened.set(opened.get() + 1);
+            let (client, server) = tokio::io::duplex(1024);
+            far_ends.borrow_mut().push(server);
+            let (sender, conn) = http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(client),
+            )
+            .await
+            .expect("handshake over a pipe");
+            tokio::spawn(conn);
+            Ok::<_, hyper::Error>(sender)
+        };
+        pool.http2_or_connect(connect).await.unwrap();
+        // Each use within the idle timeout keeps the one connection.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            pool.http2_or_connect(connect).await.unwrap();
+        }
+        assert_eq!(opened.get(), 1);
+        // Unused for the idle timeout: the sweeper drops it, the next request connects anew.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(pool.lock().h2.is_none());
+        pool.http2_or_connect(connect).await.unwrap();
+        assert_eq!(opened.get(), 2);
+    }
+
     /// A real HTTP/1.1 client connection over an in-memory duplex pipe (the
     /// far end is held open and never answers).
     async fn connected_pair() -> (http1::SendRequest<Body>, tokio::io::DuplexStream) {

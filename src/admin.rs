@@ -22,8 +22,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::{self, Body};
-use crate::error::plain_response;
+use crate::core::body::{self, Body};
+use crate::core::error::plain_response;
 use crate::proxy::{is_ready, Shared};
 
 pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {

@@ -29,7 +29,8 @@ impl App {
     pub async fn start(loaded: Loaded) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
         let text = std::fs::read_to_string(&loaded.path).ok();
-        let snapshot = Snapshot::build(loaded, &metrics, None)?;
+        let snapshot = Snapshot::build(loaded, &metrics, None).map_err(|e| e.to_string())?;
+        snapshot.start();
         let admin_address = snapshot.loaded.config.admin.address;
         let listeners_config = snapshot.loaded.config.listeners.clone();
         let shared = Arc::new(Shared {
@@ -102,17 +103,14 @@ impl App {
     }
 
     async fn apply(&self, path: &Path, text: &str) -> Result<(), String> {
-        let config = config::parse(path, text).map_err(|e| e.to_string())?;
+        let loaded = config::parse(path, text).map_err(|e| e.to_string())?;
         let previous = self.shared.snapshot.load_full();
-        if config.admin != previous.loaded.config.admin {
+        if loaded.config.admin != previous.loaded.config.admin {
             tracing::warn!("admin.address changes take effect on restart");
         }
-        let loaded = Loaded {
-            config,
-            path: path.to_path_buf(),
-            base_dir: previous.loaded.base_dir.clone(),
-        };
-        let snapshot = Arc::new(Snapshot::build(loaded, &self.shared.metrics, Some(&previous))?);
+        let snapshot = Snapshot::build(loaded, &self.shared.metrics, Some(&previous)).map_err(|e| e.to_string())?;
+        let snapshot = Arc::new(snapshot);
+        snapshot.start();
         let wanted = snapshot.loaded.config.listeners.clone();
         self.shared.snapshot.store(snapshot);
         let mut listeners = self.listeners.lock().await;

@@ -1,17 +1,34 @@
 //! weft: a service-mesh sidecar proxy. See README.md for the tour and
 //! `docs/config.md` for every config key.
+//!
+//! Modules form one dependency order: each imports only from modules listed
+//! before it (`.ci/check-module-order` enforces this list in CI).
+//!
+//! 1. `core`      body, error, boxed service, request/response extensions
+//! 2. `config`    the YAML schema, its checks, file watching (a leaf)
+//! 3. `telemetry` metrics registry and handles, access log, trace context
+//! 4. `tls`       rustls configs, certificate store and rotation
+//! 5. `http3`     h3 stream <-> body adapters
+//! 6. `policy`    pure cores: balancer, EWMA, outlier, zone, gradient, retry, circuit counters
+//! 7. `upstream`  connectors with connection limits, pools, HTTP/1, HTTP/2, HTTP/3 clients
+//! 8. `cluster`   endpoints, health, monitor, overload state, the endpoint-picking service
+//! 9. `layer`     timeout, retry, admission, mirror
+//! 10. `route`    matchers, splits, sticky sides
+//! 11. `stack`, `snapshot`  layer composition; the compiled config
+//! 12. `proxy`    the front service (the request's steps before and after the route)
+//! 13. `memory`, `listener`, `admin`, `app`, `demo`
 
 pub mod admin;
 pub mod app;
-pub mod body;
 pub mod cluster;
 pub mod config;
+pub mod core;
 pub mod demo;
-pub mod error;
 pub mod http3;
 pub mod layer;
 pub mod listener;
 pub mod memory;
+pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;

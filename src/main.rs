@@ -50,7 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match config::load(path).and_then(|loaded| weft::snapshot::check(&loaded).map(|()| loaded)) {
         Ok(loaded) => {
             let c = &loaded.config;
             let routes: usize = c.listeners.iter().map(|l| l.routes.len()).sum();

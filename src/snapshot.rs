@@ -5,17 +5,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::path::Path;
+
 use crate::cluster::Cluster;
-use crate::config::schema::ListenerProtocol;
-use crate::config::Loaded;
+use crate::config::schema::{ClusterProtocol, Config, ListenerProtocol, RouteConfig};
+use crate::config::{ConfigErrors, Loaded};
+use crate::core::service::HttpService;
 use crate::route::{self, Action, Route, WeightedSplit};
-use crate::stack::{self, RouteService};
+use crate::stack;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
+use crate::tls;
 
 /// Where a matched request goes.
 pub struct Target {
     pub cluster: Arc<str>,
-    pub service: RouteService,
+    pub service: HttpService,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -66,9 +70,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds from a validated config, reusing clusters of `previous` whose
-    /// config did not change (their pools and endpoint state carry over).
-    pub fn build(loaded: Loaded, metrics: &Metrics, previous: Option<&Snapshot>) -> Result<Self, String> {
+    /// Builds from a loaded config in one compile-and-validate pass (see
+    /// [`check`]), reusing clusters of `previous` whose config did not
+    /// change (their pools and endpoint state carry over).
+    pub fn build(loaded: Loaded, metrics: &Metrics, previous: Option<&Snapshot>) -> Result<Self, ConfigErrors> {
+        let compiled = compile(&loaded)?;
         let config = &loaded.config;
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
@@ -80,71 +86,30 @@ impl Snapshot {
                     .unwrap_or_else(|| Cluster::new(c, &config.node, metrics))
             })
             .collect();
-        let index: HashMap<&str, usize> = config
-            .clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), i))
-            .collect();
         let mut listeners = HashMap::new();
-        for l in config.listeners.iter().filter(|l| l.protocol != ListenerProtocol::Tcp) {
-            let mut routes = Vec::with_capacity(l.routes.len());
-            for r in &l.routes {
-                let route = route::compile(r, &index)
-                    .map_err(|e| format!("listener {} route {}: {}: {}", l.name, r.name, e.key, e.message))?;
-                let mirror = match (&r.mirror, &route.mirror) {
-                    (Some(config), Some(to)) => Some(
-                        stack::mirror_layer(
-                            &route,
-                            config,
-                            &clusters[to.shadow],
-                            to.noise.map(|n| &clusters[n]),
-                            metrics,
-                        )
-                        .map_err(|e| format!("listener {} route {}: {e}", l.name, r.name))?,
-                    ),
-                    _ => None,
-                };
-                let target = |cluster: usize| Target {
-                    cluster: clusters[cluster].name.clone(),
-                    service: stack::mirrored_target(&route, &clusters[cluster], mirror.as_ref()),
-                    metrics: RouteMetrics::new(metrics, &l.name, &route.name, &clusters[cluster].name),
-                };
-                let (targets, split) = match &route.action {
-                    Action::Cluster(c) => (vec![target(*c)], None),
-                    Action::Split(split) => {
-                        let targets: Vec<Target> = split.clusters().map(target).collect();
-                        let by_target = WeightedSplit::new(
-                            r.split
-                                .iter()
-                                .flatten()
-                                .filter(|s| s.weight > 0)
-                                .enumerate()
-                                .map(|(i, s)| (i, s.weight)),
-                        );
-                        (targets, Some(by_target))
-                    }
-                    Action::Direct { status, body } => (
-                        vec![Target {
-                            cluster: Arc::from(""),
-                            service: stack::direct_target(*status, body.clone()),
-                            metrics: RouteMetrics::new(metrics, &l.name, &route.name, ""),
-                        }],
-                        None,
-                    ),
-                };
-                routes.push(RouteEntry { route, targets, split });
+        let mut problems = Vec::new();
+        for (i, (l, routes)) in config.listeners.iter().zip(compiled).enumerate() {
+            let Some(routes) = routes else { continue };
+            let mut entries = Vec::with_capacity(routes.len());
+            for (j, (r, route)) in l.routes.iter().zip(routes).enumerate() {
+                match route_entry(r, route, &l.name, &clusters, metrics) {
+                    Ok(entry) => entries.push(entry),
+                    Err(message) => problems.push((format!("listeners[{i}].routes[{j}].mirror"), message)),
+                }
             }
             let unmatched = RouteMetrics::new(metrics, &l.name, "", "");
             let alt_svc = if l.advertise_http3 { alt_svc(config, l) } else { None };
             listeners.insert(
                 l.name.clone(),
                 ListenerRoutes {
-                    routes,
+                    routes: entries,
                     alt_svc,
                     unmatched,
                 },
             );
+        }
+        if !problems.is_empty() {
+            return Err(loaded.errors(problems));
         }
         Ok(Self {
             loaded,
@@ -156,14 +121,146 @@ impl Snapshot {
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.clusters.iter().find(|c| &*c.name == name)
     }
+
+    /// Starts every cluster's background work (outlier timers, health
+    /// checks) that is not running yet; clusters kept from the previous
+    /// snapshot keep theirs.
+    pub fn start(&self) {
+        for cluster in &self.clusters {
+            cluster.start();
+        }
+    }
+}
+
+/// The checks of a loaded config that need the modules after `config`:
+/// TLS files load, routes compile (paths, regexes, cluster references,
+/// mirrors) and send only to HTTP clusters. `weft check` runs this; a run
+/// or reload runs it inside [`Snapshot::build`].
+pub fn check(loaded: &Loaded) -> Result<(), ConfigErrors> {
+    compile(loaded).map(|_| ())
+}
+
+/// Each listener's compiled routes (`None` for tcp listeners), or every
+/// problem found, keyed.
+fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
+    let config = &loaded.config;
+    let mut problems = crate::config::problems(config);
+    problems.extend(tls_problems(config));
+    let index: HashMap<&str, usize> = config
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut compiled = Vec::with_capacity(config.listeners.len());
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.protocol == ListenerProtocol::Tcp {
+            compiled.push(None);
+            continue;
+        }
+        let mut routes = Vec::with_capacity(l.routes.len());
+        for (j, r) in l.routes.iter().enumerate() {
+            let key = format!("listeners[{i}].routes[{j}]");
+            match route::compile(r, &index) {
+                Err(e) => problems.push((format!("{key}.{}", e.key), e.message)),
+                Ok(route) => {
+                    for c in route
+                        .clusters()
+                        .filter(|&c| config.clusters[c].protocol == ClusterProtocol::Tcp)
+                    {
+                        problems.push((
+                            format!("{key}.cluster"),
+                            format!("cluster {:?} speaks tcp, not HTTP", config.clusters[c].name),
+                        ));
+                    }
+                    routes.push(route);
+                }
+            }
+        }
+        compiled.push(Some(routes));
+    }
+    if problems.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(loaded.errors(problems))
+    }
+}
+
+/// Certificates and keys of listeners and clusters that do not load.
+fn tls_problems(config: &Config) -> Vec<(String, String)> {
+    let root = Path::new("/");
+    let mut problems = Vec::new();
+    for (i, c) in config.clusters.iter().enumerate() {
+        if let Some(tls) = c.tls.as_ref().filter(|_| c.protocol != ClusterProtocol::Tcp) {
+            if let Err(e) = tls::client_config(tls, root, &[]) {
+                problems.push((format!("clusters[{i}].tls"), e));
+            }
+        }
+    }
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(tls) = l.tls.as_ref().filter(|_| l.protocol != ListenerProtocol::Tcp) {
+            let loaded =
+                tls::CertStore::load(tls, root).and_then(|store| tls::server_config(tls, Arc::new(store), root, &[]));
+            if let Err(e) = loaded {
+                problems.push((format!("listeners[{i}].tls"), e));
+            }
+        }
+    }
+    problems
+}
+
+/// A compiled route with its target services (and its mirror, if any).
+fn route_entry(
+    r: &RouteConfig,
+    route: Route,
+    listener: &str,
+    clusters: &[Arc<Cluster>],
+    metrics: &Metrics,
+) -> Result<RouteEntry, String> {
+    let mirror = match (&r.mirror, &route.mirror) {
+        (Some(config), Some(to)) => Some(stack::mirror_layer(
+            &route,
+            config,
+            &clusters[to.shadow],
+            to.noise.map(|n| &clusters[n]),
+            metrics,
+        )?),
+        _ => None,
+    };
+    let target = |cluster: usize| Target {
+        cluster: clusters[cluster].name.clone(),
+        service: stack::mirrored_target(&route, &clusters[cluster], mirror.as_ref()),
+        metrics: RouteMetrics::new(metrics, listener, &route.name, &clusters[cluster].name),
+    };
+    let (targets, split) = match &route.action {
+        Action::Cluster(c) => (vec![target(*c)], None),
+        Action::Split(split) => {
+            let targets: Vec<Target> = split.clusters().map(target).collect();
+            let by_target = WeightedSplit::new(
+                r.split
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.weight > 0)
+                    .enumerate()
+                    .map(|(i, s)| (i, s.weight)),
+            );
+            (targets, Some(by_target))
+        }
+        Action::Direct { status, body } => (
+            vec![Target {
+                cluster: Arc::from(""),
+                service: stack::direct_target(*status, body.clone()),
+                metrics: RouteMetrics::new(metrics, listener, &route.name, ""),
+            }],
+            None,
+        ),
+    };
+    Ok(RouteEntry { route, targets, split })
 }
 
 /// `h3=":PORT"` for the HTTP/3 listener serving the same routes as
 /// `listener` (or, failing that, the first HTTP/3 listener).
-fn alt_svc(
-    config: &crate::config::Config,
-    listener: &crate::config::schema::ListenerConfig,
-) -> Option<http::HeaderValue> {
+fn alt_svc(config: &Config, listener: &crate::config::schema::ListenerConfig) -> Option<http::HeaderValue> {
     let h3: Vec<_> = config
         .listeners
         .iter()
@@ -171,4 +268,91 @@ fn alt_svc(
         .collect();
     let chosen = h3.iter().find(|l| l.routes == listener.routes).or(h3.first())?;
     http::HeaderValue::try_from(format!("h3=\":{}\"; ma=86400", chosen.address.port())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let checked = crate::config::parse(Path::new("weft.yaml"), text).and_then(|loaded| check(&loaded));
+        match checked {
+            Ok(()) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const BASE: &str = "listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    routes:
+      - name: r0
+        cluster: web-canary
+clusters:
+  - name: web-canary
+    endpoints:
+      - { address: 127.0.0.1:9001 }
+";
+
+    #[test]
+    fn missing_cluster_names_line_key_and_suggestion() {
+        let text = BASE.replace("cluster: web-canary", "cluster: web-canery");
+        assert_eq!(
+            errors(&text),
+            vec![
+                r#"weft.yaml:6: listeners[0].routes[0].cluster: no cluster named "web-canery" (did you mean "web-canary"?)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_is_listed() {
+        let text = "listeners:
+  - { name: a, address: 127.0.0.1:1, routes: [ { name: r, cluster: x } ] }
+  - { name: a, address: 127.0.0.1:2, protocol: tcp }
+clusters:
+  - { name: c, endpoints: [ { address: 127.0.0.1:3, weight: 0 } ] }
+";
+        let errs = errors(text);
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].contains(":2: listeners[0].routes[0].cluster: no cluster named \"x\""));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains(":3: listeners[1].name: duplicate listener name")));
+        assert!(errs
+            .iter()
+            .any(|e| e.contains(":3: listeners[1].cluster: a tcp listener needs")));
+        assert!(errs.iter().any(|e| e.contains(":5: clusters[0].endpoints[0].weight")));
+    }
+
+    #[test]
+    fn whole_file_errors_name_line_and_key_path() {
+        let text = "listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    routes:
+      - { name: r, cluster: web, retry: { retry_on: [reset, bogus] } }
+clusters:
+  - name: web
+    endpoints: [ { address: 127.0.0.1:9001 } ]
+    adaptive_concurrency: { min_concurrency_limit: 0 }
+  - name: db
+    protocol: tcp
+    endpoints: [ { address: 127.0.0.1:9002 } ]
+    circuit_breaker: { max_connections: 10 }
+";
+        let loaded = crate::config::parse(Path::new("weft.yaml"), text).unwrap();
+        let errors = check(&loaded).unwrap_err();
+        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "listeners[0].routes[0].retry.retry_on[1]",
+                "clusters[0].adaptive_concurrency.min_concurrency_limit",
+                "clusters[1].protocol",
+            ],
+            "{errors}"
+        );
+        assert!(errors.0.iter().all(|e| e.line.is_some()), "{errors}");
+    }
 }

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 
-use crate::body::{self, Body};
+use crate::core::body::{self, Body};
 
 static PAGE: &str = include_str!("page.html");
 

@@ -23,12 +23,12 @@ use http::StatusCode;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use super::ewma::PeakEwma;
-use super::outlier::{Outcome, OutlierDetector, OutlierEvent};
-use super::zone::{ZonePlan, ZoneRouting};
 use super::Endpoint;
 use crate::config::schema::{ClusterConfig, NodeConfig};
-use crate::error::ErrorKind;
+use crate::core::error::ErrorKind;
+use crate::policy::ewma::PeakEwma;
+use crate::policy::outlier::{Outcome, OutlierDetector, OutlierEvent};
+use crate::policy::zone::{ZoneAwareConfig, ZonePlan, ZoneRouting};
 use crate::telemetry::health::{ClusterHealthMetrics, EndpointHealthMetrics, HealthMetrics};
 
 /// Stands in for an endpoint's latency before its first response: linkerd2-proxy's default.
@@ -107,7 +107,7 @@ pub struct ClusterHealth {
     cluster: Arc<str>,
     local_zone: Option<String>,
     callers: Vec<(String, u64)>,
-    zone_config: super::zone::ZoneAwareConfig,
+    zone_config: crate::policy::zone::ZoneAwareConfig,
     outlier: Option<Mutex<OutlierDetector>>,
     plan: ArcSwap<ZonePlan>,
     /// Held while recomputing the plan so concurrent changes cannot store a stale one.
@@ -122,7 +122,7 @@ pub struct ClusterHealth {
 
 impl ClusterHealth {
     pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &HealthMetrics) -> Self {
-        let zone_config = config.zone_aware.plan_config();
+        let zone_config = ZoneAwareConfig::from(&config.zone_aware);
         let local_zone = node.zone.clone().filter(|z| !z.is_empty());
         let callers: Vec<(String, u64)> = node.callers.iter().map(|(z, n)| (z.clone(), *n)).collect();
         // Endpoints start usable: health checks and ejections have not spoken yet.
@@ -142,7 +142,7 @@ impl ClusterHealth {
             outlier: config
                 .outlier_detection
                 .as_ref()
-                .map(|o| Mutex::new(OutlierDetector::new(o.detector_config(), config.endpoints.len()))),
+                .map(|o| Mutex::new(OutlierDetector::new(o.into(), config.endpoints.len()))),
             plan: ArcSwap::from_pointee(plan),
             refreshing: Mutex::new(()),
             wake: Arc::new(Notify::new()),
@@ -232,9 +232,9 @@ impl ClusterHealth {
         }
         endpoint.health.metrics.healthy.set(i64::from(healthy));
         if healthy {
-            tracing::info!(cluster = %self.cluster, endpoint = %endpoint.address, "health check passing again; endpoint back in rotation");
+            tracing::info!(cluster = %self.cluster, endpoint = %endpoint.target.address, "health check passing again; endpoint back in rotation");
         } else {
-            tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.address, detail, "health check failing; endpoint taken out of rotation");
+            tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.target.address, detail, "health check failing; endpoint taken out of rotation");
         }
         self.refresh_plan(endpoints);
     }
@@ -248,9 +248,11 @@ impl ClusterHealth {
                     };
                     endpoint.health.ejected.store(true, Ordering::Relaxed);
                     endpoint.health.metrics.ejected.set(1);
-                    self.metrics.ejection(e.reason).inc();
+                    if let Some(counter) = self.metrics.ejection(e.reason.as_str()) {
+                        counter.inc();
+                    }
                     let ejection_ms = e.until.saturating_duration_since(now).as_millis();
-                    tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.address, reason = e.reason.as_str(), ejection_ms, "outlier ejected");
+                    tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.target.address, reason = e.reason.as_str(), ejection_ms, "outlier ejected");
                 }
                 OutlierEvent::Returned { endpoint } => {
                     let Some(endpoint) = endpoints.get(endpoint) else {
@@ -258,7 +260,7 @@ impl ClusterHealth {
                     };
                     endpoint.health.ejected.store(false, Ordering::Relaxed);
                     endpoint.health.metrics.ejected.set(0);
-                    tracing::info!(cluster = %self.cluster, endpoint = %endpoint.address, "outlier ejection over; endpoint returned");
+                    tracing::info!(cluster = %self.cluster, endpoint = %endpoint.target.address, "outlier ejection over; endpoint returned");
                 }
             }
         }

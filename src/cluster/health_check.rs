@@ -20,8 +20,8 @@ use rand::Rng;
 use tokio::time::Duration;
 
 use super::Cluster;
-use crate::body;
 use crate::config::health::HealthCheckConfig;
+use crate::core::body;
 
 /// Consecutive-result thresholds of one endpoint's active health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub async fn probe(cluster: &Cluster, idx: usize, config: &HealthCheckConfig) ->
         .headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static("weft-health-check"));
     let exchange = async {
-        let response = http.send(endpoint, request).await.map_err(|e| e.to_string())?;
+        let response = http.send(&endpoint.target, request).await.map_err(|e| e.to_string())?;
         let status = response.status();
         // Reading the body lets the pooled connection be reused for the next probe.
         response.into_body().collect().await.map_err(|e| e.to_string())?;

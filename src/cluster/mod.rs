@@ -8,45 +8,38 @@
 //! mode, prefers the zone the current zone plan chose, and avoids `exclude`
 //! whenever any other usable endpoint exists, even in another zone.
 
-pub mod balancer;
-pub mod ewma;
 pub mod health;
 pub mod health_check;
 pub mod monitor;
-pub mod outlier;
+pub mod overload;
 pub mod recent;
 pub mod service;
 pub mod status;
-pub mod zone;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use http::uri::Authority;
 use http::StatusCode;
 use tokio::time::Instant;
 
 use crate::config::schema::{ClusterConfig, ClusterProtocol, LbPolicy, NodeConfig};
-use crate::error::ErrorKind;
-use crate::layer::ClusterOverload;
+use crate::core::error::ErrorKind;
+use crate::policy::balancer::{self, PickInput};
+use crate::policy::zone::ZoneChoice;
 use crate::telemetry::metrics::{Metrics, StatusCounters};
-use crate::upstream::HttpClient;
-use balancer::PickInput;
+use crate::upstream::{HttpClient, Target};
 use health::{ClusterHealth, EndpointHealth};
-use zone::ZoneChoice;
+use overload::ClusterOverload;
 
 pub struct Endpoint {
-    pub address: SocketAddr,
-    pub authority: Authority,
+    /// Address, authority and connection pool.
+    pub target: Target,
     pub zone: Option<String>,
     pub weight: u32,
     /// Requests sent and not yet finished (response body fully read or dropped).
     in_flight: AtomicUsize,
     pub upstream_requests: StatusCounters,
     pub health: EndpointHealth,
-    /// Pooled upstream connections (HTTP/1.1 and HTTP/2 clusters).
-    pub pool: Arc<crate::upstream::pool::ConnectionPool>,
 }
 
 impl balancer::Candidate for Arc<Endpoint> {
@@ -130,7 +123,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Builds the cluster and, inside a tokio runtime, starts its monitor.
+    /// Builds the cluster; its background work waits for [`Cluster::start`].
     pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &Metrics) -> Arc<Self> {
         let now = Instant::now();
         let endpoints = config
@@ -139,16 +132,12 @@ impl Cluster {
             .map(|e| {
                 let address = e.address.to_string();
                 Arc::new(Endpoint {
-                    address: e.address,
-                    // A socket address is always a valid authority.
-                    authority: Authority::try_from(address.as_str())
-                        .unwrap_or_else(|_| Authority::from_static("invalid")),
+                    target: Target::new(e.address, config.idle_timeout),
                     zone: e.zone.clone(),
                     weight: e.weight,
                     in_flight: AtomicUsize::new(0),
                     upstream_requests: StatusCounters::new(&metrics.upstream_requests, &[&config.name, &address]),
                     health: EndpointHealth::new(metrics.health.endpoint(&config.name, &address), now),
-                    pool: Arc::new(crate::upstream::pool::ConnectionPool::new(config.idle_timeout)),
                 })
             })
             .collect();
@@ -167,7 +156,7 @@ impl Cluster {
                 }
             }
         };
-        let cluster = Arc::new(Self {
+        Arc::new(Self {
             name: Arc::from(config.name.as_str()),
             config: config.clone(),
             node: node.clone(),
@@ -178,12 +167,18 @@ impl Cluster {
             recent: recent::RecentRequests::default(),
             monitor: OnceLock::new(),
             overload,
-        });
-        if let Some(monitor) = monitor::spawn(&cluster) {
-            // Freshly built, so the cell is empty and the set cannot fail.
-            let _ = cluster.monitor.set(monitor);
+        })
+    }
+
+    /// Starts the background work (outlier timers, health checks) once;
+    /// must run on the tokio runtime.
+    pub fn start(self: &Arc<Self>) {
+        if self.monitor.get().is_none() {
+            if let Some(monitor) = monitor::spawn(self) {
+                // Only the app starts clusters, one reload at a time.
+                let _ = self.monitor.set(monitor);
+            }
         }
-        cluster
     }
 
     /// Whether a reload may keep this cluster (and its pools and health state).

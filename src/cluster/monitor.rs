@@ -6,8 +6,9 @@
 //! `Weak` reference between steps, so it never keeps a retired cluster alive
 //! for longer than one probe; dropping the [`Monitor`] (held by the cluster)
 //! aborts it. Clusters reused across reloads keep their monitor and state.
-//! No task is spawned outside a tokio runtime (`weft check`) or when the
-//! cluster has neither `outlier_detection` nor `health_check`.
+//! It is started explicitly (`Snapshot::start`), never by building a
+//! cluster, and not at all when the cluster has neither
+//! `outlier_detection` nor `health_check`.
 //!
 //! Source: Envoy runs the same two timers per cluster (`DetectorImpl`'s
 //! interval timer and `HealthCheckerImplBase`'s per-host timers).
@@ -34,7 +35,6 @@ impl Drop for Monitor {
 
 /// Starts the background work of `cluster`, if it has any.
 pub fn spawn(cluster: &Arc<Cluster>) -> Option<Monitor> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
     let weak = Arc::downgrade(cluster);
     let mut work: Vec<BoxFuture<'static, ()>> = Vec::new();
     if cluster.health.has_outlier_detection() {
@@ -49,7 +49,7 @@ pub fn spawn(cluster: &Arc<Cluster>) -> Option<Monitor> {
     if work.is_empty() {
         return None;
     }
-    Some(Monitor(runtime.spawn(join_all(work).map(drop))))
+    Some(Monitor(tokio::spawn(join_all(work).map(drop))))
 }
 
 async fn outlier_timers(cluster: Weak<Cluster>, wake: Arc<Notify>) {

@@ -2,8 +2,7 @@
 //! request over the cluster's pooled client, count the result and feed it to
 //! the endpoint's latency estimate and the cluster's outlier detector.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -11,21 +10,10 @@ use http_body_util::BodyExt;
 use tower::Service;
 
 use super::Cluster;
-use crate::body::Body;
-use crate::error::{ErrorKind, ProxyError};
-use crate::stack::ResponseFuture;
-
-/// Response extension naming the endpoint that answered, for logs.
-#[derive(Clone, Copy, Debug)]
-pub struct ServedBy(pub SocketAddr);
-
-/// Request extension from the retry layer: avoid the endpoint that just
-/// failed (when another exists) and report which one this try picked.
-#[derive(Clone, Debug, Default)]
-pub struct EndpointHint {
-    pub exclude: Option<usize>,
-    pub picked: Arc<OnceLock<usize>>,
-}
+use crate::core::body::Body;
+use crate::core::error::{ErrorKind, ProxyError};
+use crate::core::extensions::{EndpointHint, ServedBy};
+use crate::core::service::ResponseFuture;
 
 #[derive(Clone)]
 pub struct ClusterService {
@@ -69,10 +57,9 @@ impl Service<Request<Body>> for ClusterService {
                         format!("cluster {} has no available endpoint", cluster.name),
                     )
                 })?;
-            let retry_attempt = crate::telemetry::trace::retry_attempt(req.headers());
             let in_flight = endpoint.start_request();
             let attempt = cluster.start_attempt(idx);
-            let result = http.send(&endpoint, req).await;
+            let result = http.send(&endpoint.target, req).await;
             attempt.finish(result.as_ref().map(|r| r.status()).map_err(|e| e.kind()));
             match result {
                 Ok(response) => {
@@ -85,12 +72,7 @@ impl Service<Request<Body>> for ClusterService {
                         })
                         .boxed()
                     });
-                    response.extensions_mut().insert(ServedBy(endpoint.address));
-                    if retry_attempt > 0 {
-                        response
-                            .extensions_mut()
-                            .insert(crate::telemetry::trace::RetryAttempt(retry_attempt));
-                    }
+                    response.extensions_mut().insert(ServedBy(endpoint.target.address));
                     Ok(response)
                 }
                 Err(e) => {

@@ -73,7 +73,7 @@ impl Cluster {
                 .map(|(i, e)| {
                     let returns_at = self.health.ejected_until(i).filter(|_| e.health.is_ejected());
                     EndpointStatus {
-                        address: e.address.to_string(),
+                        address: e.target.address.to_string(),
                         zone: e.zone.clone(),
                         weight: e.weight,
                         in_flight: e.in_flight.load(Ordering::Relaxed),

@@ -15,8 +15,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Duration;
 
 use super::schema::{duration, ClusterConfig, ClusterProtocol};
-use crate::cluster::outlier::{OutlierConfig, SuccessRateConfig};
-use crate::cluster::zone::ZoneAwareConfig;
 
 /// `outlier_detection:` on a cluster. Absent means no passive ejection, as in Envoy.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -50,24 +48,6 @@ impl Default for OutlierDetectionConfig {
             base_ejection_time: default_base_ejection_time(),
             max_ejection_time: default_max_ejection_time(),
             max_ejection_percent: default_max_ejection_percent(),
-        }
-    }
-}
-
-impl OutlierDetectionConfig {
-    pub fn detector_config(&self) -> OutlierConfig {
-        OutlierConfig {
-            consecutive_5xx: self.consecutive_5xx,
-            consecutive_gateway_failure: self.consecutive_gateway_failure,
-            success_rate: self.success_rate.as_ref().map(|s| SuccessRateConfig {
-                minimum_hosts: s.minimum_hosts,
-                request_volume: s.request_volume,
-                stdev_factor: s.stdev_factor,
-            }),
-            interval: self.interval,
-            base_ejection_time: self.base_ejection_time,
-            max_ejection_time: self.max_ejection_time,
-            max_ejection_percent: self.max_ejection_percent,
         }
     }
 }
@@ -181,16 +161,6 @@ impl Default for ZoneAwareSection {
             enabled: true,
             min_cluster_size: default_min_cluster_size(),
             panic_threshold_percent: default_panic_threshold_percent(),
-        }
-    }
-}
-
-impl ZoneAwareSection {
-    pub fn plan_config(&self) -> ZoneAwareConfig {
-        ZoneAwareConfig {
-            enabled: self.enabled,
-            min_cluster_size: self.min_cluster_size,
-            panic_threshold_percent: self.panic_threshold_percent,
         }
     }
 }
@@ -335,7 +305,6 @@ mod tests {
         assert_eq!(c.zone_aware, ZoneAwareSection::default());
         let c = cluster("    outlier_detection: {}\n    health_check: { path: /healthz }\n").unwrap();
         assert_eq!(c.outlier_detection, Some(OutlierDetectionConfig::default()));
-        assert_eq!(c.outlier_detection.unwrap().detector_config(), OutlierConfig::default());
         let h = c.health_check.unwrap();
         assert_eq!(
             (h.interval, h.timeout),

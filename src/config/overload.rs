@@ -293,36 +293,6 @@ mod tests {
     }
 
     #[test]
-    fn whole_file_errors_name_line_and_key_path() {
-        let text = "listeners:
-  - name: public
-    address: 127.0.0.1:8080
-    routes:
-      - { name: r, cluster: web, retry: { retry_on: [reset, bogus] } }
-clusters:
-  - name: web
-    endpoints: [ { address: 127.0.0.1:9001 } ]
-    adaptive_concurrency: { min_concurrency_limit: 0 }
-  - name: db
-    protocol: tcp
-    endpoints: [ { address: 127.0.0.1:9002 } ]
-    circuit_breaker: { max_connections: 10 }
-";
-        let errors = crate::config::parse(std::path::Path::new("weft.yaml"), text).unwrap_err();
-        let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "listeners[0].routes[0].retry.retry_on[1]",
-                "clusters[0].adaptive_concurrency.min_concurrency_limit",
-                "clusters[1].protocol",
-            ],
-            "{errors}"
-        );
-        assert!(errors.0.iter().all(|e| e.line.is_some()), "{errors}");
-    }
-
-    #[test]
     fn nonsense_values_are_reported_by_key() {
         let ac: AdaptiveConcurrencyConfig =
             serde_yaml_ng::from_str("{ sample_aggregate_percentile: 120, max_concurrency_limit: 2 }").unwrap();

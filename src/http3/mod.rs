@@ -14,8 +14,8 @@ use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::BodyExt;
 
-use crate::body::Body;
-use crate::error::BoxError;
+use crate::core::body::Body;
+use crate::core::error::BoxError;
 
 /// The receiving half of an h3 request stream (server side: the request
 /// body; client side: the response body).

@@ -17,7 +17,7 @@ use http::{header, HeaderMap, Request};
 use tokio::time::Duration;
 use tower::{Layer, Service};
 
-use crate::error::{ErrorKind, ProxyError};
+use crate::core::error::{ErrorKind, ProxyError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct TimeoutLayer(Option<Duration>);

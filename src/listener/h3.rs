@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::Service;
 
-use crate::body::Body;
 use crate::config::schema::ListenerConfig;
+use crate::core::body::Body;
 use crate::http3::{send_body, H3Body};
 use crate::listener::tls::TlsSetup;
 use crate::proxy::{Downstream, Proxy, Shared};

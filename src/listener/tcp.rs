@@ -38,8 +38,11 @@ pub async fn serve(
                     .ok_or("no endpoint")?;
                 let _in_flight = endpoint.start_request();
                 let started = tokio::time::Instant::now();
-                let connected =
-                    tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(endpoint.address)).await;
+                let connected = tokio::time::timeout(
+                    cluster.config.connect_timeout,
+                    TcpStream::connect(endpoint.target.address),
+                )
+                .await;
                 cluster.record_connect(idx, started, matches!(connected, Ok(Ok(_))));
                 let mut outbound = connected
                     .map_err(|_| "connect timeout")?

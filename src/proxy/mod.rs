@@ -20,13 +20,14 @@ use http::{header, HeaderValue, Request, Response, Version};
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::body::{self, Body};
-use crate::cluster::service::ServedBy;
-use crate::error::{ErrorKind, ProxyError};
+use crate::core::body::{self, Body};
+
+use crate::core::error::{ErrorKind, ProxyError};
+use crate::core::extensions::{RetryAttempt, ServedBy};
 use crate::snapshot::Snapshot;
 use crate::telemetry::access_log::{self, AccessRecord};
 use crate::telemetry::metrics::{Metrics, Protocol};
-use crate::telemetry::trace::{RetryAttempt, SpanFields};
+use crate::telemetry::trace::SpanFields;
 use crate::tls::PeerIdentity;
 
 /// State shared by all listeners and the admin server.
@@ -66,7 +67,7 @@ impl Proxy {
 impl<B> Service<Request<B>> for Proxy
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-    B::Error: Into<crate::error::BoxError>,
+    B::Error: Into<crate::core::error::BoxError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Duration;
 
+pub use crate::policy::split::WeightedSplit;
 pub use matcher::{MatchError, Matcher};
 
 use crate::config::schema::RouteConfig;
-use crate::layer::retry::policy::RetryPolicy;
+use crate::policy::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -27,43 +28,6 @@ pub enum Action {
         status: StatusCode,
         body: Bytes,
     },
-}
-
-/// Weighted choice among clusters; picks with a number in `0..total`.
-#[derive(Debug, Clone)]
-pub struct WeightedSplit {
-    /// (cluster index, cumulative weight up to and including this entry)
-    entries: Vec<(usize, u64)>,
-}
-
-impl WeightedSplit {
-    pub fn new(weights: impl IntoIterator<Item = (usize, u32)>) -> Self {
-        let mut total = 0u64;
-        let entries = weights
-            .into_iter()
-            .filter(|(_, w)| *w > 0)
-            .map(|(c, w)| {
-                total += u64::from(w);
-                (c, total)
-            })
-            .collect();
-        Self { entries }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.entries.last().map_or(0, |e| e.1)
-    }
-
-    /// Every cluster with a weight above zero.
-    pub fn clusters(&self) -> impl Iterator<Item = usize> + '_ {
-        self.entries.iter().map(|e| e.0)
-    }
-
-    /// The cluster for a point in `0..total()`.
-    pub fn pick(&self, point: u64) -> Option<usize> {
-        let i = self.entries.partition_point(|e| e.1 <= point);
-        self.entries.get(i).map(|e| e.0)
-    }
 }
 
 #[derive(Debug)]
@@ -148,9 +112,9 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
     let mirror = match &config.mirror {
         None => None,
         Some(m) => {
-            crate::layer::mirror::check(m).map_err(|e| MatchError {
-                key: format!("mirror.{}", e.key),
-                message: e.message,
+            crate::layer::mirror::check(m).map_err(|(key, message)| MatchError {
+                key: format!("mirror.{key}"),
+                message,
             })?;
             let noise = m.compare.as_ref().and_then(|c| c.noise_cluster.as_deref());
             Some(MirrorTargets {
@@ -206,19 +170,22 @@ pub fn find<'a, T: AsRef<Route>>(
         .find(|r| r.as_ref().matcher.matches(method, path, headers, identity))
 }
 
+impl Route {
+    /// Every cluster this route sends to: its targets and mirror copies.
+    pub fn clusters(&self) -> impl Iterator<Item = usize> + '_ {
+        let targets: Vec<usize> = match &self.action {
+            Action::Cluster(c) => vec![*c],
+            Action::Split(split) => split.clusters().collect(),
+            Action::Direct { .. } => Vec::new(),
+        };
+        let mirrors = self.mirror.iter().flat_map(|m| [Some(m.shadow), m.noise]).flatten();
+        targets.into_iter().chain(mirrors)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn split_follows_weights() {
-        let split = WeightedSplit::new([(0, 90), (1, 10), (2, 0)]);
-        assert_eq!(split.total(), 100);
-        let picks: Vec<_> = (0..100).map(|p| split.pick(p).unwrap()).collect();
-        assert_eq!(picks.iter().filter(|c| **c == 0).count(), 90);
-        assert_eq!(picks.iter().filter(|c| **c == 1).count(), 10);
-        assert_eq!(split.pick(100), None);
-    }
 
     #[test]
     fn first_match_wins_and_references_resolve() {

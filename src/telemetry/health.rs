@@ -7,8 +7,6 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::cluster::outlier::EjectReason;
-
 #[derive(Clone)]
 pub struct HealthMetrics {
     outlier_ejections: IntCounterVec,
@@ -67,13 +65,8 @@ impl HealthMetrics {
     }
 
     pub fn cluster(&self, cluster: &str) -> ClusterHealthMetrics {
-        let ejections = |reason: EjectReason| self.outlier_ejections.with_label_values(&[cluster, reason.as_str()]);
         ClusterHealthMetrics {
-            ejections: [
-                ejections(EjectReason::Consecutive5xx),
-                ejections(EjectReason::ConsecutiveGatewayFailure),
-                ejections(EjectReason::SuccessRate),
-            ],
+            ejections: EJECT_REASONS.map(|reason| self.outlier_ejections.with_label_values(&[cluster, reason])),
             routed_local: self.zone_routed_requests.with_label_values(&[cluster, "local"]),
             routed_remote: self.zone_routed_requests.with_label_values(&[cluster, "remote"]),
             panic: self.cluster_panic.with_label_values(&[cluster]),
@@ -91,6 +84,10 @@ impl HealthMetrics {
     }
 }
 
+/// The `reason` label values of `weft_outlier_ejections_total` (Envoy's
+/// outlier detection types).
+pub const EJECT_REASONS: [&str; 3] = ["consecutive_5xx", "consecutive_gateway_failure", "success_rate"];
+
 pub struct ClusterHealthMetrics {
     ejections: [IntCounter; 3],
     pub routed_local: IntCounter,
@@ -100,12 +97,10 @@ pub struct ClusterHealthMetrics {
 }
 
 impl ClusterHealthMetrics {
-    pub fn ejection(&self, reason: EjectReason) -> &IntCounter {
-        match reason {
-            EjectReason::Consecutive5xx => &self.ejections[0],
-            EjectReason::ConsecutiveGatewayFailure => &self.ejections[1],
-            EjectReason::SuccessRate => &self.ejections[2],
-        }
+    /// The ejection counter for `reason`, one of [`EJECT_REASONS`].
+    pub fn ejection(&self, reason: &str) -> Option<&IntCounter> {
+        let i = EJECT_REASONS.iter().position(|r| *r == reason)?;
+        self.ejections.get(i)
     }
 }
 

@@ -18,30 +18,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 use prometheus::{IntCounter, Registry};
 use tokio::sync::mpsc;
 
 use super::propagation::{self, Format, Incoming, Outgoing, TraceIdText};
 use crate::config::trace::TracingConfig;
-use crate::error::ErrorKind;
-
-/// Set on each upstream attempt by the retry layer (1 for the first retry).
-pub static X_WEFT_RETRY_ATTEMPT: HeaderName = HeaderName::from_static("x-weft-retry-attempt");
-
-/// Response extension: the retry attempt that produced the response, copied
-/// by the endpoint edge from the attempt's `x-weft-retry-attempt` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryAttempt(pub u32);
-
-/// The retry attempt a request to the endpoint edge carries (0: first try).
-pub fn retry_attempt(headers: &HeaderMap) -> u32 {
-    headers
-        .get(&X_WEFT_RETRY_ATTEMPT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
+use crate::core::error::ErrorKind;
 
 /// Trace metric families, registered with the app's registry.
 #[derive(Clone)]
@@ -309,16 +292,6 @@ mod tests {
             .filter(|i| should_sample(None, 0.1, i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)))
             .count();
         assert!((800..1200).contains(&sampled), "{sampled}");
-    }
-
-    #[test]
-    fn retry_attempt_header() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_attempt(&h), 0);
-        h.insert(X_WEFT_RETRY_ATTEMPT.clone(), "2".parse().unwrap());
-        assert_eq!(retry_attempt(&h), 2);
-        h.insert(X_WEFT_RETRY_ATTEMPT.clone(), "x".parse().unwrap());
-        assert_eq!(retry_attempt(&h), 0);
     }
 
     #[test]

@@ -12,10 +12,10 @@ use http::{Request, Response, Uri};
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::time::Duration;
 
-use crate::body::Body;
-use crate::cluster::Endpoint;
+use super::Target;
 use crate::config::schema::ClusterConfig;
-use crate::error::{ErrorKind, ProxyError};
+use crate::core::body::Body;
+use crate::core::error::{ErrorKind, ProxyError};
 use crate::http3::{send_body, H3Body};
 use crate::tls;
 
@@ -89,7 +89,7 @@ impl H3Client {
         Ok(sender)
     }
 
-    pub async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    pub async fn send(&self, endpoint: &Target, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let address = endpoint.address;
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

@@ -2,10 +2,11 @@
 //! (see [`pool`]); plain text (HTTP/2 by prior knowledge) or TLS with the
 //! cluster's `tls` settings (ALPN asks for the cluster's protocol).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -15,17 +16,38 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 use tower::{Service, ServiceExt};
 
-use crate::body::{self, Body};
-use crate::cluster::Endpoint;
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
-use crate::error::{connect_error, handshake_error, upstream_error, ErrorKind, ProxyError};
-use crate::layer::circuit_breaker::connector::{ConnectionLimits, LimitedConnector};
+use crate::core::body::{self, Body};
+use crate::core::error::{BoxError, ErrorKind, Overload, ProxyError};
+use crate::policy::circuit::CircuitOpen;
 use crate::tls;
+use limit::{ConnectionLimits, LimitedConnector};
 
 pub mod h3;
+pub mod limit;
 pub mod pool;
 
 use pool::{ConnectionPool, PooledBody};
+
+/// Where one endpoint's requests go: its address, the authority its URIs
+/// and `Host` name, and its pooled connections (HTTP/1.1 and HTTP/2).
+pub struct Target {
+    pub address: SocketAddr,
+    pub authority: Authority,
+    pub pool: Arc<ConnectionPool>,
+}
+
+impl Target {
+    pub fn new(address: SocketAddr, idle_timeout: tokio::time::Duration) -> Self {
+        Self {
+            address,
+            // A socket address is always a valid authority.
+            authority: Authority::try_from(address.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("invalid")),
+            pool: Arc::new(ConnectionPool::new(idle_timeout)),
+        }
+    }
+}
 
 /// The client of an HTTP cluster, whatever its protocol.
 pub enum HttpClient {
@@ -44,7 +66,7 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    pub async fn send(&self, endpoint: &Target, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         match self {
             Self::Tcp(client) => client.send(endpoint, req).await,
             // Boxed: the HTTP/3 future is large, and every request's future
@@ -106,14 +128,14 @@ impl TcpClient {
 
     /// Sends `req` to `endpoint` over one of its pooled connections,
     /// rewriting the URI and version for the cluster's protocol.
-    async fn send(&self, endpoint: &Endpoint, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send(&self, endpoint: &Target, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         match &self.http2 {
             Some(builder) => self.send_http2(builder, endpoint, req).await,
             None => self.send_http1(endpoint, req).await,
         }
     }
 
-    async fn send_http1(&self, endpoint: &Endpoint, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    async fn send_http1(&self, endpoint: &Target, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         *req.version_mut() = Version::HTTP_11;
         // HTTP/1.1 to an origin takes the origin form (RFC 9112 §3.2.1);
         // requests that arrived over HTTP/1.1 already have it.
@@ -137,7 +159,7 @@ impl TcpClient {
                 Err(mut e) => match e.take_message() {
                     // Unsent: the connection closed under it; try another.
                     Some(unsent) => req = unsent,
-                    None => return Err(upstream_error(&e.into_error())),
+                    None => return Err(upstream_error(e.into_error())),
                 },
             }
         }
@@ -146,13 +168,13 @@ impl TcpClient {
         let mut sender = Box::pin(self.connect_http1(endpoint)).await?;
         match sender.send_request(req).await {
             Ok(response) => Ok(self.pooled(response, pool, sender)),
-            Err(e) => Err(upstream_error(&e)),
+            Err(e) => Err(upstream_error(e)),
         }
     }
 
-    async fn connect_http1(&self, endpoint: &Endpoint) -> Result<http1::SendRequest<Body>, ProxyError> {
+    async fn connect_http1(&self, endpoint: &Target) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io = self.connect(endpoint).await?;
-        let (sender, connection) = self.http1.handshake(io).await.map_err(|e| handshake_error(&e))?;
+        let (sender, connection) = self.http1.handshake(io).await.map_err(handshake_error)?;
         tokio::spawn(async move {
             // The connection's own errors reach the request that saw them.
             let _ = connection.with_upgrades().await;
@@ -176,7 +198,7 @@ impl TcpClient {
     async fn send_http2(
         &self,
         builder: &http2::Builder<TokioExecutor>,
-        endpoint: &Endpoint,
+        endpoint: &Target,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -191,7 +213,7 @@ impl TcpClient {
         let connect = || {
             Box::pin(async {
                 let io = self.connect(endpoint).await?;
-                let (sender, connection) = builder.handshake(io).await.map_err(|e| handshake_error(&e))?;
+                let (sender, connection) = builder.handshake(io).await.map_err(handshake_error)?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
@@ -207,10 +229,10 @@ impl TcpClient {
                 Some(unsent) => {
                     endpoint.pool.forget_closed_http2();
                     let mut sender = endpoint.pool.http2_or_connect(connect).await?;
-                    let response = sender.send_request(unsent).await.map_err(|e| upstream_error(&e))?;
+                    let response = sender.send_request(unsent).await.map_err(upstream_error)?;
                     Ok(response.map(body::boxed))
                 }
-                None => Err(upstream_error(&e.into_error())),
+                None => Err(upstream_error(e.into_error())),
             },
         }
     }
@@ -219,7 +241,7 @@ impl TcpClient {
     /// within the circuit breaker's connection limits.
     async fn connect(
         &self,
-        endpoint: &Endpoint,
+        endpoint: &Target,
     ) -> Result<<LimitedConnector<HttpsConnector<HttpConnector>> as Service<Uri>>::Response, ProxyError> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
@@ -227,10 +249,31 @@ impl TcpClient {
             .path_and_query("/")
             .build()
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
-        self.connector
-            .clone()
-            .oneshot(uri)
-            .await
-            .map_err(|e| connect_error(&*e))
+        self.connector.clone().oneshot(uri).await.map_err(connect_error)
     }
+}
+
+/// Classifies a failed upstream connect (TCP, TLS or a circuit-breaker refusal).
+pub fn connect_error(err: BoxError) -> ProxyError {
+    // The cluster's connector refuses connections over the circuit breaker's
+    // limits; that is an overload rejection, not a failing upstream.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+    while let Some(inner) = cause {
+        if let Some(open) = inner.downcast_ref::<CircuitOpen>() {
+            return ProxyError::new(ErrorKind::Overloaded(Overload::Circuit), open.to_string());
+        }
+        cause = inner.source();
+    }
+    ProxyError::caused_by(ErrorKind::ConnectFailed, "", err)
+}
+
+/// The HTTP/1.1 or HTTP/2 handshake on a fresh connection failed: nothing
+/// was sent, so this counts as a failed connect.
+pub fn handshake_error(err: hyper::Error) -> ProxyError {
+    ProxyError::caused_by(ErrorKind::ConnectFailed, "handshake", err)
+}
+
+/// The upstream connection failed while the request was (maybe) on it.
+pub fn upstream_error(err: hyper::Error) -> ProxyError {
+    ProxyError::caused_by(ErrorKind::UpstreamReset, "", err)
 }

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use tokio::time::{Duration, Instant};
 
-use crate::body::Body;
+use crate::core::body::Body;
 
 /// Idle HTTP/1.1 connections and the shared HTTP/2 connection of one endpoint.
 pub struct ConnectionPool {
@@ -148,10 +148,9 @@ impl ConnectionPool {
         if state.sweeping {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            state.sweeping = true;
-            runtime.spawn(sweep(Arc::downgrade(self)));
-        }
+        // Only the request path adds connections, always on the runtime.
+        state.sweeping = true;
+        tokio::spawn(sweep(Arc::downgrade(self)));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
@@ -310,7 +309,7 @@ mod tests {
         let pool = Arc::new(ConnectionPool::new(Duration::from_secs(60)));
         let (mut busy, _server) = connected_pair().await;
         // A request the far end never answers keeps the connection busy.
-        let pending = busy.send_request(Request::new(crate::body::empty()));
+        let pending = busy.send_request(Request::new(crate::core::body::empty()));
         tokio::spawn(pending);
         tokio::task::yield_now().await;
         pool.put_http1(busy);

@@ -398,7 +398,8 @@ fn check_names_a_missing_certificate() {
         "  []",
     );
     std::fs::write(&path, yaml).unwrap();
-    let err = weft::config::load(&path).unwrap_err().to_string();
+    let loaded = weft::config::load(&path).unwrap();
+    let err = weft::snapshot::check(&loaded).unwrap_err().to_string();
     assert!(err.contains("weft.yaml:6: listeners[0].tls: "), "{err}");
     assert!(err.contains("missing.pem"), "{err}");
 }

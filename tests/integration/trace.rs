@@ -233,9 +233,8 @@ async fn spans_of_proxied_retried_and_rejected_requests() {
     assert!(attr(span, "weft.reason").is_none());
     assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
 
-    // A retried attempt: the endpoint edge reports the attempt number the
-    // retry layer put in x-weft-retry-attempt (sent here by the client,
-    // standing in for the retry layer).
+    // A retry by the hop before (x-weft-retry-attempt from the client): the
+    // span counts this hop's own retries only, and there were none.
     let (status, _) = get_with(
         &client,
         &weft.url("public", "/api/again").await,
@@ -245,7 +244,7 @@ async fn spans_of_proxied_retried_and_rejected_requests() {
     assert_eq!(status, 200);
     let spans = receiver.spans(2).await;
     let retried = spans.iter().find(|s| text(s, "url.path") == "/api/again").unwrap();
-    assert_eq!(int(retried, "weft.retry_attempts"), 2);
+    assert_eq!(int(retried, "weft.retry_attempts"), 0);
     assert!(retried.parent_span_id.is_empty(), "a new trace is a root span");
 
     // Rejected by weft: no route (404) and an endpoint that refuses (503).

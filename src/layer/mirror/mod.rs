@@ -37,12 +37,11 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Duration, Instant};
 use tower::{Layer, Service};
 
-use crate::body::{self, Body};
 use crate::config::mirror::MirrorConfig;
-use crate::error::ProxyError;
-use crate::route::MatchError;
-use crate::stack::ResponseFuture;
-use crate::stack::RouteService;
+use crate::core::body::{self, Body};
+use crate::core::error::ProxyError;
+use crate::core::service::HttpService;
+use crate::core::service::ResponseFuture;
 use crate::telemetry::mirror::{MirrorResult, RouteCompare};
 use compare::{classify, CompareSpec, Differences, LogLimiter, Observed};
 use tee::{copy_body, BodyCopy, Teed};
@@ -54,8 +53,8 @@ pub const DEFAULT_SHADOW_DEADLINE: Duration = Duration::from_secs(10);
 pub const SHADOW_HEADER: &str = "x-weft-shadow";
 
 /// Checks a `mirror:` section beyond its schema; errors name the key below `mirror`.
-pub fn check(config: &MirrorConfig) -> Result<(), MatchError> {
-    let err = |key: String, message: String| Err(MatchError { key, message });
+pub fn check(config: &MirrorConfig) -> Result<(), (String, String)> {
+    let err = |key: String, message: String| Err((key, message));
     if !(0.0..=100.0).contains(&config.percent) {
         return err("percent".into(), "must be between 0 and 100".into());
     }
@@ -85,9 +84,9 @@ pub fn check(config: &MirrorConfig) -> Result<(), MatchError> {
 /// Where a mirror sends its copies.
 pub struct ShadowTargets {
     pub cluster: Arc<str>,
-    pub shadow: RouteService,
+    pub shadow: HttpService,
     /// The second copy of the old version, for telling noise from mismatches.
-    pub noise: Option<RouteService>,
+    pub noise: Option<HttpService>,
     pub deadline: Duration,
 }
 
@@ -120,7 +119,7 @@ impl MirrorLayer {
         targets: ShadowTargets,
         metrics: Arc<RouteCompare>,
     ) -> Result<Self, String> {
-        check(config).map_err(|e| format!("mirror.{}: {}", e.key, e.message))?;
+        check(config).map_err(|(key, message)| format!("mirror.{key}: {message}"))?;
         let compare = config
             .compare
             .as_ref()
@@ -186,7 +185,7 @@ impl MirrorState {
     }
 }
 
-/// The inner service's future is already boxed (weft's `RouteService`), so
+/// The inner service's future is already boxed (weft's `HttpService`), so
 /// the primary passes through without a second box.
 impl<S> Service<Request<Body>> for Mirror<S>
 where
@@ -382,7 +381,7 @@ enum Fetched {
 
 /// Sends `req` and reads the answer's body up to `limit`, all by `deadline`.
 async fn fetch(
-    service: &RouteService,
+    service: &HttpService,
     req: Request<Body>,
     limit: usize,
     deadline: Instant,
@@ -410,7 +409,7 @@ async fn fetch(
 }
 
 /// The body's data, or `None` once it passes `limit` (read no further).
-async fn collect_limited(mut body: Body, limit: usize) -> Result<Option<Bytes>, crate::error::BoxError> {
+async fn collect_limited(mut body: Body, limit: usize) -> Result<Option<Bytes>, crate::core::error::BoxError> {
     let mut data = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         if let Some(chunk) = frame?.data_ref() {
@@ -483,7 +482,7 @@ mod tests {
     fn selection_follows_methods_percent_and_declared_size() {
         let config: MirrorConfig =
             serde_yaml_ng::from_str("{ cluster: next, percent: 25, max_body_bytes: 10 }").unwrap();
-        let shadow: RouteService = RouteService::boxing(tower::service_fn(|_req| async {
+        let shadow: HttpService = HttpService::boxing(tower::service_fn(|_req| async {
             Ok::<_, ProxyError>(Response::new(body::empty()))
         }));
         let metrics = crate::telemetry::metrics::Metrics::new().unwrap();
@@ -509,7 +508,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hanging_shadow_leaves_the_primary_alone_and_frees_its_slot_at_the_deadline() {
         use tower::ServiceExt;
-        let hanging: RouteService = RouteService::boxing(tower::service_fn(|_req| {
+        let hanging: HttpService = HttpService::boxing(tower::service_fn(|_req| {
             std::future::pending::<Result<Response<Body>, ProxyError>>()
         }));
         let metrics = crate::telemetry::metrics::Metrics::new().unwrap();
@@ -522,7 +521,7 @@ mod tests {
             deadline: Duration::from_secs(1),
         };
         let layer = MirrorLayer::new("r", &config, targets, board.clone()).unwrap();
-        let primary = RouteService::boxing(tower::service_fn(|_req: Request<Body>| async {
+        let primary = HttpService::boxing(tower::service_fn(|_req: Request<Body>| async {
             Ok(Response::new(body::full("primary")))
         }));
         let mirrored = layer.layer(primary);
@@ -540,7 +539,7 @@ mod tests {
 
     #[test]
     fn check_names_the_bad_key() {
-        let bad = |yaml: &str| check(&serde_yaml_ng::from_str(yaml).unwrap()).unwrap_err().key;
+        let bad = |yaml: &str| check(&serde_yaml_ng::from_str(yaml).unwrap()).unwrap_err().0;
         assert_eq!(bad("{ cluster: n, percent: 101 }"), "percent");
         assert_eq!(bad("{ cluster: n, max_in_flight: 0 }"), "max_in_flight");
         assert_eq!(bad("{ cluster: n, methods: [get] }"), "methods[0]");

@@ -20,8 +20,8 @@ use tokio::sync::oneshot;
 
 use http::{Request, Response};
 
-use crate::body::{self, Body};
-use crate::error::BoxError;
+use crate::core::body::{self, Body};
+use crate::core::error::BoxError;
 
 #[derive(Debug)]
 pub enum Teed {

@@ -1,11 +1,11 @@
 //! Retries: a tower layer that sends a request again, to another endpoint
 //! when the cluster has one, when a try fails in a way the route's
-//! [`policy`] names, and only while the cluster's retry [`budget`] allows.
+//! policy (`policy::retry`) names, and only while the cluster's retry budget (`policy::retry_budget`) allows.
 //!
 //! Sources: Envoy's route retry policy (`num_retries`, `retry_on`,
 //! `per_try_timeout`, `x-envoy-attempt-count`), Finagle/linkerd retry
 //! budgets, and the AWS Architecture Blog's "Exponential Backoff And Jitter"
-//! for the delays ([`backoff`]).
+//! for the delays (`policy::backoff`).
 //!
 //! Guarantees:
 //! - At most `max_retries` retries after the first try, each preceded by a
@@ -25,60 +25,28 @@
 //! - `per_try_timeout` bounds each try; the route timeout (outside this
 //!   layer) bounds all of them together.
 
-pub mod backoff;
-pub mod budget;
-pub mod policy;
 pub mod replay;
 mod tape;
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Request, Response};
-use prometheus::IntCounter;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::body::Body;
-use crate::cluster::service::EndpointHint;
-use crate::config::schema::RetryBudgetConfig;
-use crate::error::{ErrorKind, ProxyError, OVERLOADED_HEADER};
-use crate::stack::ResponseFuture;
-use crate::stack::RouteService;
-use crate::telemetry::metrics::OverloadFamilies;
-use budget::RetryBudget;
-use policy::RetryPolicy;
+use crate::cluster::overload::RetryState;
+use crate::core::body::Body;
+use crate::core::error::{ErrorKind, ProxyError, OVERLOADED_HEADER};
+use crate::core::extensions::{EndpointHint, RetryAttempt};
+use crate::core::service::HttpService;
+use crate::core::service::ResponseFuture;
+use crate::policy::backoff;
+use crate::policy::retry::RetryPolicy;
 
 /// Set on retried tries; see the module docs for the rule.
 pub const RETRY_ATTEMPT_HEADER: &str = "x-weft-retry-attempt";
-
-/// One cluster's retry budget and retry counters, shared by all its routes.
-pub struct RetryState {
-    budget: Mutex<RetryBudget>,
-    retries: IntCounter,
-    exhausted: IntCounter,
-}
-
-impl RetryState {
-    pub fn new(config: &RetryBudgetConfig, cluster: &str, families: &OverloadFamilies) -> Self {
-        let config = budget::RetryBudgetConfig {
-            percent: config.percent,
-            min_retries_per_second: config.min_retries_per_second,
-            window: config.window,
-        };
-        Self {
-            budget: Mutex::new(RetryBudget::new(config, Instant::now())),
-            retries: families.retries.with_label_values(&[cluster]),
-            exhausted: families.retry_budget_exhausted.with_label_values(&[cluster]),
-        }
-    }
-
-    fn budget(&self) -> MutexGuard<'_, RetryBudget> {
-        // The budget is plain counters; a panicking holder cannot break them.
-        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 #[derive(Clone)]
 pub struct RetryLayer {
@@ -92,9 +60,9 @@ impl RetryLayer {
     }
 }
 
-impl Layer<RouteService> for RetryLayer {
+impl Layer<HttpService> for RetryLayer {
     type Service = Retry;
-    fn layer(&self, inner: RouteService) -> Retry {
+    fn layer(&self, inner: HttpService) -> Retry {
         Retry {
             inner,
             policy: self.policy.clone(),
@@ -106,7 +74,7 @@ impl Layer<RouteService> for RetryLayer {
 /// Wraps the per-try stack (already boxed, so tries clone it cheaply).
 #[derive(Clone)]
 pub struct Retry {
-    inner: RouteService,
+    inner: HttpService,
     policy: Arc<RetryPolicy>,
     state: Arc<RetryState>,
 }
@@ -153,18 +121,20 @@ impl Retry {
             let req = try_request(&parts, body.body(), retries, hint.clone());
             let outcome = self.judge(&parts, self.try_once(req).await);
             let last = match outcome {
-                Verdict::Done(result) => return result,
-                Verdict::Retry(result) if retries >= self.policy.max_retries || !body.can_replay() => return result,
+                Verdict::Done(result) => return with_attempt(result, retries),
+                Verdict::Retry(result) if retries >= self.policy.max_retries || !body.can_replay() => {
+                    return with_attempt(result, retries)
+                }
                 Verdict::Retry(result) => result,
             };
             if !self.state.budget().try_withdraw(Instant::now()) {
-                self.state.exhausted.inc();
-                return last;
+                self.state.count_exhausted();
+                return with_attempt(last, retries);
             }
             // The failed response's body is dropped here, releasing its slots.
             drop(last);
             retries += 1;
-            self.state.retries.inc();
+            self.state.count_retry();
             exclude = hint.picked.get().copied().or(exclude);
             let delay = backoff::delay(&self.policy.backoff, retries, &mut rand::rng());
             tokio::time::sleep(delay).await;
@@ -204,6 +174,16 @@ fn is_retry_from_previous_hop(headers: &HeaderMap) -> bool {
     headers
         .get(RETRY_ATTEMPT_HEADER)
         .is_some_and(|value| value.as_bytes() != b"0")
+}
+
+/// Tells the front (span, logs) how many retries the answer took.
+fn with_attempt(result: Result<Response<Body>, ProxyError>, retries: u32) -> Result<Response<Body>, ProxyError> {
+    result.map(|mut response| {
+        if retries > 0 {
+            response.extensions_mut().insert(RetryAttempt(retries));
+        }
+        response
+    })
 }
 
 fn try_request(parts: &Parts, body: Body, retries: u32, hint: EndpointHint) -> Request<Body> {

@@ -14,8 +14,8 @@ use http_body::Body as _;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
-use crate::body::{self, Body};
-use crate::error::{BoxError, ErrorKind, ProxyError};
+use crate::core::body::{self, Body};
+use crate::core::error::{BoxError, ErrorKind, ProxyError};
 
 use super::tape::Tape;
 
@@ -61,12 +61,10 @@ pub async fn prepare(body: Body, limit: u64) -> Result<ReplayBody, ProxyError> {
     if !fits {
         return Ok(ReplayBody::Taped(Tape::new(body, limit)));
     }
-    let collected = body.collect().await.map_err(|e| {
-        ProxyError::new(
-            ErrorKind::BadRequest,
-            format!("reading the request body: {}", crate::error::error_chain(&*e)),
-        )
-    })?;
+    let collected = body
+        .collect()
+        .await
+        .map_err(|e| ProxyError::caused_by(ErrorKind::BadRequest, "reading the request body", e))?;
     let trailers = collected.trailers().cloned();
     Ok(ReplayBody::Buffered {
         data: collected.to_bytes(),

@@ -22,8 +22,8 @@ use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 
-use crate::body::Body;
-use crate::error::BoxError;
+use crate::core::body::Body;
+use crate::core::error::BoxError;
 
 enum Recorded {
     Data(Bytes),
@@ -181,7 +181,7 @@ impl http_body::Body for TapeBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body;
+    use crate::core::body;
     use futures_util::stream;
     use http_body_util::StreamBody;
 

@@ -8,8 +8,8 @@ use tokio::time::Duration;
 use tower::{service_fn, ServiceExt};
 
 use super::*;
-use crate::body;
-use crate::config::schema::RetryConfig;
+use crate::config::schema::{RetryBudgetConfig, RetryConfig};
+use crate::core::body;
 use crate::telemetry::metrics::Metrics;
 
 /// What one scripted try does.
@@ -39,7 +39,7 @@ impl Harness {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(script);
         let log = seen.clone();
-        let inner: RouteService = RouteService::boxing(service_fn(move |req: Request<Body>| {
+        let inner: HttpService = HttpService::boxing(service_fn(move |req: Request<Body>| {
             let (log, script) = (log.clone(), script.clone());
             async move {
                 let hint = req.extensions().get::<EndpointHint>().cloned().unwrap_or_default();

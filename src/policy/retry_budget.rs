@@ -18,6 +18,8 @@
 
 use tokio::time::{Duration, Instant};
 
+use crate::config::schema::RetryBudgetConfig as RetryBudgetSection;
+
 const BUCKETS_PER_WINDOW: usize = 10;
 /// Keeps bucket arithmetic away from division by zero for a zero or tiny window.
 const MIN_BUCKET_WIDTH: Duration = Duration::from_millis(1);
@@ -38,6 +40,16 @@ impl Default for RetryBudgetConfig {
             percent: 20.0,
             min_retries_per_second: 10,
             window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&RetryBudgetSection> for RetryBudgetConfig {
+    fn from(c: &RetryBudgetSection) -> Self {
+        Self {
+            percent: c.percent,
+            min_retries_per_second: c.min_retries_per_second,
+            window: c.window,
         }
     }
 }

@@ -40,6 +40,7 @@
 //! `tryChooseLocalLocalityHosts`, `calculateLocalityPercentage`). Shares are
 //! kept as f64 rather than Envoy's 1/10000 integers.
 
+use crate::config::health::ZoneAwareSection;
 use rand::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +260,16 @@ fn tally_for<'z, 'a>(zones: &'z mut Vec<ZoneTally<'a>>, name: &'a str) -> &'z mu
         }
     };
     &mut zones[pos]
+}
+
+impl From<&ZoneAwareSection> for ZoneAwareConfig {
+    fn from(c: &ZoneAwareSection) -> Self {
+        ZoneAwareConfig {
+            enabled: c.enabled,
+            min_cluster_size: c.min_cluster_size,
+            panic_threshold_percent: c.panic_threshold_percent,
+        }
+    }
 }
 
 #[cfg(test)]

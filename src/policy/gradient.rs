@@ -25,6 +25,8 @@
 use rand::Rng;
 use tokio::time::{Duration, Instant};
 
+use crate::config::schema::AdaptiveConcurrencyConfig;
+
 /// Envoy's count of windows in a row at the floor that suggests a wrong minRTT; reused for the
 /// stale-high rule so that one noisy window cannot trigger either.
 const WINDOWS_BEFORE_REMEASURE: u32 = 5;
@@ -307,6 +309,22 @@ fn percentile(samples: &mut [Duration], percentile: f64) -> Option<Duration> {
 /// Intervals are capped at `MAX_INTERVAL`, so the fallback is only for clocks near their end.
 fn later(now: Instant, after: Duration) -> Instant {
     now.checked_add(after).unwrap_or(now)
+}
+
+impl From<&AdaptiveConcurrencyConfig> for GradientConfig {
+    fn from(c: &AdaptiveConcurrencyConfig) -> Self {
+        GradientConfig {
+            sample_aggregate_percentile: c.sample_aggregate_percentile,
+            concurrency_update_interval: c.concurrency_update_interval,
+            min_rtt_calc_interval: c.min_rtt_calc_interval,
+            min_rtt_calc_request_count: c.min_rtt_calc_request_count,
+            min_rtt_buffer_percent: c.min_rtt_buffer_percent,
+            jitter_percent: c.jitter_percent,
+            min_concurrency: c.min_concurrency,
+            min_concurrency_limit: c.min_concurrency_limit,
+            max_concurrency_limit: c.max_concurrency_limit,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! slot back when the attempt ends, and keeps the connection slot inside the
 //! returned stream until hyper drops the connection. Refusals fail the
 //! connect with [`CircuitOpen`], which the client reports as a connect error
-//! and `error::connect_error` turns into a circuit overload rejection.
+//! and `connect_error` turns into a circuit overload rejection.
 //! The pooled client fails a request at once when its connect fails, so a
 //! refusal is immediate (no queueing).
 
@@ -19,8 +19,8 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use tower::Service;
 
-use super::{CircuitBreaker, CircuitLimit, CircuitOpen, Gauge, Slot};
-use crate::error::BoxError;
+use crate::core::error::BoxError;
+use crate::policy::circuit::{CircuitBreaker, CircuitLimit, CircuitOpen, Gauge, Slot};
 
 /// Counting limits for a connector; absent when the cluster has no circuit breaker.
 #[derive(Clone)]

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-use crate::error::BoxError;
+use crate::core::error::BoxError;
 
 pub type Body = BoxBody<Bytes, BoxError>;
 

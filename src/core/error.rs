@@ -7,17 +7,9 @@ use std::fmt;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use crate::core::body::{self, Body};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// Which side of the proxy an error belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Downstream,
-    Upstream,
-    Internal,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -59,10 +51,14 @@ impl Overload {
 /// never retries them (retrying would feed the overload).
 pub const OVERLOADED_HEADER: &str = "x-weft-overloaded";
 
+/// An error on the request path: what went wrong (`kind`, which also says
+/// where: the client, weft itself or the upstream), a short context, and
+/// the underlying error as its `source()`.
 #[derive(Debug)]
 pub struct ProxyError {
     kind: ErrorKind,
     detail: String,
+    source: Option<BoxError>,
 }
 
 impl ProxyError {
@@ -70,19 +66,21 @@ impl ProxyError {
         Self {
             kind,
             detail: detail.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` caused by `source`, described by `detail`.
+    pub fn caused_by(kind: ErrorKind, detail: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            source: Some(source.into()),
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         self.kind
-    }
-
-    pub fn origin(&self) -> Origin {
-        match self.kind {
-            ErrorKind::NoRoute | ErrorKind::BadRequest => Origin::Downstream,
-            ErrorKind::NoEndpoint | ErrorKind::Overloaded(_) => Origin::Internal,
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::Timeout => Origin::Upstream,
-        }
     }
 
     /// Whether sending the request again cannot do harm twice: only when the
@@ -119,10 +117,11 @@ impl ProxyError {
             ErrorKind::Overloaded(Overload::Concurrency) => "upstream concurrency limit reached",
             ErrorKind::Overloaded(Overload::Circuit) => "upstream circuit breaker open",
         };
-        let text = if self.detail.is_empty() {
+        let detail = self.describe();
+        let text = if detail.is_empty() {
             format!("{reason}\n")
         } else {
-            format!("{reason}: {}\n", self.detail)
+            format!("{reason}: {detail}\n")
         };
         let mut response = plain_response(self.status(), Bytes::from(text));
         if let ErrorKind::Overloaded(overload) = self.kind {
@@ -134,13 +133,36 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The context and every source on one line, for error bodies and logs.
+    pub fn describe(&self) -> String {
+        let mut text = self.detail.clone();
+        let mut source = std::error::Error::source(self);
+        while let Some(inner) = source {
+            let part = inner.to_string();
+            if !text.contains(&part) {
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&part);
+            }
+            source = inner.source();
+        }
+        text
+    }
+}
+
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}: {}", self.kind, self.detail)
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// A response weft writes itself (errors, direct responses).
 pub fn plain_response(status: StatusCode, text: Bytes) -> Response<Body> {
@@ -151,44 +173,4 @@ pub fn plain_response(status: StatusCode, text: Bytes) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// Classifies a failed upstream connect (TCP, TLS or a circuit-breaker refusal).
-pub fn connect_error(err: &(dyn std::error::Error + 'static)) -> ProxyError {
-    // The cluster's connector refuses connections over the circuit breaker's
-    // limits; that is an overload rejection, not a failing upstream.
-    let mut cause = Some(err);
-    while let Some(inner) = cause {
-        if let Some(open) = inner.downcast_ref::<crate::layer::circuit_breaker::CircuitOpen>() {
-            return ProxyError::new(ErrorKind::Overloaded(Overload::Circuit), open.to_string());
-        }
-        cause = inner.source();
-    }
-    ProxyError::new(ErrorKind::ConnectFailed, error_chain(err))
-}
-
-/// The HTTP/1.1 or HTTP/2 handshake on a fresh connection failed: nothing
-/// was sent, so this counts as a failed connect.
-pub fn handshake_error(err: &hyper::Error) -> ProxyError {
-    ProxyError::new(ErrorKind::ConnectFailed, error_chain(err))
-}
-
-/// The upstream connection failed while the request was (maybe) on it.
-pub fn upstream_error(err: &hyper::Error) -> ProxyError {
-    ProxyError::new(ErrorKind::UpstreamReset, error_chain(err))
-}
-
-/// The error and its sources on one line, for logs and error bodies.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let part = inner.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = inner.source();
-    }
-    text
 }

@@ -15,7 +15,7 @@ use tokio::time::Duration;
 
 use super::backoff::BackoffConfig;
 use crate::config::schema::RetryConfig;
-use crate::error::{ErrorKind, ProxyError};
+use crate::core::error::{ErrorKind, ProxyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Condition {
@@ -154,7 +154,7 @@ mod tests {
         assert!(!reset_only.retries_status(&get, 502));
         let codes = policy("[\"503\", retriable-4xx, 5xx]");
         assert!(codes.retries_status(&get, 409) && codes.retries_status(&get, 599));
-        let overloaded = error(ErrorKind::Overloaded(crate::error::Overload::Circuit));
+        let overloaded = error(ErrorKind::Overloaded(crate::core::error::Overload::Circuit));
         assert!(!codes.retries_error(&get, &overloaded));
         assert!(!codes.retries_error(&get, &error(ErrorKind::NoEndpoint)));
     }

@@ -34,6 +34,7 @@
 //! `source/common/upstream/outlier_detection_impl.cc` (`ejectHost`,
 //! `onIntervalTimer`, `successRateEjectionThreshold`).
 
+use crate::config::health::OutlierDetectionConfig;
 use tokio::time::{Duration, Instant};
 
 /// Success-rate detector settings (Envoy's `success_rate_*` fields).
@@ -342,6 +343,24 @@ fn trips(counter: &mut u32, threshold: u32) -> bool {
     tripped
 }
 
+impl From<&OutlierDetectionConfig> for OutlierConfig {
+    fn from(c: &OutlierDetectionConfig) -> Self {
+        OutlierConfig {
+            consecutive_5xx: c.consecutive_5xx,
+            consecutive_gateway_failure: c.consecutive_gateway_failure,
+            success_rate: c.success_rate.as_ref().map(|s| SuccessRateConfig {
+                minimum_hosts: s.minimum_hosts,
+                request_volume: s.request_volume,
+                stdev_factor: s.stdev_factor,
+            }),
+            interval: c.interval,
+            base_ejection_time: c.base_ejection_time,
+            max_ejection_time: c.max_ejection_time,
+            max_ejection_percent: c.max_ejection_percent,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,5 +550,11 @@ mod tests {
         d.tick(t0);
         d.traffic(&[(100, 0), FULL, FULL, FULL, (99, 99)], t0);
         assert!(d.tick(t0 + 10 * SEC).is_empty());
+    }
+
+    #[test]
+    fn config_defaults_are_the_detector_defaults() {
+        let section = crate::config::health::OutlierDetectionConfig::default();
+        assert_eq!(OutlierConfig::from(&section), OutlierConfig::default());
     }
 }

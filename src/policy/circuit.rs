@@ -9,7 +9,7 @@
 //!   until their response body ends or is dropped (a retry is a new request).
 //! - `max_connections`: upstream connections of this cluster that are being
 //!   opened or are open, idle pooled ones included; enforced by the
-//!   cluster's connector ([`connector`]), so a request that needs a new
+//!   cluster's connector (`upstream::limit`), so a request that needs a new
 //!   connection over the limit is refused. A request that finds an idle
 //!   pooled connection needs none and is not affected.
 //! - `max_pending_requests`: connection attempts in progress. With HTTP/1
@@ -21,21 +21,13 @@
 //! work starts and released by a drop guard, so a limit of N admits exactly
 //! N at once, never N+1, under any concurrency.
 
-pub mod connector;
-
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Request, Response};
 use prometheus::IntCounter;
-use tower::{Layer, Service};
 
-use crate::body::{self, Body};
 use crate::config::schema::CircuitBreakerConfig;
-use crate::error::{ErrorKind, Overload, ProxyError};
-use crate::stack::ResponseFuture;
 use crate::telemetry::metrics::OverloadFamilies;
 
 /// Which circuit breaker limit refused a request; the `limit` metric label.
@@ -57,7 +49,7 @@ impl CircuitLimit {
 }
 
 /// The error a refused request carries through the upstream client, found
-/// again by `error::connect_error`.
+/// again by `upstream::connect_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CircuitOpen(pub CircuitLimit);
 
@@ -127,63 +119,6 @@ impl CircuitBreaker {
             connections: Gauge::new(config.max_connections, refused(CircuitLimit::MaxConnections)),
             pending: Gauge::new(config.max_pending_requests, refused(CircuitLimit::MaxPendingRequests)),
         }
-    }
-}
-
-/// Enforces `max_requests`; the connection limits live in the connector.
-#[derive(Clone)]
-pub struct RequestLimitLayer(Arc<Gauge>);
-
-impl RequestLimitLayer {
-    pub fn new(breaker: &CircuitBreaker) -> Self {
-        Self(breaker.requests.clone())
-    }
-}
-
-impl<S> Layer<S> for RequestLimitLayer {
-    type Service = RequestLimit<S>;
-    fn layer(&self, inner: S) -> RequestLimit<S> {
-        RequestLimit {
-            inner,
-            requests: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct RequestLimit<S> {
-    inner: S,
-    requests: Arc<Gauge>,
-}
-
-// Generic over the request body: naming `Body` (a boxed `dyn Error` type)
-// in the bound makes rustc demand `Send` for every lifetime of that error.
-impl<S, B> Service<Request<B>> for RequestLimit<S>
-where
-    S: Service<Request<B>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(slot) = self.requests.try_acquire() else {
-            let open = CircuitOpen(CircuitLimit::MaxRequests);
-            return Box::pin(std::future::ready(Err(ProxyError::new(
-                ErrorKind::Overloaded(Overload::Circuit),
-                open.to_string(),
-            ))));
-        };
-        let response = self.inner.call(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|b| body::hold_until_dropped(b, slot)))
-        })
     }
 }
 

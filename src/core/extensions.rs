@@ -1,0 +1,22 @@
+//! Request and response extensions: facts one layer hands to another
+//! without either importing the other.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+/// Response extension naming the endpoint that answered, for logs and spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedBy(pub SocketAddr);
+
+/// Request extension from the retry layer: avoid the endpoint that just
+/// failed (when another exists) and report which one this try picked.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointHint {
+    pub exclude: Option<usize>,
+    pub picked: Arc<OnceLock<usize>>,
+}
+
+/// Response extension from the retry layer: the retry that produced the
+/// response (absent or 0 for a first try).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryAttempt(pub u32);

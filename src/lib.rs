@@ -18,21 +18,21 @@
 //! 12. `proxy`    the front service (the request's steps before and after the route)
 //! 13. `memory`, `listener`, `admin`, `app`, `demo`
 
-pub mod admin;
-pub mod app;
-pub mod cluster;
-pub mod config;
 pub mod core;
-pub mod demo;
-pub mod http3;
-pub mod layer;
-pub mod listener;
-pub mod memory;
-pub mod policy;
-pub mod proxy;
-pub mod route;
-pub mod snapshot;
-pub mod stack;
+pub mod config;
 pub mod telemetry;
 pub mod tls;
+pub mod http3;
+pub mod policy;
 pub mod upstream;
+pub mod cluster;
+pub mod layer;
+pub mod route;
+pub mod stack;
+pub mod snapshot;
+pub mod proxy;
+pub mod memory;
+pub mod listener;
+pub mod admin;
+pub mod app;
+pub mod demo;

@@ -55,15 +55,28 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .split_whitespace()
         .find_map(|field| field.strip_prefix("admin="))
         .unwrap_or_else(|| panic!("no admin address in {started:?}"));
+    let admin_get = async |path: &str| {
+        let (status, text) = get(&h1_client(), &format!("http://{admin}{path}")).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        text
+    };
     let effective_body = async || {
-        let (status, text) = get(&h1_client(), &format!("http://{admin}/config")).await;
-        assert_eq!(status, 200);
-        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&admin_get("/config").await).unwrap();
         config["listeners"][0]["routes"][0]["direct_response"]["body"].clone()
+    };
+    let reloads = async |result: &str| {
+        let series = format!("weft_config_reloads_total{{result=\"{result}\"}}");
+        metric(&admin_get("/metrics").await, &series)
     };
     assert_eq!(effective_body().await, "v1");
 
-    // A broken file on SIGHUP is refused; a good one is applied.
+    // SIGHUP reloads even an unchanged file, which the file watcher (also
+    // running) never does: only the signal can make this reload.
+    signal(pid, "HUP");
+    wait_for(&mut lines, "config reloaded").await;
+    assert_eq!(reloads("ok").await, 1.0);
+
+    // A broken file is refused; a good one is applied.
     std::fs::write(&path, yaml.replace("routes:", "rutes:")).unwrap();
     signal(pid, "HUP");
     let refused = wait_for(&mut lines, "config reload refused").await;

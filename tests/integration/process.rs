@@ -17,6 +17,18 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
+/// Whether process `pid` has a SIGHUP handler installed: bit 0 (signal 1)
+/// of `SigCgt` in /proc/PID/status. Until then SIGHUP would kill it.
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    caught & 1 == 1
+}
+
 /// Waits (bounded) for the next stderr line containing `needle`.
 async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let found = async {
@@ -69,6 +81,8 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         metric(&admin_get("/metrics").await, &series)
     };
     assert_eq!(effective_body().await, "v1");
+    // weft logs that it started a moment before it installs its handlers.
+    eventually("weft handles SIGHUP", async || catches_sighup(pid)).await;
 
     // SIGHUP reloads even an unchanged file, which the file watcher (also
     // running) never does: only the signal can make this reload.

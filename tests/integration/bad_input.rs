@@ -24,19 +24,16 @@ async fn weft_for(upstream: &str, extra_route: &str, limits: &str) -> Weft {
 
 #[tokio::test]
 async fn dead_upstream_gives_503() {
-    // Bind then drop: nothing listens on this port any more.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let weft = weft_for(&dead.to_string(), "", "").await;
+    let dead = refused_addr();
+    let weft = weft_for(&dead.addr.to_string(), "", "").await;
     let (status, body) = get(&h1_client(), &weft.url("public", "/").await).await;
     assert_eq!(status, 503);
     assert!(body.starts_with("upstream connect error"), "{body}");
     let text = metrics(&weft).await;
     assert!(
         text.contains(&format!(
-            "weft_upstream_requests_total{{cluster=\"app\",endpoint=\"{dead}\",status=\"503\"}} 1"
+            "weft_upstream_requests_total{{cluster=\"app\",endpoint=\"{}\",status=\"503\"}} 1",
+            dead.addr
         )),
         "{text}"
     );
@@ -64,12 +61,9 @@ async fn upstream_reset_or_garbage_gives_502() {
 
 #[tokio::test]
 async fn slow_upstream_gives_504_after_route_timeout() {
-    let upstream = Upstream::start(|_req: Request<Incoming>| async move {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        Response::new(full("too late"))
-    })
-    .await;
-    let weft = weft_for(&upstream.addr.to_string(), ", timeout: 200ms", "").await;
+    // Never answers.
+    let upstream = HeldUpstream::start("too late").await;
+    let weft = weft_for(&upstream.upstream.addr.to_string(), ", timeout: 200ms", "").await;
     let (status, body) = get(&h1_client(), &weft.url("public", "/").await).await;
     assert_eq!(status, 504);
     assert!(body.contains("timeout"), "{body}");
@@ -178,9 +172,11 @@ async fn connections_over_the_limit_wait_instead_of_failing() {
     let n = holder.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let url = weft.url("public", "/").await;
-    let waiting = tokio::spawn(async move { get(&h1_client(), &url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "second connection should wait for a slot");
+    let mut waiting = tokio::spawn(async move { get(&h1_client(), &url).await });
+    // Not a wait for something to happen but a window in which it must not:
+    // over the limit, weft would have answered within milliseconds.
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(early.is_err(), "served while the only slot was held: {early:?}");
     drop(holder);
     assert_eq!(waiting.await.unwrap(), (200, "fine".into()));
 }

@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http::Request;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 use crate::support::*;
 use crate::tls::Ca;
@@ -21,16 +19,7 @@ struct H3Client {
 
 impl H3Client {
     async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(weft::tls::crypto())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let tls = tls_client_config(ca, None, &[b"h3"]);
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
@@ -81,14 +70,6 @@ impl H3Client {
     }
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn http3_client_gets_routing_split_errors_and_large_bodies() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,23 +79,18 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
     let stable = Upstream::text("stable").await;
     let canary = Upstream::text("canary").await;
     let echo = Upstream::echo_body().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = refused_addr();
     let routes = "      - { name: echo, match: { path_prefix: /echo }, cluster: echo }
       - { name: dead, match: { path_prefix: /dead }, cluster: dead }
       - { name: canary, match: { headers: [ { name: x-canary, exact: \"1\" } ] }, cluster: canary }
       - { name: split, match: { path_prefix: /app }, split: [ { cluster: stable, weight: 50 }, { cluster: canary, weight: 50 } ] }";
-    let h3_port = free_udp_port();
     let yaml = config(
         &format!(
-            "  - name: quic\n    address: 127.0.0.1:{h3_port}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n{routes}
-  - name: tls\n    address: 127.0.0.1:0\n    advertise_http3: true\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n{routes}"
+            "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n{routes}"
         ),
         &format!(
-            "  - {{ name: stable, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: canary, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: dead, endpoints: [ {{ address: {dead} }} ] }}",
-            stable.addr, canary.addr, echo.addr
+            "  - {{ name: stable, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: canary, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: dead, endpoints: [ {{ address: {} }} ] }}",
+            stable.addr, canary.addr, echo.addr, dead.addr
         ),
     );
     let app = start_in(dir.path(), &yaml).await;
@@ -145,43 +121,43 @@ async fn http3_client_gets_routing_split_errors_and_large_bodies() {
         text.contains("weft_requests_total{cluster=\"canary\",listener=\"quic\",protocol=\"http3\",route=\"canary\",status=\"200\"} 1"),
         "{text}"
     );
+}
 
-    // The TLS listener advertises the HTTP/3 one.
-    let tls_port = app.listener_addr("tls").await.unwrap().port();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(
-            CertificateDer::pem_file_iter(&ca_path)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap(),
-        )
-        .unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(weft::tls::crypto())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let https = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(
-        hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build(),
-    );
-    let response = https
-        .request(
-            Request::get(format!("https://localhost:{tls_port}/app"))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers().get("alt-svc").unwrap(),
-        &format!("h3=\":{h3_port}\"; ma=86400")
-    );
+/// `alt-svc` names the HTTP/3 listener's configured port, so the port must be
+/// fixed: the test runs in a network namespace of its own, where no other
+/// test can hold it.
+#[test]
+fn tls_listener_advertises_the_http3_listener_on_its_port() {
+    in_network_namespace(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("alt-svc-ca");
+        ca.leaf(dir.path(), "server", "server", None);
+        let ca_path = ca.write(dir.path(), "ca.pem");
+        let routes = "[ { name: ok, direct_response: { status: 200, body: over-h3 } } ]";
+        let yaml = config(
+            &format!(
+                "  - {{ name: quic, address: 127.0.0.1:4433, protocol: http3, tls: {{ cert: server.pem, key: server.key }}, routes: {routes} }}
+  - {{ name: tls, address: 127.0.0.1:0, advertise_http3: true, tls: {{ cert: server.pem, key: server.key }}, routes: {routes} }}"
+            ),
+            "  []",
+        );
+        let app = start_in(dir.path(), &yaml).await;
+        let tls_port = app.listener_addr("tls").await.unwrap().port();
+        let https = https_client(tls_client_config(&ca_path, None, &[]), false);
+        let response = https
+            .request(
+                Request::get(format!("https://localhost:{tls_port}/"))
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["alt-svc"], "h3=\":4433\"; ma=86400");
+        // The advertised port is where HTTP/3 is served.
+        let mut client = H3Client::connect("127.0.0.1:4433".parse().unwrap(), &ca_path).await;
+        let (status, _, body) = client.request("GET", "/", &[], Bytes::new()).await;
+        assert_eq!((status, &body[..]), (200, &b"over-h3"[..]));
+    });
 }
 
 #[tokio::test]
@@ -215,23 +191,26 @@ async fn http3_drain_lets_in_flight_requests_finish() {
     let ca = Ca::new("h3-drain-ca");
     ca.leaf(dir.path(), "server", "server", None);
     let ca_path = ca.write(dir.path(), "ca.pem");
-    let slow = Upstream::start(|_req| async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        http::Response::new(full("finished"))
-    })
-    .await;
+    let mut slow = HeldUpstream::start("finished").await;
     let yaml = config(
         "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: slow, cluster: slow } ]",
-        &format!("  - {{ name: slow, endpoints: [ {{ address: {} }} ] }}", slow.addr),
+        &format!("  - {{ name: slow, endpoints: [ {{ address: {} }} ] }}", slow.upstream.addr),
     );
     let app = start_in(dir.path(), &yaml).await;
     let mut client = H3Client::connect(app.listener_addr("quic").await.unwrap(), &ca_path).await;
     let request = client.request("GET", "/", &[], Bytes::new());
     let drain = async {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        app.shutdown().await;
+        slow.arrived().await;
+        let shutdown = app.shutdown();
+        let release = async {
+            // Answered only once the drain has begun (ready turned 503).
+            let ready = format!("http://{}/ready", app.admin_addr());
+            eventually("/ready turns 503", async || get(&h1_client(), &ready).await.0 == 503).await;
+            slow.release();
+        };
+        tokio::join!(shutdown, release);
     };
-    let ((status, _, body), ()) = tokio::join!(request, drain);
+    let ((status, _, body), _) = tokio::join!(request, drain);
     assert_eq!((status, &body[..]), (200, &b"finished"[..]));
 }
 
@@ -243,26 +222,33 @@ async fn metrics_of(app: &weft::app::App) -> String {
 
 #[tokio::test]
 async fn http1_client_to_http3_cluster_bridges_bodies() {
-    // weft's own HTTP/3 listener is the upstream of its http3 cluster:
-    // HTTP/1.1 in, HTTP/3 across, HTTP/1.1 to the echo server, and back.
+    // One weft's HTTP/3 listener is the upstream of another's http3
+    // cluster: HTTP/1.1 in, HTTP/3 across, HTTP/1.1 to the echo server, and
+    // back. Two instances, so the second's config can name the first's
+    // bound port.
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("bridge-ca");
     ca.leaf(dir.path(), "server", "server", None);
     ca.write(dir.path(), "ca.pem");
     let echo = Upstream::echo_body().await;
-    let h3_port = free_udp_port();
-    let yaml = config(
-        &format!(
-            "  - name: quic\n    address: 127.0.0.1:{h3_port}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes: [ {{ name: to-echo, cluster: echo }} ]
-  - name: plain\n    address: 127.0.0.1:0\n    routes: [ {{ name: over-h3, cluster: via-h3 }} ]"
+    let back = start_in(
+        dir.path(),
+        &config(
+            "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: to-echo, cluster: echo } ]",
+            &format!("  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}", echo.addr),
         ),
-        &format!(
-            "  - {{ name: echo, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: via-h3, protocol: http3, tls: {{ ca: ca.pem, sni: localhost }}, endpoints: [ {{ address: 127.0.0.1:{h3_port} }} ] }}",
-            echo.addr
+    )
+    .await;
+    let quic = back.listener_addr("quic").await.unwrap();
+    let front = start_in(
+        dir.path(),
+        &config(
+            "  - name: plain\n    address: 127.0.0.1:0\n    routes: [ { name: over-h3, cluster: via-h3 } ]",
+            &format!("  - {{ name: via-h3, protocol: http3, tls: {{ ca: ca.pem, sni: localhost }}, endpoints: [ {{ address: {quic} }} ] }}"),
         ),
-    );
-    let app = start_in(dir.path(), &yaml).await;
-    let url = format!("http://{}/bridge", app.listener_addr("plain").await.unwrap());
+    )
+    .await;
+    let url = format!("http://{}/bridge", front.listener_addr("plain").await.unwrap());
     let data: Bytes = (0..(1 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
     let response = h1_client()
         .request(Request::post(&url).body(full(data.clone())).unwrap())
@@ -272,7 +258,7 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
     use http_body_util::BodyExt;
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(body == data, "body differs after HTTP/1 -> HTTP/3 -> HTTP/1");
-    let text = metrics_of(&app).await;
+    let text = metrics_of(&back).await;
     assert!(
         text.contains("weft_requests_total{cluster=\"echo\",listener=\"quic\",protocol=\"http3\",route=\"to-echo\",status=\"200\"} 1"),
         "{text}"
@@ -287,10 +273,7 @@ async fn http3_requests_get_trace_context() {
     let ca_path = ca.write(dir.path(), "ca.pem");
     let upstream = Upstream::echo_headers().await;
     let yaml = config(
-        &format!(
-            "  - name: quic\n    address: 127.0.0.1:{}\n    protocol: http3\n    tls: {{ cert: server.pem, key: server.key }}\n    routes:\n      - {{ name: all, cluster: web }}",
-            free_udp_port()
-        ),
+        "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    tls: { cert: server.pem, key: server.key }\n    routes:\n      - { name: all, cluster: web }",
         &format!("  - {{ name: web, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
     );
     let app = start_in(dir.path(), &yaml).await;

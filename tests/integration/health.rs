@@ -1,6 +1,6 @@
 //! Endpoint health through a real weft: outlier ejection and return, p2c_ewma
 //! avoiding a slow endpoint, zone-aware routing and failover, active health
-//! checks. Time-dependent checks poll with bounded loops instead of asserting
+//! checks. Time-dependent checks poll with `eventually` instead of asserting
 //! on wall-clock durations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,16 +65,17 @@ async fn endpoint_status(weft: &Weft, addr: std::net::SocketAddr) -> Value {
         .unwrap()
 }
 
-/// Polls `/clusters` every 50 ms (at most 10 s) until `done` holds for `addr`.
+/// Waits (bounded) until `done` holds for the `/clusters` entry of `addr`.
 async fn wait_for(weft: &Weft, addr: std::net::SocketAddr, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..200 {
+    eventually(&format!("{addr} becomes {what}"), async || {
         let status = endpoint_status(weft, addr).await;
         if done(&status) {
-            return status;
+            Ok(status)
+        } else {
+            Err(status.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{addr} never became {what}: {}", endpoint_status(weft, addr).await);
+    })
+    .await
 }
 
 /// Sends `n` GETs; returns (bodies of 200s, statuses of the rest).
@@ -298,12 +299,8 @@ async fn tcp_cluster_ejects_an_endpoint_that_refuses_connections() {
             tokio::spawn(async move { s.write_all(b"live").await });
         }
     });
-    // A port that was free a moment ago: connecting to it is refused.
-    let dead_addr = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = refused_addr();
+    let dead_addr = dead.addr;
     let yaml = format!(
         "admin: {{ address: 127.0.0.1:0 }}
 listeners:
@@ -359,27 +356,27 @@ async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced
     send_many(&weft, 4).await;
     assert_eq!(endpoint_status(&weft, bad.addr).await["ejected"], true);
     let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
-    for _ in 0..200 {
-        if count("/old") >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the first monitor probes /old", async || count("/old") >= 2).await;
 
     // Only the probed cluster changes: c keeps its ejection, probed restarts.
     weft.write(&config(LISTENER, &clusters_yaml("/new")));
     assert!(weft.app.reload(false).await.unwrap());
     assert_eq!(endpoint_status(&weft, bad.addr).await["ejected"], true);
-    for _ in 0..200 {
-        if count("/new") >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the new monitor probes /new", async || count("/new") >= 2).await;
+    // The new monitor's probes are the clock: by its fifth more, one with the
+    // same interval left running would have probed too.
     let old_probes = count("/old");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(count("/new") >= 4, "{:?}", hits.lock().unwrap());
-    assert_eq!(count("/old"), old_probes, "the replaced cluster still probes");
+    let new_probes = count("/new");
+    eventually("the new monitor probes five more times", async || {
+        count("/new") >= new_probes + 5
+    })
+    .await;
+    assert_eq!(
+        count("/old"),
+        old_probes,
+        "the replaced cluster still probes: {:?}",
+        hits.lock().unwrap()
+    );
 }
 
 #[test]

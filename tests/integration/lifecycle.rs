@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::io::AsyncReadExt;
 
 use crate::support::*;
@@ -20,17 +18,6 @@ fn one_route(cluster_yaml: &str, extra_listener: &str) -> String {
 
 fn app_at(upstream: &Upstream) -> String {
     format!("  - {{ name: app, endpoints: [ {{ address: {} }} ] }}", upstream.addr)
-}
-
-/// Polls `check` (bounded) until it holds.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -71,23 +58,20 @@ async fn reload_applies_good_config_and_refuses_bad_one() {
 
 #[tokio::test]
 async fn in_flight_requests_finish_on_the_old_config() {
-    let slow = Upstream::start(|_req: Request<Incoming>| async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(full("old and slow"))
-    })
-    .await;
+    let mut old = HeldUpstream::start("old and slow").await;
     let fast = Upstream::text("new").await;
-    let weft = Weft::start(&one_route(&app_at(&slow), "")).await;
+    let weft = Weft::start(&one_route(&app_at(&old.upstream), "")).await;
     let url = weft.url("public", "/").await;
     let client = h1_client();
     let pending = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
         async move { get(&client, &url).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    old.arrived().await;
     weft.write(&one_route(&app_at(&fast), ""));
     assert!(weft.app.reload(false).await.unwrap());
     assert_eq!(get(&client, &url).await.1, "new");
+    old.release();
     assert_eq!(pending.await.unwrap(), (200, "old and slow".into()));
 }
 
@@ -129,12 +113,8 @@ async fn watcher_follows_in_place_edits_and_configmap_symlink_swaps() {
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_turns_unready() {
-    let slow = Upstream::start(|_req: Request<Incoming>| async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Response::new(full("finished"))
-    })
-    .await;
-    let weft = Weft::start(&one_route(&app_at(&slow), "")).await;
+    let mut slow = HeldUpstream::start("finished").await;
+    let weft = Weft::start(&one_route(&app_at(&slow.upstream), "")).await;
     let client = h1_client();
     assert_eq!(get(&client, &weft.admin("/ready")).await.0, 200);
     let url = weft.url("public", "/").await;
@@ -143,13 +123,18 @@ async fn shutdown_drains_in_flight_requests_and_turns_unready() {
         let (client, url) = (client.clone(), url.clone());
         async move { get(&client, &url).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow.arrived().await;
     let app = weft.app.clone();
     let shutdown = tokio::spawn(async move { app.shutdown().await });
     eventually("ready turns 503", async || {
         get(&h1_client(), &weft.admin("/ready")).await.0 == 503
     })
     .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the in-flight request"
+    );
+    slow.release();
     assert_eq!(pending.await.unwrap(), (200, "finished".into()));
     shutdown.await.unwrap();
     assert!(

@@ -56,24 +56,28 @@ fn listener(routes: &str) -> String {
 
 /// The `/compare` entry of `route` once its results add up to `expected`.
 async fn results(weft: &Weft, route: &str, expected: u64) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..200 {
+    eventually(&format!("the results of {route} add up to {expected}"), async || {
         let report: Value = serde_json::from_str(&get(&h1_client(), &weft.admin("/compare")).await.1).unwrap();
-        if let Some(entry) = report.as_array().unwrap().iter().find(|e| e["route"] == route) {
-            let total: u64 = entry["results"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            last = entry.clone();
-            if total >= expected {
-                return last;
-            }
+        let entry = report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["route"] == route)
+            .cloned()
+            .ok_or_else(|| report.to_string())?;
+        let total: u64 = entry["results"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        if total >= expected {
+            Ok(entry)
+        } else {
+            Err(entry.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("results of {route} never reached {expected}: {last}");
+    })
+    .await
 }
 
 async fn get_n(weft: &Weft, path: &str, n: usize, expect_body: &str) {

@@ -1,6 +1,6 @@
 //! Overload protection through a real weft: adaptive concurrency, retries
 //! under a budget, circuit breaker limits, per-try and gRPC timeouts.
-//! Waits are bounded polls; nothing asserts on wall-clock durations.
+//! Waits are `eventually` polls; nothing asserts on wall-clock durations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,13 +27,6 @@ fn cluster(endpoints: &[std::net::SocketAddr], extra: &str) -> String {
     format!("  - name: c\n    endpoints: [ {} ]\n{extra}", list.join(", "))
 }
 
-/// The value of the first sample whose line starts with `series`.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// An upstream that counts requests and answers after `delay_ms`.
 async fn delayed_upstream(delay_ms: Arc<AtomicU64>, hits: Arc<AtomicUsize>) -> Upstream {
     Upstream::start(move |_req| {
@@ -45,17 +38,6 @@ async fn delayed_upstream(delay_ms: Arc<AtomicU64>, hits: Arc<AtomicUsize>) -> U
         }
     })
     .await
-}
-
-/// Polls `check` every 20 ms, at most `tries` times.
-async fn eventually(tries: usize, mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..tries {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,23 +81,14 @@ async fn adaptive_limit_falls_for_a_slow_upstream_rejects_fast_and_recovers() {
     }
     let limit = async || metric(&metrics(&weft).await, "weft_concurrency_limit{cluster=\"c\"}");
 
-    assert!(
-        eventually(500, async || limit().await >= 20.0).await,
-        "limit never grew"
-    );
+    eventually("the limit grows to 20", async || limit().await >= 20.0).await;
     // A slowdown far beyond what a loaded test machine adds on its own, so
     // the minRTT measured before it cannot hide it.
     delay_ms.store(400, Ordering::Relaxed);
-    assert!(
-        eventually(1500, async || limit().await <= 5.0).await,
-        "limit never fell"
-    );
-    assert!(eventually(500, async || rejected.load(Ordering::Relaxed) > 0).await);
+    eventually("the limit falls to 5", async || limit().await <= 5.0).await;
+    eventually("weft rejects", async || rejected.load(Ordering::Relaxed) > 0).await;
     delay_ms.store(5, Ordering::Relaxed);
-    assert!(
-        eventually(1500, async || limit().await >= 20.0).await,
-        "limit never recovered"
-    );
+    eventually("the limit recovers to 20", async || limit().await >= 20.0).await;
 
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -304,13 +277,12 @@ async fn concurrent_against_held_upstream(circuit: &str, n: usize) -> (usize, us
             })
         })
         .collect();
-    let settled = eventually(500, async || {
+    // Every request is either held by the upstream or already rejected; none
+    // can be admitted later, so the counts are final.
+    eventually("every request is served or rejected", async || {
         hits.load(Ordering::Relaxed) + rejected.load(Ordering::Relaxed) == n
     })
     .await;
-    assert!(settled, "requests neither served nor rejected");
-    // Let a few more polls pass: a late admission would show up as an extra hit.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     gate.add_permits(n);
     let mut served = 0;
     for t in tasks {
@@ -366,20 +338,51 @@ async fn per_try_timeout_retries_a_hung_try_and_grpc_timeout_caps_the_route() {
     assert_eq!(status, 504, "{body}");
 }
 
+/// Reads each request in full (through the end of its chunked body), then
+/// closes without answering: the try fails as a reset after it has consumed
+/// the whole body. Counts the requests it swallowed.
+async fn swallowing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let count = swallowed.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.ends_with(b"0\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    (addr, swallowed, task)
+}
+
 #[tokio::test]
 async fn a_chunked_body_is_replayed_in_full_on_the_retry() {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
 
-    let (bad, bad_task) = resetting_upstream().await;
+    let (bad, swallowed, bad_task) = swallowing_upstream().await;
     let echo = Upstream::echo_body().await;
     let yaml = config(
         &one_route(", retry: { max_retries: 1, retry_on: [reset], idempotent_only: false }"),
-        &cluster(&[bad, echo.addr], ""),
+        // Round robin from the first endpoint: every first try goes to the
+        // swallowing one (each retry's pick advances the counter past it).
+        &cluster(&[bad, echo.addr], "    lb: round_robin\n"),
     );
     let weft = Weft::start(&yaml).await;
     let client = h1_client();
-    for i in 0..4 {
+    let requests = 4;
+    for i in 0..requests {
         let chunks: Vec<Result<Frame<bytes::Bytes>, BoxError>> = ["first ", "second ", "third"]
             .iter()
             .map(|c| Ok(Frame::data(bytes::Bytes::from_static(c.as_bytes()))))
@@ -392,5 +395,14 @@ async fn a_chunked_body_is_replayed_in_full_on_the_retry() {
             "request {i}"
         );
     }
+    // Every first try read the whole body before failing, and every request
+    // was retried once.
+    assert_eq!(swallowed.load(Ordering::Relaxed), requests);
+    let text = metrics(&weft).await;
+    assert_eq!(
+        metric(&text, "weft_retries_total{cluster=\"c\"}"),
+        requests as f64,
+        "{text}"
+    );
     bad_task.abort();
 }

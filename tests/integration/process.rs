@@ -1,12 +1,15 @@
 //! The `weft` binary as an operator runs it: signals reload and drain it.
+//! Its admin address (port 0 in the config) is read from its start-up log.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStderr, Command};
+
+use crate::support::*;
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
+    let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status()
@@ -14,19 +17,35 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
-/// Waits (bounded) for a stderr line containing `needle`.
-fn wait_for(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    loop {
-        match lines.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(_) => continue,
-            Err(e) => panic!("no log line with {needle:?}: {e}"),
-        }
-    }
+/// Whether process `pid` has a SIGHUP handler installed: bit 0 (signal 1)
+/// of `SigCgt` in /proc/PID/status. Until then SIGHUP would kill it.
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let caught = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    caught & 1 == 1
 }
 
-#[test]
-fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
+/// Waits (bounded) for the next stderr line containing `needle`.
+async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
+    let found = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("weft's stderr ended without a line containing {needle:?}");
+    };
+    tokio::time::timeout(PATIENCE, found)
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weft.yaml");
     let yaml = "admin: { address: 127.0.0.1:0 }\naccess_log: { enabled: false }\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: v1 } } ] }\n";
@@ -38,41 +57,57 @@ fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    wait_for(&lines, "weft started");
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = wait_for(&mut lines, "weft started").await;
+    let admin = started
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("admin="))
+        .unwrap_or_else(|| panic!("no admin address in {started:?}"));
+    let admin_get = async |path: &str| {
+        let (status, text) = get(&h1_client(), &format!("http://{admin}{path}")).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        text
+    };
+    let effective_body = async || {
+        let config: serde_json::Value = serde_json::from_str(&admin_get("/config").await).unwrap();
+        config["listeners"][0]["routes"][0]["direct_response"]["body"].clone()
+    };
+    let reloads = async |result: &str| {
+        let series = format!("weft_config_reloads_total{{result=\"{result}\"}}");
+        metric(&admin_get("/metrics").await, &series)
+    };
+    assert_eq!(effective_body().await, "v1");
+    // weft logs that it started a moment before it installs its handlers.
+    eventually("weft handles SIGHUP", async || catches_sighup(pid)).await;
 
-    // A broken file on SIGHUP is refused; a good one is applied.
+    // SIGHUP reloads even an unchanged file, which the file watcher (also
+    // running) never does: only the signal can make this reload.
+    signal(pid, "HUP");
+    wait_for(&mut lines, "config reloaded").await;
+    assert_eq!(reloads("ok").await, 1.0);
+
+    // A broken file is refused; a good one is applied.
     std::fs::write(&path, yaml.replace("routes:", "rutes:")).unwrap();
-    signal(child.id(), "HUP");
-    let refused = wait_for(&lines, "config reload refused");
+    signal(pid, "HUP");
+    let refused = wait_for(&mut lines, "config reload refused").await;
     assert!(refused.contains("weft.yaml:4"), "{refused}");
+    assert_eq!(effective_body().await, "v1");
     std::fs::write(&path, yaml.replace("v1", "v2")).unwrap();
-    signal(child.id(), "HUP");
-    wait_for(&lines, "config reloaded");
+    signal(pid, "HUP");
+    wait_for(&mut lines, "config reloaded").await;
+    assert_eq!(effective_body().await, "v2");
 
-    signal(child.id(), "TERM");
-    wait_for(&lines, "draining");
-    let mut status = None;
-    for _ in 0..200 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("weft did not exit after SIGTERM");
-    });
+    signal(pid, "TERM");
+    wait_for(&mut lines, "draining").await;
+    // Keep reading so a chatty drain never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("weft did not exit after SIGTERM")
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }

@@ -32,18 +32,15 @@ async fn tcp_listener_streams_both_ways_with_half_close() {
     drop(client);
     // The connection is counted once and no longer open (bounded wait for
     // weft to notice the close).
-    let mut text = String::new();
-    for _ in 0..200 {
-        text = metrics(&weft).await;
-        if text.contains("weft_downstream_connections_active{listener=\"db\"} 0") {
-            break;
+    let text = eventually("the closed connection is no longer active", async || {
+        let text = metrics(&weft).await;
+        if metric(&text, "weft_downstream_connections_active{listener=\"db\"}") == 0.0 {
+            Ok(text)
+        } else {
+            Err(text)
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    assert!(
-        text.contains("weft_downstream_connections_active{listener=\"db\"} 0"),
-        "{text}"
-    );
+    })
+    .await;
     assert!(
         text.contains("weft_downstream_connections_total{listener=\"db\"} 1"),
         "{text}"

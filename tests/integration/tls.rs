@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Request;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
@@ -59,51 +58,9 @@ impl Ca {
     }
 }
 
-fn client_tls(ca: &Path, client: Option<(&Path, &Path)>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(weft::tls::crypto())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(cert)
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect(),
-                PrivateKeyDer::from_pem_file(key).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
-}
-
-fn https_client(
-    mut config: rustls::ClientConfig,
-    http2: bool,
-) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, TestBody> {
-    // The connector builder sets ALPN itself.
-    config.alpn_protocols.clear();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_only();
-    let connector = if http2 {
-        builder.enable_http2().build()
-    } else {
-        builder.enable_http1().build()
-    };
-    Client::builder(TokioExecutor::new()).http2_only(http2).build(connector)
-}
-
 /// The certificate a new TLS connection to `addr` is served.
 async fn served_cn(addr: std::net::SocketAddr, ca: &Path) -> String {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca, None, &[])));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(ca, None, &[])));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -143,7 +100,7 @@ async fn http1_and_http2_over_tls_with_and_without_alpn() {
         (false, no_alpn, http::Version::HTTP_11),
         (true, no_alpn, http::Version::HTTP_2),
     ] {
-        let client = https_client(client_tls(&ca_path, None, alpn), http2);
+        let client = https_client(tls_client_config(&ca_path, None, alpn), http2);
         let response = client
             .request(Request::get(&url).body(full("")).unwrap())
             .await
@@ -176,7 +133,10 @@ async fn mtls_listener_verifies_clients_and_passes_identity() {
     let port = app.listener_addr("secure").await.unwrap().port();
     let url = format!("https://localhost:{port}/");
 
-    let good = https_client(client_tls(&ca_path, Some((&good_cert, &good_key)), &[b"h2"]), true);
+    let good = https_client(
+        tls_client_config(&ca_path, Some((&good_cert, &good_key)), &[b"h2"]),
+        true,
+    );
     let req = Request::get(&url)
         .header("x-forwarded-client-cert", "forged")
         .body(full(""))
@@ -193,12 +153,12 @@ async fn mtls_listener_verifies_clients_and_passes_identity() {
     assert!(xfcc.ends_with(&format!(";URI={spiffe}")), "{xfcc}");
     assert!(!body.contains("forged"), "{body}");
 
-    let none = https_client(client_tls(&ca_path, None, &[b"h2"]), true);
+    let none = https_client(tls_client_config(&ca_path, None, &[b"h2"]), true);
     assert!(
         none.request(Request::get(&url).body(full("")).unwrap()).await.is_err(),
         "no client cert must fail"
     );
-    let stranger = https_client(client_tls(&ca_path, Some((&bad_cert, &bad_key)), &[b"h2"]), true);
+    let stranger = https_client(tls_client_config(&ca_path, Some((&bad_cert, &bad_key)), &[b"h2"]), true);
     assert!(
         stranger
             .request(Request::get(&url).body(full("")).unwrap())
@@ -225,8 +185,8 @@ async fn optional_client_cert_routes_by_identity() {
         app.listener_addr("secure").await.unwrap().port()
     );
     let (cert, key) = ca.leaf(dir.path(), "client", "client-a", None);
-    let with = https_client(client_tls(&ca_path, Some((&cert, &key)), &[b"http/1.1"]), false);
-    let without = https_client(client_tls(&ca_path, None, &[b"http/1.1"]), false);
+    let with = https_client(tls_client_config(&ca_path, Some((&cert, &key)), &[b"http/1.1"]), false);
+    let without = https_client(tls_client_config(&ca_path, None, &[b"http/1.1"]), false);
     let body = |c: Client<_, TestBody>| {
         let url = url.clone();
         async move {
@@ -253,32 +213,23 @@ async fn rotated_certificate_is_served_to_new_connections_and_broken_one_is_not(
     let addr = app.listener_addr("secure").await.unwrap();
     assert_eq!(served_cn(addr, &ca_path).await, "first");
     ca.leaf(dir.path(), "server", "second", None);
-    let mut seen = String::new();
-    for _ in 0..200 {
-        seen = served_cn(addr, &ca_path).await;
+    eventually("the rotated certificate is served", async || {
+        let seen = served_cn(addr, &ca_path).await;
         if seen == "second" {
-            break;
+            Ok(())
+        } else {
+            Err(seen)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, "second", "rotated certificate never served");
+    })
+    .await;
     // A broken file keeps the last good certificate serving.
     std::fs::write(dir.path().join("server.pem"), "not a certificate").unwrap();
     let admin = format!("http://{}/metrics", app.admin_addr());
-    for _ in 0..200 {
-        if get(&h1_client(), &admin)
-            .await
-            .1
-            .contains("weft_tls_certificate_reloads_total{listener=\"secure\",result=\"error\"}")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(get(&h1_client(), &admin)
-        .await
-        .1
-        .contains("weft_tls_certificate_reloads_total{listener=\"secure\",result=\"error\"}"));
+    let refused = "weft_tls_certificate_reloads_total{listener=\"secure\",result=\"error\"}";
+    eventually("the broken certificate is refused", async || {
+        metric(&get(&h1_client(), &admin).await.1, refused) >= 1.0
+    })
+    .await;
     assert_eq!(served_cn(addr, &ca_path).await, "second");
 }
 

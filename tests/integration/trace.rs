@@ -4,7 +4,6 @@
 //! opentelemetry-proto types.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -51,16 +50,17 @@ impl Receiver {
         Self { server, spans }
     }
 
-    /// Waits (up to 10 s) until `n` spans have arrived.
+    /// Waits (bounded) until `n` spans have arrived.
     async fn spans(&self, n: usize) -> Vec<Span> {
-        for _ in 0..200 {
+        eventually(&format!("{n} spans arrive"), async || {
             let spans = self.spans.lock().unwrap().clone();
             if spans.len() >= n {
-                return spans;
+                Ok(spans)
+            } else {
+                Err(format!("{spans:?}"))
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("expected {n} spans, got {:?}", self.spans.lock().unwrap());
+        })
+        .await
     }
 }
 
@@ -103,8 +103,11 @@ fn traceparent(body: &str) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
-/// weft with one route `api` on /api to `web` (the upstream), `tracing` appended.
-async fn weft_with(upstream: &Upstream, tracing: &str) -> Weft {
+/// weft with one route `api` on /api to `web` (the upstream), `tracing`
+/// appended; `down` and the first endpoint of `flaky` refuse connections for
+/// as long as the returned addresses live.
+async fn weft_with(upstream: &Upstream, tracing: &str) -> (Weft, [RefusedAddr; 2]) {
+    let refused = [refused_addr(), refused_addr()];
     let yaml = config(
         "  - name: public
     address: 127.0.0.1:0
@@ -114,19 +117,10 @@ async fn weft_with(upstream: &Upstream, tracing: &str) -> Weft {
       - { name: down, match: { path_prefix: /down }, cluster: down }",
         &format!(
             "  - {{ name: web, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: down, endpoints: [ {{ address: {} }} ] }}\n  - {{ name: flaky, lb: round_robin, endpoints: [ {{ address: {} }}, {{ address: {} }} ] }}\n",
-            upstream.addr,
-            closed_port().await,
-            closed_port().await,
-            upstream.addr
+            upstream.addr, refused[0].addr, refused[1].addr, upstream.addr
         ),
     );
-    Weft::start(&format!("{yaml}{tracing}\n")).await
-}
-
-/// An address nothing listens on.
-async fn closed_port() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    (Weft::start(&format!("{yaml}{tracing}\n")).await, refused)
 }
 
 async fn get_with(client: &Client<HttpConnector, TestBody>, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
@@ -140,7 +134,7 @@ async fn get_with(client: &Client<HttpConnector, TestBody>, url: &str, headers: 
 #[tokio::test]
 async fn propagation_over_http1_and_http2() {
     let upstream = Upstream::echo_headers().await;
-    let weft = weft_with(&upstream, "").await;
+    let (weft, _refused) = weft_with(&upstream, "").await;
     let url = weft.url("public", "/api").await;
     for client in [h1_client(), h2_client()] {
         // A valid context: same trace, weft's own span as parent, tracestate kept.
@@ -202,7 +196,7 @@ async fn spans_of_proxied_retried_and_rejected_requests() {
         "tracing: {{ otlp_endpoint: http://{}, sample_ratio: 1.0 }}",
         receiver.server.addr
     );
-    let weft = weft_with(&upstream, &tracing).await;
+    let (weft, _refused) = weft_with(&upstream, &tracing).await;
     let client = h2_client();
 
     // Proxied: a child of the incoming span, parent of what the upstream got.
@@ -286,26 +280,22 @@ async fn spans_of_proxied_retried_and_rejected_requests() {
 }
 
 async fn wait_for_metric(weft: &Weft, line: &str) {
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = metrics(weft).await;
-        if text.contains(line) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no {line:?} in:\n{text}");
+    eventually(&format!("/metrics shows {line:?}"), async || {
+        metrics(weft).await.contains(line)
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn sampling_is_parent_based_and_failed_exports_count_as_dropped() {
     let upstream = Upstream::echo_headers().await;
     // Nothing listens at the endpoint: every export fails.
+    let collector = refused_addr();
     let tracing = format!(
         "tracing: {{ otlp_endpoint: http://{}, sample_ratio: 0.0 }}",
-        closed_port().await
+        collector.addr
     );
-    let weft = weft_with(&upstream, &tracing).await;
+    let (weft, _refused) = weft_with(&upstream, &tracing).await;
     let client = h1_client();
     let url = weft.url("public", "/api").await;
 

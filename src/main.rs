@@ -116,6 +116,12 @@ fn run(path: &Path, demo: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Installed before "weft started" is logged, so a signal sent as
+        // soon as that line appears is handled, never fatal.
+        let Some(signals) = Signals::install() else {
+            eprintln!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
         if demo {
             if let Err(e) = weft::demo::start_backends(&loaded.config).await {
                 eprintln!("demo: {e}");
@@ -132,20 +138,34 @@ fn run(path: &Path, demo: bool) -> ExitCode {
         if demo {
             weft::demo::print_tour(&app).await;
         }
-        serve_until_signal(app).await
+        serve_until_signal(app, signals).await
     })
 }
 
-async fn serve_until_signal(app: std::sync::Arc<App>) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("cannot install signal handlers");
-        return ExitCode::FAILURE;
-    };
+/// SIGHUP (reload), SIGTERM and SIGINT (drain and exit).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Self {
+            hup: signal(SignalKind::hangup()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+}
+
+async fn serve_until_signal(app: std::sync::Arc<App>, signals: Signals) -> ExitCode {
+    let Signals {
+        mut hup,
+        mut term,
+        mut int,
+    } = signals;
     let watcher = app.spawn_watcher(tokio::time::Duration::from_secs(2));
     loop {
         tokio::select! {

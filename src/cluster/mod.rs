@@ -88,9 +88,16 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// Records the attempt, unless it failed through the client's fault (a
+    /// bad or truncated request body, [`ErrorKind::BadRequest`]): that says
+    /// nothing about the endpoint, so it moves neither its latency estimate,
+    /// nor the outlier detector, nor the recent error rate. Otherwise any
+    /// client could eject a healthy endpoint.
     pub fn finish(mut self, result: Result<StatusCode, ErrorKind>) {
         self.finished = true;
-        self.cluster.record_attempt(self.idx, self.started, result);
+        if result != Err(ErrorKind::BadRequest) {
+            self.cluster.record_attempt(self.idx, self.started, result);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 use prometheus::{Gauge, IntCounter, IntGauge};
+use serde::Serialize;
 
 use crate::config::schema::{AdaptiveConcurrencyConfig, ClusterConfig, RetryBudgetConfig};
 use crate::policy::circuit::CircuitBreaker;
@@ -113,6 +114,18 @@ impl ConcurrencyLimiter {
         self.lock().controller.limit()
     }
 
+    /// The limiter as `/clusters` shows it.
+    pub fn status(&self) -> ConcurrencyStatus {
+        let state = self.lock();
+        ConcurrencyStatus {
+            limit: state.controller.limit(),
+            in_flight: state.in_flight,
+            min_rtt_ms: state.controller.min_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            measuring_min_rtt: state.controller.in_min_rtt_measurement(),
+            rejections: self.metrics.rejections.get(),
+        }
+    }
+
     /// Admits a request if the cluster is under its limit.
     pub fn try_acquire(self: &Arc<Self>, now: Instant) -> Option<Permit> {
         let mut state = self.lock();
@@ -143,6 +156,21 @@ impl ConcurrencyLimiter {
             self.metrics.min_rtt.set(min_rtt.as_secs_f64());
         }
     }
+}
+
+/// One cluster's adaptive concurrency limiter at one moment.
+#[derive(Debug, Serialize)]
+pub struct ConcurrencyStatus {
+    /// The limit in force.
+    pub limit: u32,
+    /// Requests admitted and not yet finished.
+    pub in_flight: u32,
+    /// The latency the limit is measured against; absent until first measured.
+    pub min_rtt_ms: Option<f64>,
+    /// Whether the limiter is (re)measuring minRTT at `min_concurrency` now.
+    pub measuring_min_rtt: bool,
+    /// Requests refused over the limit since the cluster was built.
+    pub rejections: u64,
 }
 
 /// One admitted request's slot; released on drop.

@@ -1,6 +1,7 @@
 //! The endpoint edge of the stack: pick an endpoint of the cluster, send the
 //! request over the cluster's pooled client, count the result and feed it to
-//! the endpoint's latency estimate and the cluster's outlier detector.
+//! the endpoint's latency estimate and the cluster's outlier detector (a
+//! failure that is the client's, a bad request body, is counted nowhere).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -76,7 +77,10 @@ impl Service<Request<Body>> for ClusterService {
                     Ok(response)
                 }
                 Err(e) => {
-                    endpoint.upstream_requests.inc(e.status().as_u16());
+                    // A client's bad request is not the endpoint's error.
+                    if e.kind() != ErrorKind::BadRequest {
+                        endpoint.upstream_requests.inc(e.status().as_u16());
+                    }
                     Err(e)
                 }
             }

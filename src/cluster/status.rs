@@ -1,6 +1,7 @@
 //! What `/clusters` shows of a cluster: each endpoint's load, health-check
-//! verdict, ejection state and latency estimate, the zone plan in force, and
-//! the cluster's recent error rate and latency percentiles.
+//! verdict, ejection state and latency estimate, the zone plan in force, the
+//! cluster's recent error rate and latency percentiles, and its overload
+//! protection (adaptive concurrency limit and circuit breaker limits).
 //! A read-only view; building it takes the same locks a request does, briefly.
 
 use std::collections::BTreeMap;
@@ -10,8 +11,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::health::routing_name;
+use super::overload::ConcurrencyStatus;
 use super::Cluster;
 use crate::config::schema::{ClusterProtocol, LbPolicy};
+use crate::policy::circuit::{CircuitBreaker, Gauge};
 
 #[derive(Serialize)]
 pub struct ClusterStatus {
@@ -21,7 +24,57 @@ pub struct ClusterStatus {
     pub zone_routing: ZoneStatus,
     /// Error rate and latency percentiles of recent attempts.
     pub recent: super::recent::RecentSummary,
+    pub overload: OverloadStatus,
     pub endpoints: Vec<EndpointStatus>,
+}
+
+/// The cluster's overload protection; each part is `null` when not configured.
+#[derive(Serialize)]
+pub struct OverloadStatus {
+    pub concurrency: Option<ConcurrencyStatus>,
+    pub circuit: Option<CircuitStatus>,
+}
+
+/// Each circuit breaker limit, named as in the config and in
+/// `weft_circuit_open_total`'s `limit` label.
+#[derive(Serialize)]
+pub struct CircuitStatus {
+    pub max_connections: LimitStatus,
+    pub max_pending_requests: LimitStatus,
+    pub max_requests: LimitStatus,
+}
+
+#[derive(Serialize)]
+pub struct LimitStatus {
+    /// The configured ceiling; `null` when unlimited.
+    pub max: Option<usize>,
+    /// Units in use now.
+    pub current: usize,
+    /// At the ceiling: the next request that needs a unit is refused.
+    pub open: bool,
+    /// Requests refused at this limit so far.
+    pub rejections: u64,
+}
+
+impl LimitStatus {
+    fn of(gauge: &Gauge) -> Self {
+        Self {
+            max: gauge.max(),
+            current: gauge.current(),
+            open: gauge.is_full(),
+            rejections: gauge.refused(),
+        }
+    }
+}
+
+impl CircuitStatus {
+    fn of(breaker: &CircuitBreaker) -> Self {
+        Self {
+            max_connections: LimitStatus::of(&breaker.connections),
+            max_pending_requests: LimitStatus::of(&breaker.pending),
+            max_requests: LimitStatus::of(&breaker.requests),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -66,6 +119,10 @@ impl Cluster {
                 remote_shares: plan.remote_shares().map(|(z, s)| (z.to_string(), s)).collect(),
             },
             recent: self.recent.summary(now),
+            overload: OverloadStatus {
+                concurrency: self.overload.concurrency.as_ref().map(|c| c.status()),
+                circuit: self.overload.circuit.as_deref().map(CircuitStatus::of),
+            },
             endpoints: self
                 .endpoints
                 .iter()

@@ -41,12 +41,20 @@ impl Admit for ConcurrencyLimiter {
             .ok_or_else(|| ProxyError::new(ErrorKind::Overloaded(Overload::Concurrency), ""))
     }
 
-    /// Latency is sampled at response headers; connect failures and overload
-    /// rejections further in say nothing about how fast the upstream serves.
+    /// Latency is sampled at response headers; connect failures, overload
+    /// rejections further in and a client's bad request body say nothing
+    /// about how fast the upstream serves.
     fn answered(permit: &mut Permit, result: Result<(), &ProxyError>, now: Instant) {
         match result {
             Ok(()) => permit.sample(now),
-            Err(e) if matches!(e.kind(), ErrorKind::ConnectFailed | ErrorKind::Overloaded(_)) => permit.skip_sample(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectFailed | ErrorKind::Overloaded(_) | ErrorKind::BadRequest
+                ) =>
+            {
+                permit.skip_sample()
+            }
             Err(_) => {}
         }
     }

@@ -93,6 +93,21 @@ impl Gauge {
     pub fn current(&self) -> usize {
         self.current.load(Ordering::Acquire)
     }
+
+    /// The ceiling; `None` when unlimited.
+    pub fn max(&self) -> Option<usize> {
+        self.max
+    }
+
+    /// Units refused at the ceiling so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Whether the next unit would be refused: the circuit is open.
+    pub fn is_full(&self) -> bool {
+        self.max.is_some_and(|max| self.current() >= max)
+    }
 }
 
 /// One unit of a [`Gauge`], given back on drop.

@@ -4,6 +4,7 @@
 //! access log line and the request's span (W3C trace context, see
 //! `telemetry::trace`).
 
+mod early_response;
 pub mod headers;
 mod upgrade;
 
@@ -81,7 +82,12 @@ where
         let shared = self.shared.clone();
         let downstream = self.downstream.clone();
         let req: Request<Body> = req.map(body::boxed);
-        Box::pin(async move { Ok(handle(shared, downstream, req).await) })
+        let (req, request_end) = early_response::track(req);
+        Box::pin(async move {
+            let mut response = handle(shared, downstream, req).await;
+            request_end.announce_close(&mut response);
+            Ok(response)
+        })
     }
 }
 

@@ -93,18 +93,13 @@ impl H3Client {
         let address = endpoint.address;
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map_or_else(|| address.to_string(), str::to_string);
+        let authority = super::authority_from_host(&mut parts.headers, endpoint)?;
         parts.uri = Uri::builder()
             .scheme("https")
             .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;
-        parts.headers.remove(http::header::HOST);
         parts.version = http::Version::HTTP_3;
         let head = Request::from_parts(parts, ());
         // A cached connection may have closed since; one fresh try then.

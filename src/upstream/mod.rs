@@ -1,6 +1,12 @@
 //! Pooled upstream HTTP/1.1 and HTTP/2 connections, one pool per endpoint
 //! (see [`pool`]); plain text (HTTP/2 by prior knowledge) or TLS with the
 //! cluster's `tls` settings (ALPN asks for the cluster's protocol).
+//!
+//! Every exchange, whatever the protocol, has its request body watched (a
+//! failure of it is the client's, see [`request_body`]) and its answer
+//! checked before it goes downstream (see [`answer`]). HTTP/1.1 requests
+//! carry `Host`; HTTP/2 and HTTP/3 requests carry the client's host as
+//! `:authority` and no `Host` (RFC 9113 section 8.3.1, RFC 9114 section 4.3.1).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,9 +29,11 @@ use crate::policy::circuit::CircuitOpen;
 use crate::tls;
 use limit::{ConnectionLimits, LimitedConnector};
 
+pub mod answer;
 pub mod h3;
 pub mod limit;
 pub mod pool;
+pub mod request_body;
 
 use pool::{ConnectionPool, PooledBody};
 
@@ -67,12 +75,28 @@ impl HttpClient {
     }
 
     pub async fn send(&self, endpoint: &Target, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        match self {
+        let asked_upgrade = req.headers().contains_key(header::UPGRADE);
+        let (req, watch) = request_body::watch(req);
+        let result = match self {
             Self::Tcp(client) => client.send(endpoint, req).await,
             // Boxed: the HTTP/3 future is large, and every request's future
             // would otherwise carry (and copy) its size.
             Self::Quic(client) => Box::pin(client.send(endpoint, req)).await,
-        }
+        };
+        watch
+            .blame(result)
+            .and_then(|response| answer::check(response, asked_upgrade))
+    }
+}
+
+/// The `:authority` of an HTTP/2 or HTTP/3 request: the client's `Host`,
+/// which is removed (a `Host` that differs from `:authority` makes strict
+/// servers refuse the request), or the endpoint's address without one.
+pub fn authority_from_host(headers: &mut http::HeaderMap, endpoint: &Target) -> Result<Authority, ProxyError> {
+    match headers.remove(header::HOST) {
+        Some(host) => Authority::try_from(host.as_bytes())
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("invalid Host header: {e}"))),
+        None => Ok(endpoint.authority.clone()),
     }
 }
 
@@ -201,10 +225,11 @@ impl TcpClient {
         endpoint: &Target,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {
+        let authority = authority_from_host(req.headers_mut(), endpoint)?;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(endpoint.authority.clone())
+            .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e.to_string()))?;

@@ -16,7 +16,7 @@ async fn weft_with_traffic() -> (Weft, Upstream) {
       - { name: api, match: { path_prefix: /api }, cluster: web }
       - { name: teapot, match: { path_exact: /tea }, direct_response: { status: 503 } }",
         &format!(
-            "  - {{ name: web, endpoints: [ {{ address: {}, zone: zone-a }} ] }}\n",
+            "  - {{ name: web, endpoints: [ {{ address: {}, zone: zone-a }} ], adaptive_concurrency: {{}}, circuit_breaker: {{ max_requests: 100 }} }}\n",
             upstream.addr
         ),
     );
@@ -112,6 +112,8 @@ async fn admin_page_renders_in_headless_chromium() {
         &format!("<td>{}</td>", upstream.addr),
         "<td>zone-a</td>",
         "healthy",
+        "concurrency limit ",
+        "max_requests <b><span class=\"ok\">0/100, 0 refused</span></b>",
         "updated ",
     ] {
         assert!(dom.contains(expected), "{expected:?} not rendered in:\n{dom}");

@@ -2,14 +2,17 @@
 
 mod admin_page;
 mod bad_input;
+mod client_fault;
 mod dashboard;
 mod h3;
 mod health;
 mod lifecycle;
 mod mirror;
+mod odd_upstream;
 mod overload;
 mod process;
 mod proxy;
+mod strict_h2;
 mod support;
 mod tcp;
 mod tls;

@@ -406,3 +406,93 @@ async fn a_chunked_body_is_replayed_in_full_on_the_retry() {
     );
     bad_task.abort();
 }
+
+/// `GET /clusters` as JSON: the cluster `c`'s overload section.
+async fn overload_status(weft: &Weft) -> serde_json::Value {
+    let (_, body) = get(&h1_client(), &weft.admin("/clusters")).await;
+    let clusters: serde_json::Value = serde_json::from_str(&body).unwrap();
+    clusters[0]["overload"].clone()
+}
+
+#[tokio::test]
+async fn clusters_json_shows_the_concurrency_limit_and_each_circuit_limit() {
+    let gate = Arc::new(Semaphore::new(0));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (held, counter) = (gate.clone(), hits.clone());
+    let upstream = Upstream::start(move |_req| {
+        let (held, counter) = (held.clone(), counter.clone());
+        async move {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let _ = held.acquire().await.unwrap();
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let yaml = config(
+        &one_route(""),
+        &cluster(
+            &[upstream.addr],
+            "    adaptive_concurrency: { min_rtt_calc_request_count: 1, min_concurrency: 3, min_concurrency_limit: 7, jitter_percent: 0 }
+    circuit_breaker: { max_requests: 1, max_connections: 10 }\n",
+        ),
+    );
+    let weft = Weft::start(&yaml).await;
+    let url = weft.url("public", "/").await;
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { get(&h1_client(), &url).await }
+    });
+    assert!(eventually(500, async || hits.load(Ordering::Relaxed) == 1).await);
+    let refused = h1_client()
+        .request(Request::get(&url).body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["x-weft-overloaded"], "circuit");
+
+    let busy = overload_status(&weft).await;
+    let concurrency = &busy["concurrency"];
+    assert_eq!(
+        (
+            &concurrency["limit"],
+            &concurrency["in_flight"],
+            &concurrency["rejections"]
+        ),
+        (&3.into(), &1.into(), &0.into()),
+        "{busy}"
+    );
+    assert_eq!(concurrency["measuring_min_rtt"], true, "{busy}");
+    assert!(concurrency["min_rtt_ms"].is_null(), "{busy}");
+    let limit = |max: serde_json::Value, current: usize, open: bool, rejections: u64| serde_json::json!({ "max": max, "current": current, "open": open, "rejections": rejections });
+    assert_eq!(busy["circuit"]["max_requests"], limit(1.into(), 1, true, 1), "{busy}");
+    assert_eq!(
+        busy["circuit"]["max_connections"],
+        limit(10.into(), 1, false, 0),
+        "{busy}"
+    );
+    assert_eq!(
+        busy["circuit"]["max_pending_requests"],
+        limit(serde_json::Value::Null, 0, false, 0),
+        "{busy}"
+    );
+
+    gate.add_permits(1);
+    assert_eq!(first.await.unwrap(), (200, "ok".into()));
+    // Slots return as the response body is dropped, just after its last byte.
+    let settled = eventually(500, async || {
+        let idle = overload_status(&weft).await;
+        idle["concurrency"]["in_flight"] == 0 && idle["circuit"]["max_requests"]["current"] == 0
+    });
+    assert!(settled.await, "slots never returned");
+    let idle = overload_status(&weft).await;
+    // The one sample measured minRTT and restored the configured floor.
+    assert_eq!(
+        (&idle["concurrency"]["limit"], &idle["concurrency"]["in_flight"]),
+        (&7.into(), &0.into()),
+        "{idle}"
+    );
+    assert!(
+        idle["concurrency"]["min_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{idle}"
+    );
+    assert_eq!(idle["circuit"]["max_requests"], limit(1.into(), 0, false, 1), "{idle}");
+}

@@ -117,12 +117,9 @@ async fn an_answer_before_the_upload_was_read_says_connection_close() {
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
 
-    // weft's own 503: nothing listens upstream.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let weft = weft_in_front_of(dead).await;
+    // weft's own 503: the upstream refuses connections.
+    let refused = refused_addr();
+    let weft = weft_in_front_of(refused.addr).await;
     let head = early_answer_to_upload(weft.addr("public").await).await;
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");

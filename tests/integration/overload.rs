@@ -414,24 +414,18 @@ async fn overload_status(weft: &Weft) -> serde_json::Value {
     clusters[0]["overload"].clone()
 }
 
+/// One circuit breaker limit as `/clusters` shows it.
+fn circuit_limit(max: serde_json::Value, current: usize, open: bool, rejections: u64) -> serde_json::Value {
+    serde_json::json!({ "max": max, "current": current, "open": open, "rejections": rejections })
+}
+
 #[tokio::test]
 async fn clusters_json_shows_the_concurrency_limit_and_each_circuit_limit() {
-    let gate = Arc::new(Semaphore::new(0));
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (held, counter) = (gate.clone(), hits.clone());
-    let upstream = Upstream::start(move |_req| {
-        let (held, counter) = (held.clone(), counter.clone());
-        async move {
-            counter.fetch_add(1, Ordering::Relaxed);
-            let _ = held.acquire().await.unwrap();
-            Response::new(full("ok"))
-        }
-    })
-    .await;
+    let mut held = HeldUpstream::start("ok").await;
     let yaml = config(
         &one_route(""),
         &cluster(
-            &[upstream.addr],
+            &[held.upstream.addr],
             "    adaptive_concurrency: { min_rtt_calc_request_count: 1, min_concurrency: 3, min_concurrency_limit: 7, jitter_percent: 0 }
     circuit_breaker: { max_requests: 1, max_connections: 10 }\n",
         ),
@@ -442,7 +436,7 @@ async fn clusters_json_shows_the_concurrency_limit_and_each_circuit_limit() {
         let url = url.clone();
         async move { get(&h1_client(), &url).await }
     });
-    assert!(eventually(500, async || hits.load(Ordering::Relaxed) == 1).await);
+    held.arrived().await;
     let refused = h1_client()
         .request(Request::get(&url).body(full("")).unwrap())
         .await
@@ -462,37 +456,42 @@ async fn clusters_json_shows_the_concurrency_limit_and_each_circuit_limit() {
     );
     assert_eq!(concurrency["measuring_min_rtt"], true, "{busy}");
     assert!(concurrency["min_rtt_ms"].is_null(), "{busy}");
-    let limit = |max: serde_json::Value, current: usize, open: bool, rejections: u64| serde_json::json!({ "max": max, "current": current, "open": open, "rejections": rejections });
-    assert_eq!(busy["circuit"]["max_requests"], limit(1.into(), 1, true, 1), "{busy}");
+    let circuit = &busy["circuit"];
+    assert_eq!(circuit["max_requests"], circuit_limit(1.into(), 1, true, 1), "{busy}");
     assert_eq!(
-        busy["circuit"]["max_connections"],
-        limit(10.into(), 1, false, 0),
+        circuit["max_connections"],
+        circuit_limit(10.into(), 1, false, 0),
         "{busy}"
     );
-    assert_eq!(
-        busy["circuit"]["max_pending_requests"],
-        limit(serde_json::Value::Null, 0, false, 0),
-        "{busy}"
-    );
+    let unlimited = circuit_limit(serde_json::Value::Null, 0, false, 0);
+    assert_eq!(circuit["max_pending_requests"], unlimited, "{busy}");
 
-    gate.add_permits(1);
+    held.release();
     assert_eq!(first.await.unwrap(), (200, "ok".into()));
     // Slots return as the response body is dropped, just after its last byte.
-    let settled = eventually(500, async || {
+    let idle = eventually("the slots return", async || {
         let idle = overload_status(&weft).await;
-        idle["concurrency"]["in_flight"] == 0 && idle["circuit"]["max_requests"]["current"] == 0
-    });
-    assert!(settled.await, "slots never returned");
-    let idle = overload_status(&weft).await;
+        let returned = idle["concurrency"]["in_flight"] == 0 && idle["circuit"]["max_requests"]["current"] == 0;
+        if returned {
+            Ok(idle)
+        } else {
+            Err(idle.to_string())
+        }
+    })
+    .await;
     // The one sample measured minRTT and restored the configured floor.
     assert_eq!(
-        (&idle["concurrency"]["limit"], &idle["concurrency"]["in_flight"]),
-        (&7.into(), &0.into()),
+        (&idle["concurrency"]["limit"], &idle["concurrency"]["measuring_min_rtt"]),
+        (&7.into(), &false.into()),
         "{idle}"
     );
     assert!(
         idle["concurrency"]["min_rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0),
         "{idle}"
     );
-    assert_eq!(idle["circuit"]["max_requests"], limit(1.into(), 0, false, 1), "{idle}");
+    assert_eq!(
+        idle["circuit"]["max_requests"],
+        circuit_limit(1.into(), 0, false, 1),
+        "{idle}"
+    );
 }

@@ -113,7 +113,11 @@ mod tests {
     use futures_util::stream;
     use http_body_util::StreamBody;
 
-    fn response(status: u16, headers: &[(&str, &str)], frames: Vec<Result<Frame<Bytes>, BoxError>>) -> Response<Body> {
+    fn response(
+        status: u16,
+        headers: &[(&'static str, &str)],
+        frames: Vec<Result<Frame<Bytes>, BoxError>>,
+    ) -> Response<Body> {
         let mut response = Response::new(StreamBody::new(stream::iter(frames)).boxed());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {

@@ -33,11 +33,15 @@ pub struct Watch {
 }
 
 /// Wraps `req`'s body so a failure of it is recorded in the returned [`Watch`].
+/// A body that is already complete (a GET's) cannot fail and is left as it is.
 pub fn watch(req: Request<Body>) -> (Request<Body>, Watch) {
     let failure = Arc::new(OnceLock::new());
     let watch = Watch {
         failure: failure.clone(),
     };
+    if req.body().is_end_stream() {
+        return (req, watch);
+    }
     let req = req.map(|inner| WatchedBody { inner, failure }.boxed());
     (req, watch)
 }

@@ -1,10 +1,15 @@
 //! Integration tests: one binary (one link step) with a module per area.
 
 mod admin_page;
+mod await_ready;
 mod bad_input;
+mod capture;
+mod cli;
 mod dashboard;
 mod h3;
 mod health;
+mod inject;
+mod k8s_schema;
 mod lifecycle;
 mod mirror;
 mod overload;

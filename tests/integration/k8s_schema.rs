@@ -12,13 +12,15 @@ use serde_yaml_ng::Value;
 use crate::cli::{have_tool, into_run, root};
 use crate::inject::{golden_inputs, output_path};
 
-const VALIDATOR: &str = "kubernetes-validate";
+/// `python3 -m kubernetes_validate`, so no console-script shim is needed on PATH.
+const VALIDATOR: [&str; 3] = ["python3", "-m", "kubernetes_validate"];
 const VERSION: &str = "1.29.0";
 
 /// Runs the validator on `files`: its verdict and output.
 fn validate(files: &[PathBuf]) -> (bool, String) {
     let run = into_run(
-        Command::new(VALIDATOR)
+        Command::new(VALIDATOR[0])
+            .args(&VALIDATOR[1..])
             .args(["-k", VERSION, "--strict"])
             .args(files)
             .output()
@@ -56,7 +58,7 @@ fn write_objects(path: &Path, objects: &[Value]) {
 
 #[test]
 fn injected_manifests_and_deploy_examples_validate_against_kubernetes_1_29() {
-    if !have_tool(VALIDATOR, &["--version"], "k8s schema validation") {
+    if !have_tool(VALIDATOR[0], &[&VALIDATOR[1..], &["--version"]].concat(), "k8s schema validation") {
         return;
     }
     let mut sources: Vec<PathBuf> = golden_inputs()
@@ -88,7 +90,7 @@ fn injected_manifests_and_deploy_examples_validate_against_kubernetes_1_29() {
 
 #[test]
 fn the_validator_rejects_an_unknown_field_and_a_wrong_type() {
-    if !have_tool(VALIDATOR, &["--version"], "k8s schema validation") {
+    if !have_tool(VALIDATOR[0], &[&VALIDATOR[1..], &["--version"]].concat(), "k8s schema validation") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -29,7 +29,7 @@ enum Command {
     /// Write the nat rules that send a pod's TCP traffic through weft (an init container).
     InitIptables(weft::capture::InitIptablesArgs),
     /// Add weft to Kubernetes manifests (or remove it with --uninject).
-    Inject(weft::inject::InjectArgs),
+    Inject(Box<weft::inject::InjectArgs>),
     /// Wait until weft's admin /ready answers 200.
     Await(weft::await_ready::AwaitArgs),
 }

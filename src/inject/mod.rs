@@ -125,7 +125,7 @@ pub fn main(args: &InjectArgs) -> ExitCode {
         Mode::Uninject
     } else {
         match args.options() {
-            Ok(opts) => Mode::Inject(opts),
+            Ok(opts) => Mode::Inject(Box::new(opts)),
             Err(e) => {
                 eprintln!("weft inject: {e}");
                 return ExitCode::from(2);

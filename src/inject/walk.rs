@@ -11,7 +11,7 @@ use super::patch::{self, PodKind};
 
 /// What to do with each pod.
 pub enum Mode {
-    Inject(InjectOptions),
+    Inject(Box<InjectOptions>),
     Uninject,
 }
 
@@ -106,7 +106,7 @@ mod tests {
     const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web }\nspec:\n  selector: { matchLabels: { app: web } }\n  template:\n    metadata: { labels: { app: web } }\n    spec:\n      containers: [ { name: app, image: web:1 } ]\n";
 
     fn inject_mode() -> Mode {
-        Mode::Inject(InjectOptions::default())
+        Mode::Inject(Box::default())
     }
 
     #[test]

@@ -225,7 +225,10 @@ fn deploy_example_is_the_output_of_inject() {
 fn the_image_has_what_the_injected_pod_assumes() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     let uid = weft::capture::options::DEFAULT_PROXY_UID;
-    assert!(dockerfile.contains(&format!("useradd --system --uid {uid} ")), "no user with the proxy uid {uid}");
+    assert!(
+        dockerfile.contains(&format!("useradd --system --uid {uid} ")),
+        "no user with the proxy uid {uid}"
+    );
     assert!(dockerfile.contains(&format!("USER {uid}\n")));
     let install = dockerfile.lines().find(|l| l.contains("apt-get install")).unwrap();
     assert!(install.split_whitespace().any(|w| w == "iptables"), "{install}");

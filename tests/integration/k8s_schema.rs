@@ -58,7 +58,11 @@ fn write_objects(path: &Path, objects: &[Value]) {
 
 #[test]
 fn injected_manifests_and_deploy_examples_validate_against_kubernetes_1_29() {
-    if !have_tool(VALIDATOR[0], &[&VALIDATOR[1..], &["--version"]].concat(), "k8s schema validation") {
+    if !have_tool(
+        VALIDATOR[0],
+        &[&VALIDATOR[1..], &["--version"]].concat(),
+        "k8s schema validation",
+    ) {
         return;
     }
     let mut sources: Vec<PathBuf> = golden_inputs()
@@ -90,7 +94,11 @@ fn injected_manifests_and_deploy_examples_validate_against_kubernetes_1_29() {
 
 #[test]
 fn the_validator_rejects_an_unknown_field_and_a_wrong_type() {
-    if !have_tool(VALIDATOR[0], &[&VALIDATOR[1..], &["--version"]].concat(), "k8s schema validation") {
+    if !have_tool(
+        VALIDATOR[0],
+        &[&VALIDATOR[1..], &["--version"]].concat(),
+        "k8s schema validation",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -58,7 +58,7 @@ fn documents(text: &str) -> Vec<Value> {
 }
 
 /// The output golden file for an input and its flags.
-pub fn output_path(input: &Path, args: &[String]) -> PathBuf {
+fn output_path(input: &Path, args: &[String]) -> PathBuf {
     let ext = if args.iter().any(|a| a == "json") {
         "json"
     } else {

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use serde_yaml_ng::Value;
 
-use crate::cli::{have_tool, into_run, root};
-use crate::inject::{golden_inputs, output_path};
+use crate::cli::{have_tool, into_run, root, weft};
+use crate::inject::golden_inputs;
 
 /// `python3 -m kubernetes_validate`, so no console-script shim is needed on PATH.
 const VALIDATOR: [&str; 3] = ["python3", "-m", "kubernetes_validate"];
@@ -65,23 +65,36 @@ fn injected_manifests_and_deploy_examples_validate_against_kubernetes_1_29() {
     ) {
         return;
     }
-    let mut sources: Vec<PathBuf> = golden_inputs()
-        .iter()
-        .map(|(input, args)| output_path(input, args))
-        .collect();
+    // What inject prints now for every golden input, and the shipped example.
+    let dir = tempfile::tempdir().unwrap();
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for (input, args) in golden_inputs() {
+        let mut all: Vec<&str> = vec!["inject"];
+        all.extend(args.iter().map(String::as_str));
+        all.push(input.to_str().unwrap());
+        let run = weft(&all, b"");
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let ext = if args.iter().any(|a| a == "json") {
+            "json"
+        } else {
+            "yaml"
+        };
+        let path = dir
+            .path()
+            .join(format!("{}.{ext}", input.file_stem().unwrap().to_str().unwrap()));
+        std::fs::write(&path, run.stdout).unwrap();
+        sources.push(path);
+    }
     for entry in std::fs::read_dir(root().join("deploy/sidecar")).unwrap() {
         sources.push(entry.unwrap().path());
     }
-    let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let mut count = 0;
     for (i, source) in sources.iter().enumerate() {
         let objects = objects(source);
         assert!(!objects.is_empty(), "{} has no objects", source.display());
         count += objects.len();
-        let file = dir
-            .path()
-            .join(format!("{i:02}-{}.yaml", source.file_stem().unwrap().to_str().unwrap()));
+        let file = dir.path().join(format!("checked-{i:02}.yaml"));
         write_objects(&file, &objects);
         files.push(file);
     }

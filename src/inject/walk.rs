@@ -115,8 +115,21 @@ mod tests {
         let (once, report) = run(DEPLOYMENT, &inject_mode());
         assert_eq!(report, ["deployment/web injected"]);
         assert_ne!(once, original);
-        let (twice, _) = run(&serde_yaml_ng::to_string(&once).unwrap(), &inject_mode());
+        let (twice, report) = run(&serde_yaml_ng::to_string(&once).unwrap(), &inject_mode());
+        assert_eq!(report, ["deployment/web injected"]);
         assert_eq!(twice, once);
+        // Re-injecting with other options replaces the injection instead of adding a second one.
+        let mut other = InjectOptions::default();
+        other.set("image", "weft:2").unwrap();
+        let (changed, _) = run(
+            &serde_yaml_ng::to_string(&once).unwrap(),
+            &Mode::Inject(Box::new(other)),
+        );
+        let init = changed["spec"]["template"]["spec"]["initContainers"]
+            .as_sequence()
+            .unwrap();
+        let images: Vec<&str> = init.iter().map(|c| c["image"].as_str().unwrap()).collect();
+        assert_eq!(images, ["weft:2", "weft:2"]);
         let (back, report) = run(&serde_yaml_ng::to_string(&once).unwrap(), &Mode::Uninject);
         assert_eq!(report, ["deployment/web uninjected"]);
         assert_eq!(back, original);

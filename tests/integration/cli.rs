@@ -79,11 +79,12 @@ pub fn have_tool(program: &str, args: &[&str], test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
+        let command = [&[program], args].concat().join(" ");
         assert!(
             std::env::var_os("CI").is_none(),
-            "{test}: {program} is required under CI (.ci/run installs it)"
+            "{test}: `{command}` must work under CI (.ci/run installs it)"
         );
-        eprintln!("SKIPPED {test}: {program} is not available");
+        eprintln!("SKIPPED {test}: `{command}` does not work here");
     }
     ok
 }

@@ -7,9 +7,9 @@
 //! `UPDATE_GOLDEN=1` rewrites `tests/golden/init-iptables/*`.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cli::{assert_no_failures, check_golden, have_tool, into_run, root, weft};
+use crate::netns::{self, NetNs};
 
 /// The flags of each golden case: the defaults, and every list at once with
 /// more skip ports than one multiport rule takes.
@@ -78,56 +78,29 @@ fn bad_flags_exit_2_naming_the_flag() {
     assert!(run.stdout.is_empty());
 }
 
-/// A network namespace that is deleted when dropped, even when the test panics.
-struct NetNs(String);
-
-impl NetNs {
-    fn new() -> NetNs {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "weft-cap-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
+/// Both families' nat tables in `ns` as saved, without comments and counters.
+fn nat_tables(ns: &NetNs, backend: &str) -> String {
+    let mut text = String::new();
+    for family in ["iptables", "ip6tables"] {
+        let save = format!("{family}-{backend}-save");
+        let run = into_run(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, &save, "-t", "nat"])
+                .output()
+                .unwrap(),
         );
-        let status = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
-        assert!(status.success(), "ip netns add {name}");
-        NetNs(name)
-    }
-
-    fn exec(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.0]
-    }
-
-    /// Both families' nat tables as saved, without comments and counters.
-    fn nat_tables(&self, backend: &str) -> String {
-        let mut text = String::new();
-        for family in ["iptables", "ip6tables"] {
-            let save = format!("{family}-{backend}-save");
-            let run = into_run(
-                Command::new("ip")
-                    .args(["netns", "exec", &self.0, &save, "-t", "nat"])
-                    .output()
-                    .unwrap(),
-            );
-            assert_eq!(run.code, 0, "{save}: {}", run.stderr);
-            text.push_str(&format!("# {family}\n"));
-            for line in run.stdout.lines().filter(|l| !l.starts_with('#')) {
-                text.push_str(line.split(" [").next().unwrap_or(line));
-                text.push('\n');
-            }
+        assert_eq!(run.code, 0, "{save}: {}", run.stderr);
+        text.push_str(&format!("# {family}\n"));
+        for line in run.stdout.lines().filter(|l| !l.starts_with('#')) {
+            text.push_str(line.split(" [").next().unwrap_or(line));
+            text.push('\n');
         }
-        text
     }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    text
 }
 
 fn can_run_in_netns(test: &str) -> bool {
-    have_tool("ip", &["netns", "list"], test)
+    netns::available(test)
         && have_tool("iptables-nft-save", &["--version"], test)
         && have_tool("iptables-legacy-save", &["--version"], test)
 }
@@ -139,7 +112,7 @@ fn real_runs(backend: &str, failures: &mut Vec<String>) {
         let ns = NetNs::new();
         let backend_flag = format!("--backend={backend}");
         let flags = [&[backend_flag.as_str()][..], flags].concat();
-        let fresh = ns.nat_tables(backend);
+        let fresh = nat_tables(&ns, backend);
         assert!(!fresh.contains("WEFT"), "{fresh}");
 
         let first = init_iptables(&ns.exec(), &flags);
@@ -149,7 +122,7 @@ fn real_runs(backend: &str, failures: &mut Vec<String>) {
             first.stdout, dry.stdout,
             "{name}/{backend}: a real run in a fresh namespace runs the dry-run list"
         );
-        let table = ns.nat_tables(backend);
+        let table = nat_tables(&ns, backend);
         check_golden(&golden(&format!("{name}.save")), &table, failures);
 
         let second = init_iptables(&ns.exec(), &flags);
@@ -161,7 +134,7 @@ fn real_runs(backend: &str, failures: &mut Vec<String>) {
             second.stdout
         );
         assert_eq!(
-            ns.nat_tables(backend),
+            nat_tables(&ns, backend),
             table,
             "{name}/{backend}: a second run changed the table"
         );
@@ -169,7 +142,7 @@ fn real_runs(backend: &str, failures: &mut Vec<String>) {
         for _ in 0..2 {
             let cleanup = init_iptables(&ns.exec(), &[&["--cleanup"], &flags[..]].concat());
             assert_eq!(cleanup.code, 0, "{name}/{backend}: {}", cleanup.stderr);
-            let after = ns.nat_tables(backend);
+            let after = nat_tables(&ns, backend);
             assert!(!after.contains("WEFT"), "{name}/{backend}: cleanup left {after}");
         }
     }
@@ -199,8 +172,8 @@ fn auto_backend_takes_nft() {
         "{}",
         run.stdout
     );
-    assert!(ns.nat_tables("nft").contains("-A OUTPUT -p tcp -j WEFT_OUTBOUND"));
-    assert!(!ns.nat_tables("legacy").contains("WEFT"));
+    assert!(nat_tables(&ns, "nft").contains("-A OUTPUT -p tcp -j WEFT_OUTBOUND"));
+    assert!(!nat_tables(&ns, "legacy").contains("WEFT"));
 }
 
 #[test]
@@ -222,7 +195,7 @@ fn auto_backend_falls_back_to_legacy_when_nft_is_missing() {
     let ns = NetNs::new();
     let run = into_run(
         Command::new(which("ip"))
-            .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_weft"), "init-iptables"])
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_weft"), "init-iptables"])
             .env("PATH", bin.path())
             .output()
             .unwrap(),
@@ -233,8 +206,8 @@ fn auto_backend_falls_back_to_legacy_when_nft_is_missing() {
         "{}",
         run.stdout
     );
-    assert!(ns.nat_tables("legacy").contains("-A PREROUTING -p tcp -j WEFT_INBOUND"));
-    assert!(!ns.nat_tables("nft").contains("WEFT"));
+    assert!(nat_tables(&ns, "legacy").contains("-A PREROUTING -p tcp -j WEFT_INBOUND"));
+    assert!(!nat_tables(&ns, "nft").contains("WEFT"));
 }
 
 /// The absolute path of a program on PATH.

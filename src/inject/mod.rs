@@ -86,7 +86,7 @@ pub struct InjectArgs {
     #[arg(long)]
     pub zone: Option<String>,
     /// Run weft as a native sidecar (Kubernetes >= 1.29); false puts it first in containers with a postStart hook.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub native_sidecar: Option<String>,
 }
 

@@ -188,6 +188,11 @@ fn bad_flags_exit_2_and_bad_annotations_only_skip() {
     assert_eq!(run.stderr, "weft inject: --admin-port: \"http\" is not a port\n");
     assert!(run.stdout.is_empty());
 
+    // A bare --native-sidecar means true and does not swallow the next argument.
+    let native = weft(&["inject", "--native-sidecar", &pod], b"");
+    assert_eq!((native.code, native.stderr.as_str()), (0, "pod/debug injected\n"));
+    assert!(native.stdout.contains("restartPolicy: Always"));
+
     let skips = inject(&[], &relative(&golden_dir().join("in/skips.yaml")));
     assert_eq!(skips.code, 0);
     assert_eq!(

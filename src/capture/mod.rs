@@ -52,14 +52,14 @@ pub struct InitIptablesArgs {
     #[arg(long, default_value_t = options::DEFAULT_ADMIN_PORT)]
     pub admin_port: u16,
     /// Inbound ports (or ranges first-last) that bypass weft, comma-separated.
-    #[arg(long, default_value = "")]
-    pub skip_inbound_ports: String,
+    #[arg(long)]
+    pub skip_inbound_ports: Option<String>,
     /// Outbound destination ports (or ranges) that bypass weft, comma-separated.
-    #[arg(long, default_value = "")]
-    pub skip_outbound_ports: String,
+    #[arg(long)]
+    pub skip_outbound_ports: Option<String>,
     /// Subnets (CIDR, IPv4 or IPv6) that bypass weft: as source inbound, as destination outbound.
-    #[arg(long, default_value = "")]
-    pub skip_subnets: String,
+    #[arg(long)]
+    pub skip_subnets: Option<String>,
     /// Print the commands for a fresh network namespace and run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -74,7 +74,9 @@ pub struct InitIptablesArgs {
 impl InitIptablesArgs {
     /// The options, with the lists parsed; an error names the flag.
     pub fn options(&self) -> Result<CaptureOptions, String> {
-        let ports = |flag: &str, v: &str| PortRange::parse_list(v).map_err(|e| format!("--{flag}: {e}"));
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        let ports =
+            |flag: &str, v: &Option<String>| PortRange::parse_list(&text(v)).map_err(|e| format!("--{flag}: {e}"));
         Ok(CaptureOptions {
             inbound_port: self.inbound_port,
             outbound_port: self.outbound_port,
@@ -82,7 +84,7 @@ impl InitIptablesArgs {
             admin_port: self.admin_port,
             skip_inbound_ports: ports("skip-inbound-ports", &self.skip_inbound_ports)?,
             skip_outbound_ports: ports("skip-outbound-ports", &self.skip_outbound_ports)?,
-            skip_subnets: Subnet::parse_list(&self.skip_subnets).map_err(|e| format!("--skip-subnets: {e}"))?,
+            skip_subnets: Subnet::parse_list(&text(&self.skip_subnets)).map_err(|e| format!("--skip-subnets: {e}"))?,
         })
     }
 }

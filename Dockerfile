@@ -8,8 +8,11 @@ COPY benches ./benches
 RUN cargo build --release --locked --bin weft
 
 FROM debian:bookworm-slim
+# iptables: the same image runs `weft init-iptables` as the pod's init container
+# (both its nft and legacy tools). uid 10001 is the proxy uid `weft inject`
+# assumes (runAsUser, and the uid whose connections capture lets through).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends curl ca-certificates \
+ && apt-get install -y --no-install-recommends curl ca-certificates iptables \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home weft
 COPY --from=build /src/target/release/weft /usr/local/bin/weft

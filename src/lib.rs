@@ -17,6 +17,8 @@
 //! 11. `stack`, `snapshot`  layer composition; the compiled config
 //! 12. `proxy`    the front service (the request's steps before and after the route)
 //! 13. `memory`, `listener`, `admin`, `app`, `demo`
+//! 14. `capture`, `inject`, `await_ready`  the Kubernetes commands (init-iptables, inject,
+//!     await); they use nothing of the proxy, `inject` only `capture`'s option types
 
 pub mod core;
 pub mod config;
@@ -36,3 +38,6 @@ pub mod listener;
 pub mod admin;
 pub mod app;
 pub mod demo;
+pub mod capture;
+pub mod inject;
+pub mod await_ready;

@@ -1,4 +1,5 @@
-//! The `weft` command: run, check, demo.
+//! The `weft` command: run, check, demo, and the Kubernetes helpers
+//! init-iptables, inject and await.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +26,12 @@ enum Command {
     Check,
     /// Start demo backends and weft in front of them (config/demo.yaml).
     Demo,
+    /// Write the nat rules that send a pod's TCP traffic through weft (an init container).
+    InitIptables(weft::capture::InitIptablesArgs),
+    /// Add weft to Kubernetes manifests (or remove it with --uninject).
+    Inject(Box<weft::inject::InjectArgs>),
+    /// Wait until weft's admin /ready answers 200.
+    Await(weft::await_ready::AwaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +40,9 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&path),
         Command::Run => run(&path, false),
+        Command::InitIptables(args) => weft::capture::main(&args),
+        Command::Inject(args) => weft::inject::main(&args),
+        Command::Await(args) => weft::await_ready::main(&args),
         Command::Demo => {
             let path = match cli.config {
                 Some(p) => p,

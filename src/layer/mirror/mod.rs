@@ -25,12 +25,13 @@ pub mod json_diff;
 mod tee;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 use prometheus::Histogram;
 use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -451,8 +452,7 @@ impl MirrorState {
             return;
         };
         if let Some(log) = &self.log {
-            let allowed = log.limiter.lock().map(|mut l| l.allow(Instant::now())).unwrap_or(false);
-            if allowed {
+            if log.limiter.lock().allow(Instant::now()) {
                 append_line(&log.path, &value);
             }
         }

@@ -13,7 +13,7 @@
 //! unrecorded frames fails instead of sending a corrupt request.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use http::HeaderMap;
 use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
+use parking_lot::Mutex;
 
 use crate::core::body::Body;
 use crate::core::error::BoxError;
@@ -89,13 +90,8 @@ impl Tape {
 
     /// Whether a new body would still get every frame.
     pub fn can_replay(&self) -> bool {
-        let state = self.lock();
+        let state = self.state.lock();
         state.recorded.len() == state.frames_read
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain data and a body; a panicking holder cannot leave them torn.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -112,7 +108,7 @@ impl http_body::Body for TapeBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let limit = self.tape.limit;
         let position = self.position;
-        let mut state = self.tape.lock();
+        let mut state = self.tape.state.lock();
         if let Some(recorded) = state.recorded.get(position) {
             let frame = recorded.frame();
             drop(state);
@@ -173,7 +169,7 @@ impl http_body::Body for TapeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = self.tape.lock();
+        let state = self.tape.state.lock();
         state.ended && self.position >= state.frames_read
     }
 }

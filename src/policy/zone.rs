@@ -208,14 +208,6 @@ impl ZonePlan {
         self.local_share
     }
 
-    /// Fraction of picks that return `ZoneChoice::Remote(zone)`.
-    pub fn remote_share(&self, zone: &str) -> f64 {
-        self.remote
-            .iter()
-            .find(|(name, _)| name == zone)
-            .map_or(0.0, |(_, share)| *share)
-    }
-
     /// Remote zones that receive traffic, with their fraction of all picks.
     pub fn remote_shares(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
         self.remote.iter().map(|(name, share)| (name.as_str(), *share))
@@ -277,6 +269,16 @@ mod tests {
     use super::*;
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
+
+    impl ZonePlan {
+        /// Fraction of picks that return `ZoneChoice::Remote(zone)`.
+        fn remote_share(&self, zone: &str) -> f64 {
+            self.remote
+                .iter()
+                .find(|(name, _)| name == zone)
+                .map_or(0.0, |(_, share)| *share)
+        }
+    }
 
     const NO_CALLERS: &[(&str, u64)] = &[];
 

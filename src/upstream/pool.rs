@@ -140,11 +140,6 @@ impl ConnectionPool {
         }
     }
 
-    /// Idle HTTP/1.1 connections held (for tests and `/clusters`).
-    pub fn idle_count(&self) -> usize {
-        self.state.lock().idle.len()
-    }
-
     fn start_sweeper(self: &Arc<Self>, state: &mut PoolState) {
         if state.sweeping {
             return;
@@ -267,6 +262,13 @@ impl HttpBody for PooledBody {
 mod tests {
     use super::*;
     use http::Request;
+
+    impl ConnectionPool {
+        /// Idle HTTP/1.1 connections held.
+        fn idle_count(&self) -> usize {
+            self.state.lock().idle.len()
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_and_the_sweeper_stops() {

@@ -1,4 +1,4 @@
-//! Mirroring with comparison and sticky splits (issue 6), against real
+//! Mirroring with comparison and sticky splits, against real
 //! upstreams: what the shadow receives, how pairs are classified, that a
 //! hanging shadow costs the client nothing, and that sticky users stay put.
 

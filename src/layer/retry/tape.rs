@@ -52,6 +52,33 @@ struct State {
     waiting: Vec<Waker>,
 }
 
+impl State {
+    /// Counts a frame read from the client, and records it while the
+    /// recording is complete and stays within `limit` bytes.
+    fn record(&mut self, frame: &Frame<Bytes>, limit: u64) {
+        let fits = self.recorded.len() == self.frames_read;
+        let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if fits && self.recorded_bytes + size <= limit {
+            let recorded = match frame.data_ref() {
+                Some(data) => Some(Recorded::Data(data.clone())),
+                None => frame.trailers_ref().cloned().map(Recorded::Trailers),
+            };
+            if let Some(recorded) = recorded {
+                self.recorded.push(recorded);
+                self.recorded_bytes += size;
+            }
+        }
+        self.frames_read += 1;
+    }
+
+    /// Wakes `waker` with the next frame any body reads from the client.
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
+}
+
 /// The shared recording of one request body.
 #[derive(Clone)]
 pub struct Tape {
@@ -124,9 +151,7 @@ impl http_body::Body for TapeBody {
         let polled = Pin::new(&mut state.client).poll_frame(cx);
         let frame = match polled {
             Poll::Pending => {
-                if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.waiting.push(cx.waker().clone());
-                }
+                state.wait(cx.waker());
                 return Poll::Pending;
             }
             Poll::Ready(None) => {
@@ -135,19 +160,7 @@ impl http_body::Body for TapeBody {
             }
             Poll::Ready(Some(Err(e))) => Some(Err(e)),
             Poll::Ready(Some(Ok(frame))) => {
-                let fits = state.recorded.len() == state.frames_read;
-                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if fits && state.recorded_bytes + size <= limit {
-                    let recorded = match frame.data_ref() {
-                        Some(data) => Some(Recorded::Data(data.clone())),
-                        None => frame.trailers_ref().cloned().map(Recorded::Trailers),
-                    };
-                    if let Some(recorded) = recorded {
-                        state.recorded.push(recorded);
-                        state.recorded_bytes += size;
-                    }
-                }
-                state.frames_read += 1;
+                state.record(&frame, limit);
                 Some(Ok(frame))
             }
         };

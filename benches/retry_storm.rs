@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -217,7 +217,6 @@ async fn run(protection: &str) -> Result<RunResult, BoxError> {
     let _ = b_url.set(format!("http://{egress}/b"));
 
     let client: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let samples = Arc::new(Mutex::new(Vec::new()));
     let url = format!("http://{front}/");
     let start = Instant::now();
     let total = WARM_UP + SLOWDOWN + HEALED;
@@ -230,7 +229,7 @@ async fn run(protection: &str) -> Result<RunResult, BoxError> {
         let sent_at = start.elapsed();
         b.slow
             .store((WARM_UP..WARM_UP + SLOWDOWN).contains(&sent_at), Ordering::Relaxed);
-        let (client, url, samples) = (client.clone(), url.clone(), samples.clone());
+        let (client, url) = (client.clone(), url.clone());
         requests.push(tokio::spawn(async move {
             let sent = Instant::now();
             let outcome = match Request::get(url.as_str()).body(Empty::new()) {
@@ -241,23 +240,19 @@ async fn run(protection: &str) -> Result<RunResult, BoxError> {
                     _ => Outcome::Failed,
                 },
             };
-            let sample = Sample {
+            Sample {
                 sent_at,
                 latency: sent.elapsed(),
                 outcome,
-            };
-            samples
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(sample);
+            }
         }));
     }
+    let mut samples = Vec::with_capacity(requests.len());
     for request in requests {
-        let _ = request.await;
+        samples.extend(request.await.ok());
     }
     let retries = &app.shared.metrics.overload.retries;
     let weft_retries = retries.with_label_values(&["a"]).get() + retries.with_label_values(&["b"]).get();
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     Ok(RunResult { samples, weft_retries })
 }
 

@@ -221,13 +221,6 @@ pub fn unused_client_config() -> ClientConfig {
         })
 }
 
-/// The server name to present and verify: the configured `sni`, else the
-/// endpoint's IP address.
-pub fn server_name(sni: Option<&str>, ip: std::net::IpAddr) -> ServerName<'static> {
-    sni.and_then(|s| ServerName::try_from(s.to_string()).ok())
-        .unwrap_or(ServerName::IpAddress(ip.into()))
-}
-
 /// `insecure_skip_verify: true`: accepts any server certificate. Signatures
 /// are still checked so the handshake itself is sound.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 # Side-by-side load benchmark: no proxy (direct), weft, nginx and HAProxy in
 # front of the same upstream on loopback. See README "Performance".
 #
-#   bash benches/load/run.sh                 # 3 alternating repeats of 10 s (the setup)
+#   bash benches/load/run.sh                 # 3 alternating repeats of 10 s (the default)
 #   REPS=1 DUR=3 bash benches/load/run.sh     # quick look while developing
 #   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s6)
 #

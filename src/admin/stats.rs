@@ -3,13 +3,13 @@
 //! (the same numbers `/metrics` shows), so serving it adds no work to requests.
 //!
 //! Besides the fixed counters, every other family with a `cluster` or `route`
-//! label is summed per cluster or route under `families`, so counters that
-//! later features add (concurrency limits, retries, tap mismatches) reach the
-//! page without changes here.
+//! label is summed per cluster or route under `families`, so any such counter
+//! (concurrency limits, retries, mirror results) reaches the page without
+//! changes here.
 
 use std::collections::BTreeMap;
 
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use serde::Serialize;
 
 #[derive(Serialize, Default, Debug)]
@@ -71,83 +71,96 @@ pub fn collect(metrics: &crate::telemetry::metrics::Metrics) -> Stats {
 }
 
 /// The pure part of [`collect`].
-pub fn from_families(families: &[MetricFamily]) -> Stats {
-    let mut stats = Stats::default();
-    let mut routes: BTreeMap<(String, String), RouteStats> = BTreeMap::new();
+fn from_families(families: &[MetricFamily]) -> Stats {
+    let mut tally = Tally::default();
     for family in families {
-        let name = family.name();
         for metric in family.get_metric() {
-            let label = |key: &str| {
-                metric
-                    .get_label()
-                    .iter()
-                    .find(|l| l.name() == key)
-                    .map(|l| l.value().to_string())
-            };
             let value = match family.get_field_type() {
                 MetricType::COUNTER => metric.get_counter().get_value(),
                 MetricType::GAUGE => metric.get_gauge().get_value(),
                 MetricType::HISTOGRAM => metric.get_histogram().get_sample_count() as f64,
                 _ => continue,
             };
-            let listener = label("listener");
-            let route = label("route");
-            let cluster = label("cluster");
-            match name {
-                REQUESTS | DURATION => {
-                    let add = |counts: &mut Counts| {
-                        if name == REQUESTS {
-                            let status = label("status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-                            count_requests(counts, status, value as u64);
-                        } else {
-                            counts.duration_sum_s += metric.get_histogram().get_sample_sum();
-                            counts.duration_count += metric.get_histogram().get_sample_count();
-                        }
-                    };
-                    let listener = listener.unwrap_or_default();
-                    add(&mut stats.listeners.entry(listener.clone()).or_default().counts);
-                    add(&mut route_entry(&mut routes, listener, route.unwrap_or_default()).counts);
-                    if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
-                        add(&mut stats.clusters.entry(cluster).or_default().counts);
+            tally.add(family.name(), metric, value);
+        }
+    }
+    tally.stats.routes = tally.routes.into_values().collect();
+    tally.stats
+}
+
+/// [`Stats`] being summed up, with the routes keyed by (listener, route).
+#[derive(Default)]
+struct Tally {
+    stats: Stats,
+    routes: BTreeMap<(String, String), RouteStats>,
+}
+
+/// The series' value of label `key`, if it has one.
+fn label(metric: &Metric, key: &str) -> Option<String> {
+    metric
+        .get_label()
+        .iter()
+        .find(|l| l.name() == key)
+        .map(|l| l.value().to_string())
+}
+
+impl Tally {
+    /// Adds one series of family `name`; `value` is its count or level.
+    fn add(&mut self, name: &str, metric: &Metric, value: f64) {
+        let listener = label(metric, "listener");
+        let route = label(metric, "route");
+        let cluster = label(metric, "cluster").filter(|c| !c.is_empty());
+        match name {
+            REQUESTS | DURATION => {
+                let add = |counts: &mut Counts| {
+                    if name == REQUESTS {
+                        let status = label(metric, "status").and_then(|s| s.parse::<u16>().ok());
+                        count_requests(counts, status.unwrap_or(0), value as u64);
+                    } else {
+                        counts.duration_sum_s += metric.get_histogram().get_sample_sum();
+                        counts.duration_count += metric.get_histogram().get_sample_count();
                     }
+                };
+                let listener = listener.unwrap_or_default();
+                add(&mut self.stats.listeners.entry(listener.clone()).or_default().counts);
+                add(&mut self.route(listener, route.unwrap_or_default()).counts);
+                if let Some(cluster) = cluster {
+                    add(&mut self.stats.clusters.entry(cluster).or_default().counts);
                 }
-                "weft_downstream_connections_active" => {
-                    let entry = stats.listeners.entry(listener.unwrap_or_default()).or_default();
-                    entry.connections_active += value as i64;
+            }
+            "weft_downstream_connections_active" => {
+                let entry = self.stats.listeners.entry(listener.unwrap_or_default()).or_default();
+                entry.connections_active += value as i64;
+            }
+            "weft_downstream_connections_total" => {
+                let entry = self.stats.listeners.entry(listener.unwrap_or_default()).or_default();
+                entry.connections_total += value as u64;
+            }
+            _ => {
+                if let Some(cluster) = cluster {
+                    let entry = self.stats.clusters.entry(cluster).or_default();
+                    *entry.families.entry(name.to_string()).or_default() += value;
                 }
-                "weft_downstream_connections_total" => {
-                    let entry = stats.listeners.entry(listener.unwrap_or_default()).or_default();
-                    entry.connections_total += value as u64;
-                }
-                _ => {
-                    if let Some(cluster) = cluster.filter(|c| !c.is_empty()) {
-                        let entry = stats.clusters.entry(cluster).or_default();
-                        *entry.families.entry(name.to_string()).or_default() += value;
-                    }
-                    if let (Some(listener), Some(route)) = (listener, route) {
-                        let entry = route_entry(&mut routes, listener, route);
-                        *entry.families.entry(name.to_string()).or_default() += value;
-                    }
+                if let (Some(listener), Some(route)) = (listener, route) {
+                    *self
+                        .route(listener, route)
+                        .families
+                        .entry(name.to_string())
+                        .or_default() += value;
                 }
             }
         }
     }
-    stats.routes = routes.into_values().collect();
-    stats
-}
 
-fn route_entry(
-    routes: &mut BTreeMap<(String, String), RouteStats>,
-    listener: String,
-    route: String,
-) -> &mut RouteStats {
-    routes
-        .entry((listener.clone(), route.clone()))
-        .or_insert_with(|| RouteStats {
-            listener,
-            route,
-            ..Default::default()
-        })
+    fn route(&mut self, listener: String, route: String) -> &mut RouteStats {
+        self.routes
+            .entry((listener.clone(), route.clone()))
+            .or_insert_with(|| RouteStats {
+                listener,
+                route,
+                ..Default::default()
+            })
+    }
 }
 
 fn count_requests(counts: &mut Counts, status: u16, n: u64) {

@@ -16,10 +16,11 @@
 //! routing" architecture docs; tower `load::PeakEwma` for the latency model.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
@@ -35,11 +36,6 @@ use crate::telemetry::health::{ClusterHealthMetrics, EndpointHealthMetrics, Heal
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How quickly the latency estimate forgets (linkerd2-proxy's default decay).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded values stay consistent even if a holder panicked mid-update.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// One endpoint's health, as the balancer sees it.
 pub struct EndpointHealth {
@@ -74,15 +70,15 @@ impl EndpointHealth {
     }
 
     pub fn latency_estimate(&self, now: Instant) -> Duration {
-        lock(&self.ewma).estimate(now)
+        self.ewma.lock().estimate(now)
     }
 
     pub fn load(&self, now: Instant, in_flight: usize) -> f64 {
-        lock(&self.ewma).load(now, in_flight)
+        self.ewma.lock().load(now, in_flight)
     }
 
     fn observe(&self, now: Instant, rtt: Duration) {
-        lock(&self.ewma).observe(now, rtt);
+        self.ewma.lock().observe(now, rtt);
     }
 
     /// An attempt given up at `now` took at least this long: a lower bound
@@ -107,7 +103,7 @@ pub struct ClusterHealth {
     cluster: Arc<str>,
     local_zone: Option<String>,
     callers: Vec<(String, u64)>,
-    zone_config: crate::policy::zone::ZoneAwareConfig,
+    zone_config: ZoneAwareConfig,
     outlier: Option<Mutex<OutlierDetector>>,
     plan: ArcSwap<ZonePlan>,
     /// Held while recomputing the plan so concurrent changes cannot store a stale one.
@@ -194,7 +190,7 @@ impl ClusterHealth {
         let (Some(outlier), Some(outcome)) = (&self.outlier, outcome) else {
             return;
         };
-        let ejection = lock(outlier).record(idx, outcome, now);
+        let ejection = outlier.lock().record(idx, outcome, now);
         if let Some(ejection) = ejection {
             self.apply(endpoints, &[OutlierEvent::Ejected(ejection)], now);
             self.wake.notify_one();
@@ -205,7 +201,7 @@ impl ClusterHealth {
     pub fn tick(&self, endpoints: &[Arc<Endpoint>], now: Instant) -> Option<Instant> {
         let outlier = self.outlier.as_ref()?;
         let (events, next) = {
-            let mut detector = lock(outlier);
+            let mut detector = outlier.lock();
             let events = detector.tick(now);
             (events, detector.next_deadline())
         };
@@ -217,11 +213,11 @@ impl ClusterHealth {
 
     /// When the endpoint's current ejection ends, if it is ejected.
     pub fn ejected_until(&self, idx: usize) -> Option<Instant> {
-        lock(self.outlier.as_ref()?).ejected_until(idx)
+        self.outlier.as_ref()?.lock().ejected_until(idx)
     }
 
     pub fn times_ejected(&self, idx: usize) -> u32 {
-        self.outlier.as_ref().map_or(0, |o| lock(o).times_ejected(idx))
+        self.outlier.as_ref().map_or(0, |o| o.lock().times_ejected(idx))
     }
 
     /// Records an active health-check verdict change.
@@ -269,7 +265,7 @@ impl ClusterHealth {
 
     /// Recomputes the zone plan from the endpoints' current usability.
     pub fn refresh_plan(&self, endpoints: &[Arc<Endpoint>]) {
-        let _serialised = lock(&self.refreshing);
+        let _serialised = self.refreshing.lock();
         let usable: Vec<(&str, bool)> = endpoints
             .iter()
             .map(|e| (e.zone.as_deref().unwrap_or(""), e.health.available()))

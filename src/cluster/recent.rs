@@ -9,8 +9,7 @@
 //! no response or a 5xx, the same rule outlier detection's `consecutive_5xx`
 //! uses.
 
-use std::sync::Mutex;
-
+use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::time::{Duration, Instant};
 
@@ -39,9 +38,7 @@ struct Ring {
 
 impl RecentRequests {
     pub fn record(&self, sample: Sample) {
-        let Ok(mut ring) = self.ring.lock() else {
-            return;
-        };
+        let mut ring = self.ring.lock();
         if ring.samples.len() < CAPACITY {
             ring.samples.push(sample);
         } else {
@@ -52,7 +49,7 @@ impl RecentRequests {
     }
 
     pub fn summary(&self, now: Instant) -> RecentSummary {
-        let samples = self.ring.lock().map(|r| r.samples.clone()).unwrap_or_default();
+        let samples = self.ring.lock().samples.clone();
         summarize(&samples, now, WINDOW)
     }
 }

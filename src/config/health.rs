@@ -1,5 +1,5 @@
 //! Schema and semantic checks of a cluster's endpoint-health sections:
-//! `outlier_detection`, `health_check` and `zone_aware` (issue 3). Kept apart
+//! `outlier_detection`, `health_check` and `zone_aware`. Kept apart
 //! from `schema.rs` so each section is one struct with serde defaults, and a
 //! missing key always means the documented default (see docs/config.md, "Endpoint health").
 //!

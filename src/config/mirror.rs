@@ -1,7 +1,8 @@
-//! Schema of a route's traffic-migration sections (issue 6): `mirror:` (with
-//! `compare:` inside) and `sticky:` next to `split:`. Kept apart from
-//! `schema.rs` so each section is one struct with serde defaults; a missing
-//! key always means the default documented in docs/migration.md.
+//! Schema of a route's `mirror:` section (with `compare:` inside): which
+//! requests are copied to a shadow cluster and how its answers are compared
+//! with the primary's. Kept apart from `schema.rs` so each section is one
+//! struct with serde defaults; a missing key always means the default
+//! documented in docs/migration.md.
 //!
 //! Guarantees: every struct denies unknown keys; byte sizes accept a plain
 //! number of bytes or a number with a unit (`512KiB`, `1MiB`, `10MB`, see
@@ -74,16 +75,6 @@ pub struct CompareLogConfig {
     pub path: PathBuf,
     #[serde(default = "default_sample_per_second")]
     pub sample_per_second: f64,
-}
-
-/// `sticky:` next to `split:`: exactly one of the two keys.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StickyConfig {
-    #[serde(default)]
-    pub header: Option<String>,
-    #[serde(default)]
-    pub cookie: Option<String>,
 }
 
 fn yes() -> bool {

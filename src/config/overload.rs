@@ -274,7 +274,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn issue_examples_parse_and_defaults_fill_in() {
+    fn example_sections_parse_and_defaults_fill_in() {
         let retry: RetryConfig = serde_yaml_ng::from_str(
             "{ max_retries: 2, retry_on: [connect_failure, reset, \"503\", gateway_error], per_try_timeout: 1s, backoff: { base: 25ms, max: 250ms } }",
         )

@@ -292,7 +292,7 @@ pub struct RouteConfig {
     pub mirror: Option<super::mirror::MirrorConfig>,
     /// With `split`: keep each header or cookie value on one side.
     #[serde(default)]
-    pub sticky: Option<super::mirror::StickyConfig>,
+    pub sticky: Option<StickyConfig>,
     #[serde(default)]
     pub retry: Option<RetryConfig>,
 }
@@ -345,6 +345,16 @@ pub struct HeaderMatchConfig {
 pub struct SplitConfig {
     pub cluster: String,
     pub weight: u32,
+}
+
+/// `sticky:` next to `split:`: exactly one of the two keys.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub cookie: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

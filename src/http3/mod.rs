@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -13,6 +12,7 @@ use h3::error::StreamError;
 use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::BodyExt;
+use parking_lot::Mutex;
 
 use crate::core::body::Body;
 use crate::core::error::BoxError;
@@ -92,10 +92,7 @@ impl<R: RecvHalf> http_body::Body for H3Body<R> {
         if this.finished {
             return Poll::Ready(None);
         }
-        let stream = match this.stream.get_mut() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let stream = this.stream.get_mut();
         if !this.data_done {
             match stream.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,

@@ -58,24 +58,32 @@ pub fn pick<C: Candidate, R: Rng>(
     let eligible =
         |i: usize| scope(i) && endpoints[i].weight() > 0 && (input.ignore_health || endpoints[i].available());
     let exclude = input.exclude;
-    if policy == LbPolicy::P2cEwma {
-        let weight_of = |i: usize| if eligible(i) { endpoints[i].weight() } else { 0 };
-        let load = |i: usize| endpoints[i].latency_load(input.now);
-        return ewma::p2c_pick_weighted_by(endpoints.len(), weight_of, exclude, load, rng);
-    }
-    let any_other = (0..endpoints.len()).any(|i| eligible(i) && Some(i) != exclude);
-    // When the excluded endpoint is the only choice, it is still better than none.
-    let filter = |i: usize| eligible(i) && (!any_other || Some(i) != exclude);
     match policy {
-        LbPolicy::RoundRobin => weighted_point(endpoints, filter, input.counter),
-        LbPolicy::Random => weighted_random(endpoints, filter, rng),
-        LbPolicy::LeastRequest | LbPolicy::P2cEwma => {
-            let a = weighted_random(endpoints, filter, rng)?;
-            let b = weighted_random(endpoints, filter, rng)?;
-            let load = |i: usize| (endpoints[i].in_flight() as f64 + 1.0) / f64::from(endpoints[i].weight());
-            Some(if load(b) < load(a) { b } else { a })
+        LbPolicy::P2cEwma => {
+            let weight_of = |i: usize| if eligible(i) { endpoints[i].weight() } else { 0 };
+            let load = |i: usize| endpoints[i].latency_load(input.now);
+            ewma::p2c_pick_weighted_by(endpoints.len(), weight_of, exclude, load, rng)
         }
+        LbPolicy::RoundRobin => weighted_point(endpoints, avoiding(eligible, exclude, endpoints.len()), input.counter),
+        LbPolicy::Random => weighted_random(endpoints, avoiding(eligible, exclude, endpoints.len()), rng),
+        LbPolicy::LeastRequest => least_request(endpoints, avoiding(eligible, exclude, endpoints.len()), rng),
     }
+}
+
+/// `eligible` without `exclude`, unless `exclude` is the only eligible
+/// endpoint: the endpoint a retry just failed on is still better than none.
+fn avoiding(eligible: impl Fn(usize) -> bool, exclude: Option<usize>, len: usize) -> impl Fn(usize) -> bool {
+    let any_other = (0..len).any(|i| eligible(i) && Some(i) != exclude);
+    move |i| eligible(i) && (!any_other || Some(i) != exclude)
+}
+
+/// Two weighted-random choices; the one with fewer requests in flight per
+/// unit of weight wins.
+fn least_request<C: Candidate, R: Rng>(endpoints: &[C], filter: impl Fn(usize) -> bool, rng: &mut R) -> Option<usize> {
+    let a = weighted_random(endpoints, &filter, rng)?;
+    let b = weighted_random(endpoints, &filter, rng)?;
+    let load = |i: usize| (endpoints[i].in_flight() as f64 + 1.0) / f64::from(endpoints[i].weight());
+    Some(if load(b) < load(a) { b } else { a })
 }
 
 fn total_weight<C: Candidate>(endpoints: &[C], filter: impl Fn(usize) -> bool) -> u64 {

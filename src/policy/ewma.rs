@@ -3,10 +3,10 @@
 //! [`PeakEwma`] keeps a per-endpoint round-trip-time estimate that jumps up to
 //! any slower sample at once and only drifts back down over time, so a
 //! degrading endpoint is shunned immediately while a recovering one has to
-//! prove itself. [`p2c_pick`] / [`p2c_pick_excluding`] use such a load to
-//! choose between two weighted-random candidates; [`p2c_pick_weighted_by`] is
-//! the same with weights from a function, so the balancer can zero out
-//! endpoints outside the chosen zone or not usable without allocating.
+//! prove itself. [`p2c_pick_weighted_by`] uses such a load to choose between
+//! two weighted-random candidates, with weights from a function so the
+//! balancer can zero out endpoints outside the chosen zone or not usable
+//! without allocating.
 //!
 //! Guarantees:
 //! - After `observe(now, rtt)` the estimate at `now` is never below `rtt`.
@@ -100,32 +100,17 @@ fn nanos(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
 
-/// Power of two choices: draws two distinct endpoints with probability
-/// proportional to `weights` and returns the one with the lower
-/// `load(i) / weights[i]` (ties go to the first draw).
+/// Power of two choices over `len` endpoints: draws two distinct endpoints
+/// with probability proportional to `weight_of` and returns the one with the
+/// lower `load(i) / weight_of(i)` (ties go to the first draw).
 ///
-/// Returns `None` when no endpoint has a non-zero weight, and the only
-/// candidate when there is exactly one.
-pub fn p2c_pick<R: Rng + ?Sized>(weights: &[u32], load: impl Fn(usize) -> f64, rng: &mut R) -> Option<usize> {
-    p2c_pick_excluding(weights, None, load, rng)
-}
-
-/// [`p2c_pick`] for retries: `exclude` (typically the endpoint that just
-/// failed) is treated as weight zero unless it is the only endpoint with a
-/// non-zero weight, in which case it is returned rather than failing the
-/// retry outright.
-pub fn p2c_pick_excluding<R: Rng + ?Sized>(
-    weights: &[u32],
-    exclude: Option<usize>,
-    load: impl Fn(usize) -> f64,
-    rng: &mut R,
-) -> Option<usize> {
-    p2c_pick_weighted_by(weights.len(), |i| weights[i], exclude, load, rng)
-}
-
-/// [`p2c_pick_excluding`] over `len` endpoints whose weights come from
-/// `weight_of`, so a caller can zero out ineligible endpoints (another zone,
-/// ejected) without building a weight slice per request.
+/// Weights come from a function, so a caller can zero out ineligible
+/// endpoints (another zone, ejected) without building a weight slice per
+/// request. `exclude` (the endpoint a retry just failed on) counts as weight
+/// zero unless it is the only endpoint with a non-zero weight, in which case
+/// it is returned rather than failing the retry outright. Returns `None` when
+/// no endpoint has a non-zero weight, and the only candidate when there is
+/// exactly one.
 pub fn p2c_pick_weighted_by<R: Rng + ?Sized>(
     len: usize,
     weight_of: impl Fn(usize) -> u32,
@@ -191,6 +176,20 @@ mod tests {
     use std::collections::VecDeque;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// [`p2c_pick_weighted_by`] over a weight slice.
+    fn p2c_pick<R: Rng + ?Sized>(weights: &[u32], load: impl Fn(usize) -> f64, rng: &mut R) -> Option<usize> {
+        p2c_pick_excluding(weights, None, load, rng)
+    }
+
+    fn p2c_pick_excluding<R: Rng + ?Sized>(
+        weights: &[u32],
+        exclude: Option<usize>,
+        load: impl Fn(usize) -> f64,
+        rng: &mut R,
+    ) -> Option<usize> {
+        p2c_pick_weighted_by(weights.len(), |i| weights[i], exclude, load, rng)
+    }
 
     fn close(a: Duration, b: Duration) -> bool {
         (a.as_secs_f64() - b.as_secs_f64()).abs() < 1e-6

@@ -21,10 +21,10 @@
 //!   endpoint returned takes 1 off while it stays in (Envoy's
 //!   `ejectTimeBackoff`), so a host that stays healthy earns back short
 //!   ejections. `times_ejected` is a separate lifetime count.
-//! - An endpoint is back at exactly `ejected_at + ejection time`: `is_ejected`
-//!   is exact; `ejected_count` and `Returned` catch up on the next `tick`, so
-//!   schedule ticks by `next_deadline`. The first `tick` starts the first
-//!   interval. No clock or rng reads; `tick` allocates only its events.
+//! - An endpoint is back at exactly `ejected_at + ejection time` (its
+//!   `ejected_until`); the ejected count and `Returned` catch up on the next
+//!   `tick`, so schedule ticks by `next_deadline`. The first `tick` starts the
+//!   first interval. No clock or rng reads; `tick` allocates only its events.
 //!
 //! Not modelled: enforcement percentages, jitter, failure-percentage and
 //! local-origin detectors.
@@ -154,14 +154,6 @@ impl OutlierDetector {
         }
     }
 
-    pub fn config(&self) -> &OutlierConfig {
-        &self.config
-    }
-
-    pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
-    }
-
     /// Records one request outcome; returns the ejection it caused, if any.
     /// Out-of-range indices are ignored.
     pub fn record(&mut self, idx: usize, outcome: Outcome, now: Instant) -> Option<Ejection> {
@@ -245,11 +237,6 @@ impl OutlierDetector {
         events
     }
 
-    /// Exact at `now`, even before `tick` has processed the return.
-    pub fn is_ejected(&self, idx: usize, now: Instant) -> bool {
-        self.ejected_until(idx).is_some_and(|until| now < until)
-    }
-
     pub fn ejected_until(&self, idx: usize) -> Option<Instant> {
         self.endpoints.get(idx)?.ejected_until
     }
@@ -257,17 +244,6 @@ impl OutlierDetector {
     /// Lifetime number of ejections of this endpoint.
     pub fn times_ejected(&self, idx: usize) -> u32 {
         self.endpoints.get(idx).map_or(0, |s| s.times_ejected)
-    }
-
-    /// Current factor applied to `base_ejection_time` for this endpoint's
-    /// latest ejection; decays while it stays healthy.
-    pub fn ejection_multiplier(&self, idx: usize) -> u32 {
-        self.endpoints.get(idx).map_or(0, |s| s.multiplier)
-    }
-
-    /// Endpoints ejected and not yet returned by `tick`.
-    pub fn ejected_count(&self) -> usize {
-        self.ejected_count
     }
 
     /// When `tick` next has work: the earliest return or interval end.
@@ -364,6 +340,24 @@ impl From<&OutlierDetectionConfig> for OutlierConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl OutlierDetector {
+        /// Exact at `now`, even before `tick` has processed the return.
+        fn is_ejected(&self, idx: usize, now: Instant) -> bool {
+            self.ejected_until(idx).is_some_and(|until| now < until)
+        }
+
+        /// Current factor applied to `base_ejection_time` for this endpoint's
+        /// latest ejection; decays while it stays healthy.
+        fn ejection_multiplier(&self, idx: usize) -> u32 {
+            self.endpoints.get(idx).map_or(0, |s| s.multiplier)
+        }
+
+        /// Endpoints ejected and not yet returned by `tick`.
+        fn ejected_count(&self) -> usize {
+            self.ejected_count
+        }
+    }
 
     const SEC: Duration = Duration::from_secs(1);
     const E500: Outcome = Outcome::Error5xx(500);

@@ -99,6 +99,80 @@ struct ZoneTally<'a> {
     healthy: u64,
 }
 
+/// The totals a zone's counts are shares of.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    callers: u64,
+    healthy: u64,
+}
+
+impl Totals {
+    fn callers(&self, t: &ZoneTally<'_>) -> f64 {
+        t.callers as f64 / self.callers as f64
+    }
+
+    fn healthy(&self, t: &ZoneTally<'_>) -> f64 {
+        t.healthy as f64 / self.healthy as f64
+    }
+}
+
+/// Endpoints and callers per zone, in first-seen order, and the callers'
+/// total; without caller counts every zone calls in proportion to its
+/// endpoints.
+fn tally_zones<'a, C: AsRef<str>, E: AsRef<str>>(
+    endpoints: &'a [(E, bool)],
+    callers: &'a [(C, u64)],
+) -> (Vec<ZoneTally<'a>>, u64) {
+    let mut zones: Vec<ZoneTally<'_>> = Vec::new();
+    for (zone, ok) in endpoints {
+        let tally = tally_for(&mut zones, zone.as_ref());
+        tally.endpoints += 1;
+        tally.healthy += u64::from(*ok);
+    }
+    let caller_total: u64 = callers.iter().map(|(_, n)| *n).sum();
+    if caller_total == 0 {
+        for tally in &mut zones {
+            tally.callers = tally.endpoints;
+        }
+        return (zones, endpoints.len() as u64);
+    }
+    for (zone, n) in callers {
+        tally_for(&mut zones, zone.as_ref()).callers += n;
+    }
+    (zones, caller_total)
+}
+
+/// Divides `spill` (the share of all picks that leaves the local zone)
+/// among the remote zones with healthy endpoints: by their residual
+/// capacity (healthy share above caller share), or by healthy share when
+/// none has any. `None` when no remote zone has a healthy endpoint.
+fn spill_to_remote(
+    zones: &[ZoneTally<'_>],
+    local_zone: &str,
+    totals: Totals,
+    spill: f64,
+) -> Option<Vec<(String, f64)>> {
+    let remote_zones = || zones.iter().filter(|t| t.name != local_zone && t.healthy > 0);
+    let residual = |t: &ZoneTally<'_>| (totals.healthy(t) - totals.callers(t)).max(0.0);
+    let total_residual: f64 = remote_zones().map(residual).sum();
+    let total_remote_healthy: f64 = remote_zones().map(|t| totals.healthy(t)).sum();
+    if total_remote_healthy == 0.0 {
+        return None;
+    }
+    let remote = remote_zones()
+        .map(|t| {
+            let share = if total_residual > 0.0 {
+                residual(t) / total_residual
+            } else {
+                totals.healthy(t) / total_remote_healthy
+            };
+            (t.name.to_owned(), spill * share)
+        })
+        .filter(|(_, share)| *share > 0.0)
+        .collect();
+    Some(remote)
+}
+
 impl ZonePlan {
     pub fn compute<C: AsRef<str>, E: AsRef<str>>(
         local_zone: &str,
@@ -116,30 +190,15 @@ impl ZonePlan {
             return Self::without_zones(ZoneRouting::Unzoned);
         }
 
-        let mut zones: Vec<ZoneTally<'_>> = Vec::new();
-        for (zone, ok) in endpoints {
-            let tally = tally_for(&mut zones, zone.as_ref());
-            tally.endpoints += 1;
-            tally.healthy += u64::from(*ok);
-        }
-        let mut caller_total: u64 = callers.iter().map(|(_, n)| *n).sum();
-        if caller_total == 0 {
-            for tally in &mut zones {
-                tally.callers = tally.endpoints;
-            }
-            caller_total = total;
-        } else {
-            for (zone, n) in callers {
-                tally_for(&mut zones, zone.as_ref()).callers += n;
-            }
-        }
-
-        let caller_share = |t: &ZoneTally<'_>| t.callers as f64 / caller_total as f64;
-        let healthy_share = |t: &ZoneTally<'_>| t.healthy as f64 / healthy as f64;
+        let (zones, caller_total) = tally_zones(endpoints, callers);
+        let totals = Totals {
+            callers: caller_total,
+            healthy,
+        };
         let (local_callers, local_healthy) = zones
             .iter()
             .find(|t| t.name == local_zone)
-            .map_or((0.0, 0.0), |t| (caller_share(t), healthy_share(t)));
+            .map_or((0.0, 0.0), |t| (totals.callers(t), totals.healthy(t)));
         if local_callers == 0.0 {
             // Our own zone is missing from the caller set, so the shares describe
             // someone else's view of the mesh; Envoy refuses to route on them.
@@ -149,31 +208,14 @@ impl ZonePlan {
             return Self::all_local();
         }
         let local_share = local_healthy / local_callers;
-
-        let remote_zones = || zones.iter().filter(|t| t.name != local_zone && t.healthy > 0);
-        let residual = |t: &ZoneTally<'_>| (healthy_share(t) - caller_share(t)).max(0.0);
-        let total_residual: f64 = remote_zones().map(residual).sum();
-        let total_remote_healthy: f64 = remote_zones().map(healthy_share).sum();
-        if total_remote_healthy == 0.0 {
+        match spill_to_remote(&zones, local_zone, totals, 1.0 - local_share) {
+            Some(remote) => ZonePlan {
+                routing: ZoneRouting::Spill,
+                local_share,
+                remote,
+            },
             // Only the local zone can serve; staying there beats failing.
-            return Self::all_local();
-        }
-        let spill = 1.0 - local_share;
-        let remote = remote_zones()
-            .map(|t| {
-                let share = if total_residual > 0.0 {
-                    residual(t) / total_residual
-                } else {
-                    healthy_share(t) / total_remote_healthy
-                };
-                (t.name.to_owned(), spill * share)
-            })
-            .filter(|(_, share)| *share > 0.0)
-            .collect();
-        ZonePlan {
-            routing: ZoneRouting::Spill,
-            local_share,
-            remote,
+            None => Self::all_local(),
         }
     }
 
@@ -206,14 +248,6 @@ impl ZonePlan {
     /// `Unzoned`, whose picks are all [`ZoneChoice::Any`]).
     pub fn local_share(&self) -> f64 {
         self.local_share
-    }
-
-    /// Fraction of picks that return `ZoneChoice::Remote(zone)`.
-    pub fn remote_share(&self, zone: &str) -> f64 {
-        self.remote
-            .iter()
-            .find(|(name, _)| name == zone)
-            .map_or(0.0, |(_, share)| *share)
     }
 
     /// Remote zones that receive traffic, with their fraction of all picks.
@@ -277,6 +311,16 @@ mod tests {
     use super::*;
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
+
+    impl ZonePlan {
+        /// Fraction of picks that return `ZoneChoice::Remote(zone)`.
+        fn remote_share(&self, zone: &str) -> f64 {
+            self.remote
+                .iter()
+                .find(|(name, _)| name == zone)
+                .map_or(0.0, |(_, share)| *share)
+        }
+    }
 
     const NO_CALLERS: &[(&str, u64)] = &[];
 

@@ -13,7 +13,8 @@ pub struct MatchError {
     pub message: String,
 }
 
-fn err(key: impl Into<String>, message: impl Into<String>) -> MatchError {
+/// A [`MatchError`] at `key`.
+pub(super) fn err(key: impl Into<String>, message: impl Into<String>) -> MatchError {
     MatchError {
         key: key.into(),
         message: message.into(),

@@ -14,8 +14,10 @@ use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Duration;
 
 pub use crate::policy::split::WeightedSplit;
+use matcher::err;
 pub use matcher::{MatchError, Matcher};
 
+use crate::config::mirror::MirrorConfig;
 use crate::config::schema::RouteConfig;
 use crate::policy::retry::RetryPolicy;
 
@@ -53,93 +55,28 @@ pub struct MirrorTargets {
 /// Compiles one route; `clusters` maps names to indices. Errors name the key
 /// below the route that is wrong.
 pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<Route, MatchError> {
-    let matcher = Matcher::compile(&config.matcher).map_err(|e| MatchError {
-        key: format!("match.{}", e.key),
-        message: e.message,
-    })?;
+    let matcher = Matcher::compile(&config.matcher).map_err(|e| err(format!("match.{}", e.key), e.message))?;
     let lookup = |name: &str, key: String| {
-        clusters.get(name).copied().ok_or_else(|| MatchError {
-            key,
-            message: format!(
-                "no cluster named {name:?}{}",
-                crate::config::did_you_mean(name, clusters.keys().copied())
-            ),
+        clusters.get(name).copied().ok_or_else(|| {
+            let hint = crate::config::did_you_mean(name, clusters.keys().copied());
+            err(key, format!("no cluster named {name:?}{hint}"))
         })
     };
-    let action = match (&config.cluster, &config.split, &config.direct_response) {
-        (Some(c), None, None) => Action::Cluster(lookup(c, "cluster".into())?),
-        (None, Some(split), None) => {
-            let mut weights = Vec::with_capacity(split.len());
-            for (i, s) in split.iter().enumerate() {
-                weights.push((lookup(&s.cluster, format!("split[{i}].cluster"))?, s.weight));
-            }
-            let split = WeightedSplit::new(weights);
-            if split.total() == 0 {
-                return Err(MatchError {
-                    key: "split".into(),
-                    message: "weights must add up to more than 0".into(),
-                });
-            }
-            Action::Split(split)
-        }
-        (None, None, Some(d)) => Action::Direct {
-            status: StatusCode::from_u16(d.status)
-                .ok()
-                .filter(|s| (200..=599).contains(&s.as_u16()))
-                .ok_or_else(|| MatchError {
-                    key: "direct_response.status".into(),
-                    message: format!("{} is not a status code between 200 and 599", d.status),
-                })?,
-            body: Bytes::from(d.body.clone()),
-        },
-        _ => {
-            return Err(MatchError {
-                key: "cluster".into(),
-                message: "set exactly one of cluster, split, direct_response".into(),
-            })
-        }
-    };
+    let action = compile_action(config, &lookup)?;
     let sticky = match (&config.sticky, &action) {
         (None, _) => None,
         (Some(s), Action::Split(_)) => Some(sticky::Sticky::compile(s)?),
-        (Some(_), _) => {
-            return Err(MatchError {
-                key: "sticky".into(),
-                message: "sticky only applies to a route with split".into(),
-            })
-        }
+        (Some(_), _) => return Err(err("sticky", "sticky only applies to a route with split")),
     };
-    let mirror = match &config.mirror {
-        None => None,
-        Some(m) => {
-            crate::layer::mirror::check(m).map_err(|(key, message)| MatchError {
-                key: format!("mirror.{key}"),
-                message,
-            })?;
-            let noise = m.compare.as_ref().and_then(|c| c.noise_cluster.as_deref());
-            Some(MirrorTargets {
-                shadow: lookup(&m.cluster, "mirror.cluster".into())?,
-                noise: noise
-                    .map(|n| lookup(n, "mirror.compare.noise_cluster".into()))
-                    .transpose()?,
-            })
-        }
-    };
+    let mirror = config.mirror.as_ref().map(|m| compile_mirror(m, &lookup)).transpose()?;
     if mirror.is_some() && matches!(action, Action::Direct { .. }) {
-        return Err(MatchError {
-            key: "mirror".into(),
-            message: "a direct_response route has nothing to mirror".into(),
-        });
+        return Err(err("mirror", "a direct_response route has nothing to mirror"));
     }
-    let retry = match &config.retry {
-        None => None,
-        Some(retry) => Some(Arc::new(RetryPolicy::compile(retry).map_err(|(key, message)| {
-            MatchError {
-                key: format!("retry.{key}"),
-                message,
-            }
-        })?)),
-    };
+    let retry = config
+        .retry
+        .as_ref()
+        .map(|r| RetryPolicy::compile(r).map_err(|(key, message)| err(format!("retry.{key}"), message)))
+        .transpose()?;
     Ok(Route {
         name: Arc::from(config.name.as_str()),
         matcher,
@@ -147,7 +84,54 @@ pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<
         timeout: config.timeout,
         sticky,
         mirror,
-        retry,
+        retry: retry.map(Arc::new),
+    })
+}
+
+/// Resolves a cluster name to its index; the error names `key`.
+type Lookup<'a> = dyn Fn(&str, String) -> Result<usize, MatchError> + 'a;
+
+/// Exactly one of `cluster`, `split` and `direct_response`.
+fn compile_action(config: &RouteConfig, lookup: &Lookup) -> Result<Action, MatchError> {
+    match (&config.cluster, &config.split, &config.direct_response) {
+        (Some(c), None, None) => Ok(Action::Cluster(lookup(c, "cluster".into())?)),
+        (None, Some(split), None) => {
+            let mut weights = Vec::with_capacity(split.len());
+            for (i, s) in split.iter().enumerate() {
+                weights.push((lookup(&s.cluster, format!("split[{i}].cluster"))?, s.weight));
+            }
+            let split = WeightedSplit::new(weights);
+            if split.total() == 0 {
+                return Err(err("split", "weights must add up to more than 0"));
+            }
+            Ok(Action::Split(split))
+        }
+        (None, None, Some(d)) => {
+            let status = StatusCode::from_u16(d.status)
+                .ok()
+                .filter(|s| (200..=599).contains(&s.as_u16()))
+                .ok_or_else(|| {
+                    let message = format!("{} is not a status code between 200 and 599", d.status);
+                    err("direct_response.status", message)
+                })?;
+            Ok(Action::Direct {
+                status,
+                body: Bytes::from(d.body.clone()),
+            })
+        }
+        _ => Err(err("cluster", "set exactly one of cluster, split, direct_response")),
+    }
+}
+
+/// A `mirror:` section checked, with its shadow and noise clusters resolved.
+fn compile_mirror(m: &MirrorConfig, lookup: &Lookup) -> Result<MirrorTargets, MatchError> {
+    crate::layer::mirror::check(m).map_err(|(key, message)| err(format!("mirror.{key}"), message))?;
+    let noise = m.compare.as_ref().and_then(|c| c.noise_cluster.as_deref());
+    Ok(MirrorTargets {
+        shadow: lookup(&m.cluster, "mirror.cluster".into())?,
+        noise: noise
+            .map(|n| lookup(n, "mirror.compare.noise_cluster".into()))
+            .transpose()?,
     })
 }
 

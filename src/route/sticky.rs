@@ -20,7 +20,7 @@
 use http::{header, HeaderMap, HeaderName};
 
 use super::matcher::MatchError;
-use crate::config::mirror::StickyConfig;
+use crate::config::schema::StickyConfig;
 
 #[derive(Debug, Clone)]
 pub enum Sticky {

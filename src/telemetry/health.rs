@@ -1,5 +1,5 @@
-//! Metric families of endpoint health (issue 3): outlier ejections, ejection
-//! and health-check state per endpoint, zone routing and panic mode.
+//! Metric families of endpoint health: outlier ejections, ejection and
+//! health-check state per endpoint, zone routing and panic mode.
 //!
 //! Like the rest of `metrics.rs`, families are registered once per app and
 //! handles with fixed labels are resolved when a cluster is built, so the

@@ -3,8 +3,9 @@
 //! labels are resolved when a config snapshot is built, so a request only
 //! resolves its `status` label (through a small cache, see [`StatusCounters`]).
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
+use parking_lot::RwLock;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -221,11 +222,14 @@ impl StatusCounters {
 
     /// For families whose last labels are `protocol`, `status`.
     pub fn inc_for(&self, protocol: Option<Protocol>, status: u16) {
-        if let Ok(cache) = self.cache.read() {
-            if let Some((.., c)) = cache.iter().find(|(p, s, _)| *s == status && *p == protocol) {
-                c.inc();
-                return;
-            }
+        if let Some((.., c)) = self
+            .cache
+            .read()
+            .iter()
+            .find(|(p, s, _)| *s == status && *p == protocol)
+        {
+            c.inc();
+            return;
         }
         let mut values: Vec<&str> = self.labels.iter().map(String::as_str).collect();
         values.extend(protocol.map(Protocol::as_str));
@@ -233,9 +237,7 @@ impl StatusCounters {
         values.push(&status_text);
         let counter = self.family.with_label_values(&values);
         counter.inc();
-        if let Ok(mut cache) = self.cache.write() {
-            cache.push((protocol, status, counter));
-        }
+        self.cache.write().push((protocol, status, counter));
     }
 }
 

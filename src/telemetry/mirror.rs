@@ -1,4 +1,4 @@
-//! Mirror and compare telemetry (issue 6): the `weft_mirror_*` metric
+//! Mirror and compare telemetry: the `weft_mirror_*` metric
 //! families and the per-route board behind admin `GET /compare` (counts plus
 //! the last few mismatches).
 //!
@@ -8,8 +8,9 @@
 //! are read from the same counters Prometheus exports, so the two agree.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
@@ -92,12 +93,11 @@ impl RouteCompare {
 
     /// Keeps `mismatch` among the last few shown by `/compare`.
     pub fn remember(&self, mismatch: serde_json::Value) {
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_MISMATCHES {
-                recent.pop_front();
-            }
-            recent.push_back(mismatch);
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_MISMATCHES {
+            recent.pop_front();
         }
+        recent.push_back(mismatch);
     }
 
     fn report(&self) -> RouteReport {
@@ -106,11 +106,7 @@ impl RouteCompare {
             cluster: self.cluster.clone(),
             requests: self.requests.get(),
             results: MirrorResult::ALL.iter().map(|r| (r.label(), self.count(*r))).collect(),
-            recent_mismatches: self
-                .recent
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default(),
+            recent_mismatches: self.recent.lock().iter().cloned().collect(),
         }
     }
 }
@@ -160,11 +156,8 @@ impl MirrorMetrics {
     /// The handles of (`route`, shadow `cluster`), created on first use.
     pub fn route(&self, route: &str, cluster: &str) -> Arc<RouteCompare> {
         let key = (route.to_string(), cluster.to_string());
-        let mut routes = match self.routes.lock() {
-            Ok(routes) => routes,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        routes
+        self.routes
+            .lock()
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(RouteCompare {
@@ -187,10 +180,7 @@ impl MirrorMetrics {
 
     /// Every mirrored route seen since start, for `GET /compare`.
     pub fn report(&self) -> Vec<RouteReport> {
-        let routes: Vec<Arc<RouteCompare>> = match self.routes.lock() {
-            Ok(routes) => routes.values().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
-        };
+        let routes: Vec<Arc<RouteCompare>> = self.routes.lock().values().cloned().collect();
         routes.iter().map(|r| r.report()).collect()
     }
 }

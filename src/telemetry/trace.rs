@@ -248,10 +248,6 @@ impl RequestTrace {
         TraceIdText::new(self.out.trace_id)
     }
 
-    pub fn is_recording(&self) -> bool {
-        self.recording.is_some()
-    }
-
     /// Ends the span; `fields` runs only when the request is recorded.
     pub fn finish(self, fields: impl FnOnce() -> SpanFields) {
         let Some(recording) = self.recording else {
@@ -273,6 +269,12 @@ impl RequestTrace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RequestTrace {
+        fn is_recording(&self) -> bool {
+            self.recording.is_some()
+        }
+    }
 
     #[test]
     fn reasons_are_snake_case_kind_names() {

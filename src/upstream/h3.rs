@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
+use parking_lot::Mutex;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::time::Duration;
 
@@ -54,13 +55,11 @@ impl H3Client {
     }
 
     fn cached(&self, address: SocketAddr) -> Option<Sender> {
-        self.connections.lock().ok()?.get(&address).cloned()
+        self.connections.lock().get(&address).cloned()
     }
 
     fn forget(&self, address: SocketAddr) {
-        if let Ok(mut map) = self.connections.lock() {
-            map.remove(&address);
-        }
+        self.connections.lock().remove(&address);
     }
 
     async fn connect(&self, address: SocketAddr) -> Result<Sender, ProxyError> {
@@ -83,9 +82,7 @@ impl H3Client {
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
-        if let Ok(mut map) = self.connections.lock() {
-            map.insert(address, sender.clone());
-        }
+        self.connections.lock().insert(address, sender.clone());
         Ok(sender)
     }
 

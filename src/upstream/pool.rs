@@ -21,7 +21,7 @@
 //! request in callgrind; the endpoint already is the key.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use parking_lot::Mutex;
 use tokio::time::{Duration, Instant};
 
 use crate::core::body::Body;
@@ -75,7 +76,7 @@ impl ConnectionPool {
     /// response) stays until it is free or expires.
     pub fn take_http1(&self) -> Option<http1::SendRequest<Body>> {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         expire(&mut state.idle, now, self.idle_timeout);
         state.idle.retain(|i| !i.sender.is_closed());
         let ready = state.idle.iter().rposition(|i| i.sender.is_ready())?;
@@ -88,7 +89,7 @@ impl ConnectionPool {
             return;
         }
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         expire(&mut state.idle, now, self.idle_timeout);
         state.idle.push(Idle { sender, since: now });
         self.start_sweeper(&mut state);
@@ -97,7 +98,7 @@ impl ConnectionPool {
     /// The endpoint's HTTP/2 connection, if one is open and not expired.
     pub fn http2(&self) -> Option<http2::SendRequest<Body>> {
         let now = Instant::now();
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let shared = state.h2.as_mut()?;
         if shared.sender.is_closed() || now.duration_since(shared.last_used) >= self.idle_timeout {
             state.h2 = None;
@@ -122,7 +123,7 @@ impl ConnectionPool {
             return Ok(sender);
         }
         let sender = connect().await?;
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         state.h2 = Some(SharedHttp2 {
             sender: sender.clone(),
             last_used: Instant::now(),
@@ -133,15 +134,10 @@ impl ConnectionPool {
 
     /// Forgets the shared HTTP/2 connection once it has closed.
     pub fn forget_closed_http2(&self) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.h2.as_ref().is_some_and(|s| s.sender.is_closed()) {
             state.h2 = None;
         }
-    }
-
-    /// Idle HTTP/1.1 connections held (for tests and `/clusters`).
-    pub fn idle_count(&self) -> usize {
-        self.lock().idle.len()
     }
 
     fn start_sweeper(self: &Arc<Self>, state: &mut PoolState) {
@@ -151,11 +147,6 @@ impl ConnectionPool {
         // Only the request path adds connections, always on the runtime.
         state.sweeping = true;
         tokio::spawn(sweep(Arc::downgrade(self)));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
-        // A panic while holding this lock leaves plain data behind; keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -174,7 +165,7 @@ async fn sweep(pool: Weak<ConnectionPool>) {
             let Some(pool) = pool.upgrade() else { return };
             let now = Instant::now();
             let timeout = pool.idle_timeout;
-            let mut state = pool.lock();
+            let mut state = pool.state.lock();
             expire(&mut state.idle, now, timeout);
             if state
                 .h2
@@ -272,6 +263,13 @@ mod tests {
     use super::*;
     use http::Request;
 
+    impl ConnectionPool {
+        /// Idle HTTP/1.1 connections held.
+        fn idle_count(&self) -> usize {
+            self.state.lock().idle.len()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn idle_connections_expire_and_the_sweeper_stops() {
         let (sender, _server) = connected_pair().await;
@@ -282,7 +280,7 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(pool.idle_count(), 0);
-        assert!(!pool.lock().sweeping);
+        assert!(!pool.state.lock().sweeping);
         assert!(pool.take_http1().is_none());
     }
 
@@ -297,7 +295,7 @@ mod tests {
         tokio::task::yield_now().await;
         // Take both; the second must be the older one.
         let now = Instant::now();
-        let first_since = pool.lock().idle.last().map(|i| i.since);
+        let first_since = pool.state.lock().idle.last().map(|i| i.since);
         assert_eq!(first_since, Some(now));
         assert!(pool.take_http1().is_some());
         assert!(pool.take_http1().is_some());
@@ -344,7 +342,7 @@ mod tests {
         assert_eq!(opened.get(), 1);
         // Unused for the idle timeout: the sweeper drops it, the next request connects anew.
         tokio::time::sleep(Duration::from_secs(11)).await;
-        assert!(pool.lock().h2.is_none());
+        assert!(pool.state.lock().h2.is_none());
         pool.http2_or_connect(connect).await.unwrap();
         assert_eq!(opened.get(), 2);
     }

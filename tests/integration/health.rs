@@ -327,13 +327,13 @@ clusters:
 
 #[tokio::test]
 async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced_ones() {
+    use parking_lot::Mutex;
     use std::collections::HashMap;
-    use std::sync::Mutex;
 
     let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let counted = hits.clone();
     let probed = Upstream::start(move |req: Request<Incoming>| {
-        *counted.lock().unwrap().entry(req.uri().path().to_string()).or_default() += 1;
+        *counted.lock().entry(req.uri().path().to_string()).or_default() += 1;
         async { Response::new(full("probed")) }
     })
     .await;
@@ -355,7 +355,7 @@ async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced
     let weft = Weft::start(&config(LISTENER, &clusters_yaml("/old"))).await;
     send_many(&weft, 4).await;
     assert_eq!(endpoint_status(&weft, bad.addr).await["ejected"], true);
-    let count = |path: &str| hits.lock().unwrap().get(path).copied().unwrap_or(0);
+    let count = |path: &str| hits.lock().get(path).copied().unwrap_or(0);
     eventually("the first monitor probes /old", async || count("/old") >= 2).await;
 
     // Only the probed cluster changes: c keeps its ejection, probed restarts.
@@ -375,7 +375,7 @@ async fn reload_keeps_state_of_unchanged_clusters_and_stops_monitors_of_replaced
         count("/old"),
         old_probes,
         "the replaced cluster still probes: {:?}",
-        hits.lock().unwrap()
+        hits.lock()
     );
 }
 

@@ -1,4 +1,4 @@
-//! Mirroring with comparison and sticky splits (issue 6), against real
+//! Mirroring with comparison and sticky splits, against real
 //! upstreams: what the shadow receives, how pairs are classified, that a
 //! hanging shadow costs the client nothing, and that sticky users stay put.
 
@@ -238,14 +238,14 @@ async fn a_hanging_shadow_costs_the_client_nothing_and_extra_shadows_are_dropped
 #[tokio::test]
 async fn writes_are_mirrored_only_when_listed_and_carry_their_body() {
     let old = Upstream::echo_body().await;
-    let new_bodies = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let new_bodies = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
     let seen = new_bodies.clone();
     let new = Upstream::start(move |req: Request<Incoming>| {
         let seen = seen.clone();
         async move {
             use http_body_util::BodyExt;
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            seen.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+            seen.lock().push(String::from_utf8_lossy(&body).into_owned());
             Response::new(full(body))
         }
     })
@@ -284,7 +284,7 @@ async fn writes_are_mirrored_only_when_listed_and_carry_their_body() {
     let entry = results(&weft, "writes", 2).await;
     assert_eq!(entry["results"]["match"], 1, "{entry}");
     assert_eq!(entry["results"]["skipped_large"], 1, "{entry}");
-    assert_eq!(*new_bodies.lock().unwrap(), ["hello"]);
+    assert_eq!(*new_bodies.lock(), ["hello"]);
     let report: Value = serde_json::from_str(&get(&client, &weft.admin("/compare")).await.1).unwrap();
     let reads = report
         .as_array()

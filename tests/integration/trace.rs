@@ -3,7 +3,7 @@
 //! OTLP/HTTP receiver decoding weft's protobuf export with the
 //! opentelemetry-proto types.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -12,6 +12,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use parking_lot::Mutex;
 use prost::Message;
 
 use crate::support::*;
@@ -40,7 +41,7 @@ impl Receiver {
                     let service = &rs.resource.unwrap().attributes[0];
                     assert_eq!(service.key, "service.name");
                     for ss in rs.scope_spans {
-                        store.lock().unwrap().extend(ss.spans);
+                        store.lock().extend(ss.spans);
                     }
                 }
                 Response::new(full(""))
@@ -53,7 +54,7 @@ impl Receiver {
     /// Waits (bounded) until `n` spans have arrived.
     async fn spans(&self, n: usize) -> Vec<Span> {
         eventually(&format!("{n} spans arrive"), async || {
-            let spans = self.spans.lock().unwrap().clone();
+            let spans = self.spans.lock().clone();
             if spans.len() >= n {
                 Ok(spans)
             } else {

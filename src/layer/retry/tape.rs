@@ -13,7 +13,7 @@
 //! unrecorded frames fails instead of sending a corrupt request.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use http::HeaderMap;
 use http_body::{Body as _, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
+use parking_lot::Mutex;
 
 use crate::core::body::Body;
 use crate::core::error::BoxError;
@@ -49,6 +50,33 @@ struct State {
     ended: bool,
     /// Bodies waiting for the client; woken whenever any of them gets a frame.
     waiting: Vec<Waker>,
+}
+
+impl State {
+    /// Counts a frame read from the client, and records it while the
+    /// recording is complete and stays within `limit` bytes.
+    fn record(&mut self, frame: &Frame<Bytes>, limit: u64) {
+        let fits = self.recorded.len() == self.frames_read;
+        let size = frame.data_ref().map_or(0, |d| d.len() as u64);
+        if fits && self.recorded_bytes + size <= limit {
+            let recorded = match frame.data_ref() {
+                Some(data) => Some(Recorded::Data(data.clone())),
+                None => frame.trailers_ref().cloned().map(Recorded::Trailers),
+            };
+            if let Some(recorded) = recorded {
+                self.recorded.push(recorded);
+                self.recorded_bytes += size;
+            }
+        }
+        self.frames_read += 1;
+    }
+
+    /// Wakes `waker` with the next frame any body reads from the client.
+    fn wait(&mut self, waker: &Waker) {
+        if !self.waiting.iter().any(|w| w.will_wake(waker)) {
+            self.waiting.push(waker.clone());
+        }
+    }
 }
 
 /// The shared recording of one request body.
@@ -89,13 +117,8 @@ impl Tape {
 
     /// Whether a new body would still get every frame.
     pub fn can_replay(&self) -> bool {
-        let state = self.lock();
+        let state = self.state.lock();
         state.recorded.len() == state.frames_read
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Plain data and a body; a panicking holder cannot leave them torn.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -112,7 +135,7 @@ impl http_body::Body for TapeBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let limit = self.tape.limit;
         let position = self.position;
-        let mut state = self.tape.lock();
+        let mut state = self.tape.state.lock();
         if let Some(recorded) = state.recorded.get(position) {
             let frame = recorded.frame();
             drop(state);
@@ -128,9 +151,7 @@ impl http_body::Body for TapeBody {
         let polled = Pin::new(&mut state.client).poll_frame(cx);
         let frame = match polled {
             Poll::Pending => {
-                if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.waiting.push(cx.waker().clone());
-                }
+                state.wait(cx.waker());
                 return Poll::Pending;
             }
             Poll::Ready(None) => {
@@ -139,19 +160,7 @@ impl http_body::Body for TapeBody {
             }
             Poll::Ready(Some(Err(e))) => Some(Err(e)),
             Poll::Ready(Some(Ok(frame))) => {
-                let fits = state.recorded.len() == state.frames_read;
-                let size = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if fits && state.recorded_bytes + size <= limit {
-                    let recorded = match frame.data_ref() {
-                        Some(data) => Some(Recorded::Data(data.clone())),
-                        None => frame.trailers_ref().cloned().map(Recorded::Trailers),
-                    };
-                    if let Some(recorded) = recorded {
-                        state.recorded.push(recorded);
-                        state.recorded_bytes += size;
-                    }
-                }
-                state.frames_read += 1;
+                state.record(&frame, limit);
                 Some(Ok(frame))
             }
         };
@@ -173,7 +182,7 @@ impl http_body::Body for TapeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let state = self.tape.lock();
+        let state = self.tape.state.lock();
         state.ended && self.position >= state.frames_read
     }
 }

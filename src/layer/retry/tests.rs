@@ -1,9 +1,8 @@
 //! Unit tests of the retry layer against a scripted inner service, with paused time
 //! (compiled only under #[cfg(test)], see the `mod tests` line in mod.rs).
 
-use std::sync::Mutex;
-
 use http::StatusCode;
+use parking_lot::Mutex;
 use tokio::time::Duration;
 use tower::{service_fn, ServiceExt};
 
@@ -44,7 +43,7 @@ impl Harness {
             async move {
                 let hint = req.extensions().get::<EndpointHint>().cloned().unwrap_or_default();
                 let n = {
-                    let mut log = log.lock().unwrap();
+                    let mut log = log.lock();
                     log.push(Seen {
                         attempt_header: req
                             .headers()
@@ -92,7 +91,7 @@ impl Harness {
     }
 
     fn tries(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.seen.lock().len()
     }
 
     fn counter(&self, family: &prometheus::IntCounterVec) -> u64 {
@@ -110,7 +109,7 @@ async fn retries_mark_attempts_and_avoid_the_failed_endpoint() {
         vec![Step::Reset, Step::Status(503), Step::Status(200)],
     );
     assert_eq!(h.get(&[]).await, Ok(200));
-    let seen = h.seen.lock().unwrap();
+    let seen = h.seen.lock();
     let expected = [(None, None), (Some("1"), Some(0)), (Some("2"), Some(1))].map(|(a, e)| Seen {
         attempt_header: a.map(String::from),
         exclude: e,

@@ -99,7 +99,8 @@ fn init_logging() {
 
 fn run(path: &Path, demo: bool) -> ExitCode {
     init_logging();
-    let loaded = match config::load(path) {
+    // The whole check first: the runtime below is sized by the file.
+    let loaded = match config::load(path).and_then(|loaded| weft::snapshot::check(&loaded).map(|()| loaded)) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -109,7 +110,7 @@ fn run(path: &Path, demo: bool) -> ExitCode {
     // One worker: a current-thread runtime serves everything on the thread
     // that drives it, with no cross-thread wake-ups or work stealing.
     let mut runtime = match loaded.config.runtime.worker_threads {
-        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(n);

@@ -14,6 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::time::Duration;
 
+use super::range::{count, within, HOUR, MILLION, MS};
 use super::schema::{duration, ClusterConfig, ClusterProtocol};
 
 /// `outlier_detection:` on a cluster. Absent means no passive ejection, as in Envoy.
@@ -217,72 +218,74 @@ fn default_panic_threshold_percent() -> u32 {
 /// Semantic checks of the health sections of cluster `key` (`clusters[i]`).
 pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    let mut problem = |k: &str, message: &str| problems.push((format!("{key}.{k}"), message.to_string()));
     if let Some(o) = &cluster.outlier_detection {
-        if o.interval.is_zero() {
-            problem("outlier_detection.interval", "must be longer than 0s");
-        }
-        if o.base_ejection_time.is_zero() {
-            problem("outlier_detection.base_ejection_time", "must be longer than 0s");
-        }
-        if o.max_ejection_time < o.base_ejection_time {
-            problem(
-                "outlier_detection.max_ejection_time",
-                "must be at least base_ejection_time",
-            );
-        }
-        if o.max_ejection_percent > 100 {
-            problem("outlier_detection.max_ejection_percent", "must be at most 100");
-        }
-        if let Some(sr) = &o.success_rate {
-            if !(sr.stdev_factor.is_finite() && sr.stdev_factor > 0.0) {
-                problem(
-                    "outlier_detection.success_rate.stdev_factor",
-                    "must be a positive number",
-                );
-            }
-            if sr.minimum_hosts == 0 {
-                problem("outlier_detection.success_rate.minimum_hosts", "must be at least 1");
-            }
-        }
+        problems.extend(outlier_problems(o));
     }
     if let Some(h) = &cluster.health_check {
         if cluster.protocol == ClusterProtocol::Tcp {
-            problem(
-                "health_check",
-                "health checks are HTTP GETs; a tcp cluster cannot have one",
-            );
+            problems.push((
+                "health_check".into(),
+                "health checks are HTTP GETs; a tcp cluster cannot have one".into(),
+            ));
         }
-        if !h.path.starts_with('/') {
-            problem("health_check.path", "must start with /");
-        }
-        if h.interval.is_zero() {
-            problem("health_check.interval", "must be longer than 0s");
-        }
-        if h.timeout.is_zero() {
-            problem("health_check.timeout", "must be longer than 0s");
-        }
-        if h.unhealthy_threshold == 0 {
-            problem("health_check.unhealthy_threshold", "must be at least 1");
-        }
-        if h.healthy_threshold == 0 {
-            problem("health_check.healthy_threshold", "must be at least 1");
-        }
-        if h.expected_statuses.is_empty() {
-            problem("health_check.expected_statuses", "must list at least one status range");
-        }
-        if h.expected_statuses
-            .iter()
-            .any(|r| r.start < 100 || r.end > 599 || r.start > r.end)
-        {
-            problem(
-                "health_check.expected_statuses",
-                "each range must lie within 100-599 with start <= end",
-            );
-        }
+        problems.extend(health_check_problems(h));
     }
-    if cluster.zone_aware.panic_threshold_percent > 100 {
-        problem("zone_aware.panic_threshold_percent", "must be at most 100");
+    let zone = &cluster.zone_aware;
+    count(&mut problems, "zone_aware.min_cluster_size".into(), zone.min_cluster_size, 0, MILLION);
+    count(&mut problems, "zone_aware.panic_threshold_percent".into(), zone.panic_threshold_percent, 0, 100);
+    problems.into_iter().map(|(k, m)| (format!("{key}.{k}"), m)).collect()
+}
+
+/// Problems of an `outlier_detection` section, keyed below the cluster.
+fn outlier_problems(o: &OutlierDetectionConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    count(p, "outlier_detection.consecutive_5xx".into(), o.consecutive_5xx, 0, MILLION);
+    let gateway = o.consecutive_gateway_failure;
+    count(p, "outlier_detection.consecutive_gateway_failure".into(), gateway, 0, MILLION);
+    within(p, "outlier_detection.interval".into(), o.interval, MS, HOUR);
+    within(p, "outlier_detection.base_ejection_time".into(), o.base_ejection_time, MS, HOUR);
+    within(p, "outlier_detection.max_ejection_time".into(), o.max_ejection_time, MS, HOUR);
+    if o.max_ejection_time < o.base_ejection_time {
+        p.push((
+            "outlier_detection.max_ejection_time".into(),
+            "must be at least base_ejection_time".into(),
+        ));
+    }
+    count(p, "outlier_detection.max_ejection_percent".into(), o.max_ejection_percent, 0, 100);
+    if let Some(sr) = &o.success_rate {
+        count(p, "outlier_detection.success_rate.minimum_hosts".into(), sr.minimum_hosts, 1, MILLION);
+        count(p, "outlier_detection.success_rate.request_volume".into(), sr.request_volume, 0, MILLION);
+        within(p, "outlier_detection.success_rate.stdev_factor".into(), sr.stdev_factor, 0.001, 1000.0);
+    }
+    problems
+}
+
+/// Problems of a `health_check` section, keyed below the cluster.
+fn health_check_problems(h: &HealthCheckConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    if !h.path.starts_with('/') {
+        p.push(("health_check.path".into(), "must start with /".into()));
+    }
+    within(p, "health_check.interval".into(), h.interval, MS, HOUR);
+    within(p, "health_check.timeout".into(), h.timeout, MS, HOUR);
+    count(p, "health_check.unhealthy_threshold".into(), h.unhealthy_threshold, 1, MILLION);
+    count(p, "health_check.healthy_threshold".into(), h.healthy_threshold, 1, MILLION);
+    if h.expected_statuses.is_empty() {
+        p.push((
+            "health_check.expected_statuses".into(),
+            "must list at least one status range".into(),
+        ));
+    }
+    if h.expected_statuses
+        .iter()
+        .any(|r| r.start < 100 || r.end > 599 || r.start > r.end)
+    {
+        p.push((
+            "health_check.expected_statuses".into(),
+            "each range must lie within 100-599 with start <= end".into(),
+        ));
     }
     problems
 }

@@ -14,6 +14,8 @@ pub struct LineIndex {
     /// Every scalar value with its path and line, to place errors that
     /// serde reports only at the enclosing mapping.
     values: Vec<(String, String, usize)>,
+    /// The line each YAML document of the stream starts on.
+    documents: Vec<usize>,
 }
 
 impl LineIndex {
@@ -21,12 +23,19 @@ impl LineIndex {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
         // A syntax error is reported by the deserializer with its own line;
-        // here a partial index is all we need.
-        let _ = parser.load(&mut builder, false);
+        // here a partial index is all we need. Every document is read so
+        // that a second one can be refused at its line.
+        let _ = parser.load(&mut builder, true);
         Self {
             lines: builder.lines,
             values: builder.values,
+            documents: builder.documents,
         }
+    }
+
+    /// Where a second document starts (after a `---`), if the text has one.
+    pub fn second_document_line(&self) -> Option<usize> {
+        self.documents.get(1).copied()
     }
 
     /// The path and line of a scalar `value` written somewhere below `parent`.
@@ -60,6 +69,7 @@ struct Builder {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
     values: Vec<(String, String, usize)>,
+    documents: Vec<usize>,
 }
 
 impl Builder {
@@ -119,6 +129,7 @@ impl MarkedEventReceiver for Builder {
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
             }
+            Event::DocumentStart => self.documents.push(line),
             _ => {}
         }
     }

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::range::{count, within};
+
 /// `mirror:` on a route: copy sampled requests to a shadow cluster.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +98,19 @@ fn default_max_in_flight() -> usize {
 }
 fn default_sample_per_second() -> f64 {
     10.0
+}
+
+/// Ranges of a route's `mirror` keys, as (key below the route, message).
+pub fn check(m: &MirrorConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    within(p, "mirror.percent".into(), m.percent, 0.0, 100.0);
+    count(p, "mirror.max_body_bytes".into(), m.max_body_bytes, 0, 64 << 20);
+    count(p, "mirror.max_in_flight".into(), m.max_in_flight, 1, 10_000);
+    if let Some(log) = m.compare.as_ref().and_then(|c| c.log.as_ref()) {
+        within(p, "mirror.compare.log.sample_per_second".into(), log.sample_per_second, 0.0, 10_000.0);
+    }
+    problems
 }
 
 /// Parses `1024`, `64KiB`, `1MiB`, `1GiB` (powers of 1024) and `10KB`, `1MB`,

@@ -6,6 +6,7 @@ pub mod health;
 pub mod lines;
 pub mod mirror;
 pub mod overload;
+pub mod range;
 pub mod schema;
 pub mod trace;
 mod validate;
@@ -69,6 +70,20 @@ pub struct Loaded {
     pub base_dir: PathBuf,
     /// Where each key is written, for errors found by later passes.
     pub lines: Arc<LineIndex>,
+    /// The digest of the file's bytes, to tell an unchanged file on reload.
+    pub digest: Digest,
+}
+
+/// SHA-256 of a config file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut out = [0; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+        Self(out)
+    }
 }
 
 impl Loaded {
@@ -78,9 +93,13 @@ impl Loaded {
     }
 }
 
+/// One error per key (the first found: a range check runs before the
+/// later passes that may see the same value), sorted by line.
 fn keyed_errors(path: &Path, index: &LineIndex, problems: Vec<(String, String)>) -> ConfigErrors {
+    let mut seen = std::collections::HashSet::new();
     let mut errors: Vec<ConfigError> = problems
         .into_iter()
+        .filter(|(key, _)| seen.insert(key.clone()))
         .map(|(key, message)| ConfigError {
             file: path.to_path_buf(),
             line: index.line_of(&key),
@@ -92,17 +111,41 @@ fn keyed_errors(path: &Path, index: &LineIndex, problems: Vec<(String, String)>)
     ConfigErrors(errors)
 }
 
+/// An error about the file as a whole (no key), at `line` if known.
+fn file_error(path: &Path, line: Option<usize>, message: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        file: path.to_path_buf(),
+        line,
+        key: String::new(),
+        message,
+    }])
+}
+
 /// Reads and parses `path`.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        }])
-    })?;
-    parse(path, &text)
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, None, format!("cannot read: {e}")))?;
+    parse_bytes(path, &bytes)
+}
+
+/// Parses a config file's bytes: see [`decode`] and [`parse`].
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded, ConfigErrors> {
+    parse_text(path, decode(path, bytes)?, Digest::of(bytes))
+}
+
+/// The text of a config file's bytes. A leading UTF-8 byte-order mark is
+/// dropped (some Kubernetes tooling writes one; it carries no meaning in
+/// UTF-8); bytes that are not UTF-8 are an error naming line and column.
+pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = bytes.get(..e.valid_up_to()).unwrap_or_default();
+        let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(good.get(line_start..).unwrap_or_default()).chars().count() + 1;
+        let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+        let message = format!("invalid UTF-8 at column {column} (byte 0x{byte:02X}); save the file as UTF-8");
+        file_error(path, Some(line), message)
+    })
 }
 
 /// The directory relative paths in `path` resolve against.
@@ -116,7 +159,15 @@ pub fn base_dir(path: &Path) -> PathBuf {
 /// against `path`'s directory. The checks beyond the schema are
 /// [`problems`] (and those needing other modules, `snapshot::check`).
 pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
+    parse_text(path, text, Digest::of(text.as_bytes()))
+}
+
+fn parse_text(path: &Path, text: &str, digest: Digest) -> Result<Loaded, ConfigErrors> {
     let index = LineIndex::build(text);
+    if let Some(line) = index.second_document_line() {
+        let message = "a second YAML document starts here; weft reads one document per file".to_string();
+        return Err(file_error(path, Some(line), message));
+    }
     let mut config: Config =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
     let base_dir = base_dir(path);
@@ -127,6 +178,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
         path: path.to_path_buf(),
         base_dir,
         lines: Arc::new(index),
+        digest,
     })
 }
 
@@ -287,4 +339,98 @@ clusters:
         );
         assert_eq!(did_you_mean("zzz", ["web-stable"].into_iter()), "");
     }
+
+    /// Writes `bytes` as `weft.yaml` in a new directory and loads it.
+    fn load_bytes(bytes: &[u8]) -> (Vec<String>, Option<Loaded>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.yaml");
+        std::fs::write(&path, bytes).unwrap();
+        let shown = |e: ConfigErrors| {
+            e.0.iter()
+                .map(|e| e.to_string().replace(&*dir.path().to_string_lossy(), ""))
+                .collect()
+        };
+        match load(&path) {
+            Ok(loaded) => (vec![], Some(loaded)),
+            Err(e) => (shown(e), None),
+        }
+    }
+
+    #[test]
+    fn byte_order_mark_is_dropped_and_lines_stay_right() {
+        let with_bom = [b"\xEF\xBB\xBF".as_slice(), BASE.as_bytes()].concat();
+        let (errs, loaded) = load_bytes(&with_bom);
+        assert_eq!(errs, Vec::<String>::new());
+        assert_eq!(loaded.unwrap().config.listeners[0].name, "public");
+        let broken = BASE.replace("        cluster: web-canary", "        cluster: web-canary\n        timout: 5s");
+        let (errs, _) = load_bytes(&[b"\xEF\xBB\xBF".as_slice(), broken.as_bytes()].concat());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/weft.yaml:7: listeners[0].routes[0]: unknown field `timout`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_file_line_and_column() {
+        let text = BASE.replace("name: r0", "name: r\u{1}0");
+        let bytes: Vec<u8> = text.bytes().map(|b| if b == 1 { 0xFF } else { b }).collect();
+        let (errs, _) = load_bytes(&bytes);
+        assert_eq!(
+            errs,
+            ["/weft.yaml:5: invalid UTF-8 at column 16 (byte 0xFF); save the file as UTF-8"]
+        );
+    }
+
+    #[test]
+    fn a_second_document_is_refused_at_its_line() {
+        let (errs, _) = load_bytes(format!("---\n{BASE}---\nclusters: []\n").as_bytes());
+        assert_eq!(
+            errs,
+            ["/weft.yaml:12: a second YAML document starts here; weft reads one document per file"]
+        );
+        let (errs, loaded) = load_bytes(format!("---\n{BASE}...\n").as_bytes());
+        assert_eq!(errs, Vec::<String>::new());
+        assert!(loaded.is_some());
+    }
+
+    #[test]
+    fn values_that_cannot_run_are_refused_with_line_and_key() {
+        let cases = [
+            (
+                "    routes:\n",
+                "    limits: { max_connections: 18446744073709551615 }\n    routes:\n",
+                "weft.yaml:4: listeners[0].limits.max_connections: must be between 1 and 1000000",
+            ),
+            (
+                "    routes:\n",
+                "    limits:\n      header_read_timeout: 500000000000y\n    routes:\n",
+                "weft.yaml:5: listeners[0].limits.header_read_timeout: must be between 1ms and 1h",
+            ),
+            (
+                "        cluster: web-canary\n",
+                "        cluster: web-canary\n        timeout: 500000000000y\n        mirror: { cluster: web-canary }\n",
+                "weft.yaml:7: listeners[0].routes[0].timeout: must be between 1ms and 1h",
+            ),
+            (
+                "    routes:\n",
+                "    quic: { idle_timeout: 500000000000y }\n    routes:\n",
+                "weft.yaml:4: listeners[0].quic.idle_timeout: must be between 1ms and 1h",
+            ),
+            (
+                "listeners:\n",
+                "runtime: { worker_threads: 18446744073709551615 }\nlisteners:\n",
+                "weft.yaml:1: runtime.worker_threads: must be between 1 and 1024",
+            ),
+            (
+                "listeners:\n",
+                "runtime: { worker_threads: 100000 }\nlisteners:\n",
+                "weft.yaml:1: runtime.worker_threads: must be between 1 and 1024",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert_eq!(errors(&BASE.replacen(from, to, 1)), [expected]);
+        }
+    }
+
 }

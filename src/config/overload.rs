@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
+use super::range::{count, optional, within, HOUR, MILLION, MS};
 use super::schema::{duration, opt_duration};
 
 /// Envoy's adaptive concurrency filter (gradient controller) settings.
@@ -139,67 +140,26 @@ pub fn check_cluster(
     circuit: Option<&CircuitBreakerConfig>,
 ) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    let mut require = |ok: bool, key: &str, message: &str| {
-        if !ok {
-            problems.push((key.to_string(), message.to_string()));
-        }
-    };
+    let p = &mut problems;
     if let Some(a) = adaptive {
-        let key = "adaptive_concurrency";
-        let percent = |p: f64| (0.0..=100.0).contains(&p);
-        require(
-            percent(a.sample_aggregate_percentile),
-            &format!("{key}.sample_aggregate_percentile"),
-            "must be between 0 and 100",
-        );
-        require(
-            !a.concurrency_update_interval.is_zero(),
-            &format!("{key}.concurrency_update_interval"),
-            "must be above 0",
-        );
-        require(
-            !a.min_rtt_calc_interval.is_zero(),
-            &format!("{key}.min_rtt_calc_interval"),
-            "must be above 0",
-        );
-        require(
-            a.min_rtt_calc_request_count >= 1,
-            &format!("{key}.min_rtt_calc_request_count"),
-            "must be at least 1",
-        );
-        require(
-            a.min_rtt_buffer_percent.is_finite() && a.min_rtt_buffer_percent >= 0.0,
-            &format!("{key}.min_rtt_buffer_percent"),
-            "must be 0 or more",
-        );
-        require(
-            percent(a.jitter_percent),
-            &format!("{key}.jitter_percent"),
-            "must be between 0 and 100",
-        );
-        require(
-            a.min_concurrency >= 1,
-            &format!("{key}.min_concurrency"),
-            "must be at least 1",
-        );
-        require(
-            a.min_concurrency_limit >= 1,
-            &format!("{key}.min_concurrency_limit"),
-            "must be at least 1",
-        );
-        require(
-            a.max_concurrency_limit >= a.min_concurrency_limit,
-            &format!("{key}.max_concurrency_limit"),
-            "must be at least min_concurrency_limit",
-        );
+        let key = |k: &str| format!("adaptive_concurrency.{k}");
+        within(p, key("sample_aggregate_percentile"), a.sample_aggregate_percentile, 0.0, 100.0);
+        within(p, key("concurrency_update_interval"), a.concurrency_update_interval, MS, HOUR);
+        within(p, key("min_rtt_calc_interval"), a.min_rtt_calc_interval, MS, HOUR);
+        count(p, key("min_rtt_calc_request_count"), a.min_rtt_calc_request_count, 1, MILLION);
+        within(p, key("min_rtt_buffer_percent"), a.min_rtt_buffer_percent, 0.0, 1000.0);
+        within(p, key("jitter_percent"), a.jitter_percent, 0.0, 100.0);
+        count(p, key("min_concurrency"), a.min_concurrency, 1, MILLION);
+        count(p, key("min_concurrency_limit"), a.min_concurrency_limit, 1, MILLION);
+        count(p, key("max_concurrency_limit"), a.max_concurrency_limit, 1, MILLION);
+        if a.max_concurrency_limit < a.min_concurrency_limit {
+            p.push((key("max_concurrency_limit"), "must be at least min_concurrency_limit".into()));
+        }
     }
     if let Some(b) = budget {
-        require(
-            b.percent.is_finite() && b.percent >= 0.0,
-            "retry_budget.percent",
-            "must be 0 or more",
-        );
-        require(!b.window.is_zero(), "retry_budget.window", "must be above 0");
+        within(p, "retry_budget.percent".into(), b.percent, 0.0, 1000.0);
+        count(p, "retry_budget.min_retries_per_second".into(), b.min_retries_per_second, 0, MILLION);
+        within(p, "retry_budget.window".into(), b.window, MS, HOUR);
     }
     if let Some(c) = circuit {
         for (name, limit) in [
@@ -207,13 +167,22 @@ pub fn check_cluster(
             ("max_pending_requests", c.max_pending_requests),
             ("max_requests", c.max_requests),
         ] {
-            require(
-                limit != Some(0),
-                &format!("circuit_breaker.{name}"),
-                "must be at least 1",
-            );
+            let limit = limit.map(|n| u64::try_from(n).unwrap_or(u64::MAX));
+            optional(p, format!("circuit_breaker.{name}"), limit, 1, MILLION);
         }
     }
+    problems
+}
+
+/// Ranges of a route's `retry` keys, as (key below the route, message).
+pub fn check_retry(r: &RetryConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    count(p, "retry.max_retries".into(), r.max_retries, 0, 100);
+    optional(p, "retry.per_try_timeout".into(), r.per_try_timeout, MS, HOUR);
+    within(p, "retry.backoff.base".into(), r.backoff.base, Duration::ZERO, HOUR);
+    within(p, "retry.backoff.max".into(), r.backoff.max, Duration::ZERO, HOUR);
+    count(p, "retry.replay_buffer_bytes".into(), r.replay_buffer_bytes, 0, 64 << 20);
     problems
 }
 

@@ -27,9 +27,7 @@ pub fn validate(tracing: Option<&TracingConfig>) -> Vec<(String, String)> {
         return Vec::new();
     };
     let mut problems = Vec::new();
-    if !(0.0..=1.0).contains(&t.sample_ratio) {
-        problems.push(("tracing.sample_ratio".into(), "must be between 0.0 and 1.0".into()));
-    }
+    super::range::within(&mut problems, "tracing.sample_ratio".into(), t.sample_ratio, 0.0, 1.0);
     if let Err(e) = traces_uri(&t.otlp_endpoint) {
         problems.push(("tracing.otlp_endpoint".into(), e));
     }

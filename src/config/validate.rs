@@ -6,10 +6,19 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::schema::{ClusterProtocol, Config, ListenerProtocol};
+use tokio::time::Duration;
+
+use super::range::{count, optional, within, HOUR, MILLION, MS};
+use super::schema::{ClusterConfig, ClusterProtocol, Config, ListenerConfig, ListenerProtocol, RouteConfig};
 
 pub fn validate(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
+    let worker_threads = config.runtime.worker_threads;
+    optional(&mut problems, "runtime.worker_threads".into(), worker_threads.map(|n| n as u64), 1, 1024);
+    within(&mut problems, "drain_timeout".into(), config.drain_timeout, Duration::ZERO, HOUR);
+    for (zone, callers) in &config.node.callers {
+        count(&mut problems, format!("node.callers.{zone}"), *callers, 0, MILLION);
+    }
     let mut clusters: HashMap<&str, usize> = HashMap::new();
     for (i, c) in config.clusters.iter().enumerate() {
         let key = format!("clusters[{i}]");
@@ -29,6 +38,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
                 "an http3 cluster needs tls (QUIC is always encrypted)".into(),
             ));
         }
+        problems.extend(cluster_ranges(&key, c));
         problems.extend(super::health::validate_cluster(&key, c));
         let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
         if guarded && c.protocol == ClusterProtocol::Tcp {
@@ -43,11 +53,6 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             c.circuit_breaker.as_ref(),
         ) {
             problems.push((format!("{key}.{sub}"), message));
-        }
-        for (j, e) in c.endpoints.iter().enumerate() {
-            if e.weight == 0 {
-                problems.push((format!("{key}.endpoints[{j}].weight"), "must be at least 1".into()));
-            }
         }
     }
 
@@ -75,15 +80,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         } else if l.protocol == ListenerProtocol::Http3 {
             problems.push((format!("{key}.tls"), "an http3 listener needs tls".into()));
         }
-        if l.limits.max_request_headers_kb < 8 {
-            problems.push((
-                format!("{key}.limits.max_request_headers_kb"),
-                "must be at least 8".into(),
-            ));
-        }
-        if l.limits.max_connections == 0 {
-            problems.push((format!("{key}.limits.max_connections"), "must be at least 1".into()));
-        }
+        problems.extend(listener_ranges(&key, l));
         match l.protocol {
             ListenerProtocol::Tcp => {
                 if !l.routes.is_empty() {
@@ -119,5 +116,46 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
     problems.extend(super::trace::validate(config.tracing.as_ref()));
+    problems
+}
+
+/// Ranges of a cluster's own numeric keys (its sections check theirs).
+fn cluster_ranges(key: &str, c: &ClusterConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    within(&mut problems, format!("{key}.connect_timeout"), c.connect_timeout, MS, HOUR);
+    within(&mut problems, format!("{key}.idle_timeout"), c.idle_timeout, MS, HOUR);
+    for (j, e) in c.endpoints.iter().enumerate() {
+        count(&mut problems, format!("{key}.endpoints[{j}].weight"), e.weight, 1, MILLION);
+    }
+    problems
+}
+
+/// Ranges of a listener's numeric keys and those of its routes.
+fn listener_ranges(key: &str, l: &ListenerConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let limits = &l.limits;
+    count(&mut problems, format!("{key}.limits.max_request_headers_kb"), limits.max_request_headers_kb, 8, 8192);
+    within(&mut problems, format!("{key}.limits.header_read_timeout"), limits.header_read_timeout, MS, HOUR);
+    count(&mut problems, format!("{key}.limits.max_connections"), limits.max_connections, 1, MILLION);
+    within(&mut problems, format!("{key}.quic.idle_timeout"), l.quic.idle_timeout, MS, HOUR);
+    count(&mut problems, format!("{key}.quic.max_concurrent_streams"), l.quic.max_concurrent_streams, 1, 10_000);
+    for (j, r) in l.routes.iter().enumerate() {
+        problems.extend(route_ranges(&format!("{key}.routes[{j}]"), r));
+    }
+    problems
+}
+
+fn route_ranges(key: &str, r: &RouteConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    optional(&mut problems, format!("{key}.timeout"), r.timeout, MS, HOUR);
+    for (i, s) in r.split.iter().flatten().enumerate() {
+        count(&mut problems, format!("{key}.split[{i}].weight"), s.weight, 0, MILLION);
+    }
+    if let Some(d) = &r.direct_response {
+        count(&mut problems, format!("{key}.direct_response.status"), d.status, 200, 599);
+    }
+    let sections = r.retry.iter().flat_map(super::overload::check_retry);
+    let sections = sections.chain(r.mirror.iter().flat_map(super::mirror::check));
+    problems.extend(sections.map(|(sub, message)| (format!("{key}.{sub}"), message)));
     problems
 }

@@ -30,7 +30,12 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    health: Arc<crate::listener::Health>,
+    mut stop: watch::Receiver<bool>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -40,10 +45,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
                 Err(_) => continue,
             },
         };
-        let shared = shared.clone();
+        let (shared, health) = (shared.clone(), health.clone());
         let service = service_fn(move |req| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+            let (shared, health) = (shared.clone(), health.clone());
+            async move { Ok::<_, Infallible>(respond(&shared, &health, &req)) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
@@ -65,7 +70,21 @@ fn json(value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+/// `/ready`: 200, or 503 while draining or while a listener is down.
+fn ready(shared: &Shared, health: &crate::listener::Health) -> Response<Body> {
+    if !is_ready(shared) {
+        return plain_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"draining\n"));
+    }
+    match health.down() {
+        down if down.is_empty() => plain_response(StatusCode::OK, Bytes::from_static(b"ready\n")),
+        down => plain_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(format!("listener down: {}\n", down.join(", "))),
+        ),
+    }
+}
+
+fn respond(shared: &Shared, health: &crate::listener::Health, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain_response(StatusCode::METHOD_NOT_ALLOWED, Bytes::from_static(b"use GET\n"));
     }
@@ -78,8 +97,7 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             );
             response
         }
-        "/ready" if is_ready(shared) => plain_response(StatusCode::OK, Bytes::from_static(b"ready\n")),
-        "/ready" => plain_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"draining\n")),
+        "/ready" => ready(shared, health),
         "/" => page::response(),
         "/stats" => json(&stats::collect(&shared.metrics)),
         "/live" => plain_response(StatusCode::OK, Bytes::from_static(b"live\n")),

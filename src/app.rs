@@ -1,16 +1,21 @@
 //! A running weft: shared state, admin server, listeners, and the reload and
 //! drain procedures. `main` and the integration tests both drive this.
+//!
+//! Reload reads the config file only when asked (SIGHUP) or when the file
+//! watcher says it may have changed, and applies it only when its bytes
+//! differ from the last ones tried: a file is applied, or refused and
+//! reported, once per content.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Mutex};
 
-use crate::config::{self, Loaded};
-use crate::listener::ListenerSet;
+use crate::config::{self, Digest, Loaded};
+use crate::listener::{Health, ListenerSet};
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -20,15 +25,22 @@ pub struct App {
     listeners: Mutex<ListenerSet>,
     admin_addr: SocketAddr,
     stop_admin: watch::Sender<bool>,
-    /// The file text last tried, so an unchanged file is not reloaded again.
-    last_text: Mutex<Option<String>>,
+    /// Listeners whose task died; `/ready` answers 503 while there are any.
+    health: Arc<Health>,
+    /// What the last load or reload read: the file's digest, or why it could
+    /// not be read. The same outcome again is neither applied nor reported.
+    last_read: Mutex<Result<Digest, std::io::ErrorKind>>,
+    /// Times the config file has been read for a reload.
+    reads: AtomicU64,
+    /// The file watcher's count of checks, once it runs.
+    watch_checks: parking_lot::Mutex<Option<Arc<AtomicU64>>>,
 }
 
 impl App {
     /// Binds the admin address and every listener of `loaded`.
     pub async fn start(loaded: Loaded) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
-        let text = std::fs::read_to_string(&loaded.path).ok();
+        let digest = loaded.digest;
         let snapshot = Snapshot::build(loaded, &metrics, None).map_err(|e| e.to_string())?;
         snapshot.start();
         let admin_address = snapshot.loaded.config.admin.address;
@@ -48,10 +60,11 @@ impl App {
             .map_err(|e| format!("admin: cannot bind {admin_address}: {e}"))?;
         let admin_addr = admin.local_addr().unwrap_or(admin_address);
         let (stop_admin, admin_stopped) = watch::channel(false);
-        let mut listeners = ListenerSet::default();
+        let health = Arc::new(Health::default());
+        let mut listeners = ListenerSet::new(health.clone());
         let base = shared.snapshot.load().loaded.base_dir.clone();
         listeners.reconcile(&listeners_config, &base, &shared).await?;
-        tokio::spawn(crate::admin::serve(admin, shared.clone(), admin_stopped));
+        tokio::spawn(crate::admin::serve(admin, shared.clone(), health.clone(), admin_stopped));
         crate::memory::spawn_trimmer(&shared);
         tracing::info!(admin = %admin_addr, "weft started");
         Ok(Arc::new(Self {
@@ -59,7 +72,10 @@ impl App {
             listeners: Mutex::new(listeners),
             admin_addr,
             stop_admin,
-            last_text: Mutex::new(text),
+            health,
+            last_read: Mutex::new(Ok(digest)),
+            reads: AtomicU64::new(0),
+            watch_checks: parking_lot::Mutex::new(None),
         }))
     }
 
@@ -75,21 +91,21 @@ impl App {
         self.shared.snapshot.load().loaded.path.clone()
     }
 
-    /// Reloads from the config file if its text changed since the last try
+    /// Reloads from the config file if its bytes changed since the last try
     /// (or always, with `force`). On any error the running config stays.
     pub async fn reload(&self, force: bool) -> Result<bool, String> {
         let path = self.config_path();
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: cannot read: {e}", path.display()));
-        let mut last = self.last_text.lock().await;
-        if let Ok(text) = &text {
-            if !force && last.as_deref() == Some(text.as_str()) {
-                return Ok(false);
-            }
-            *last = Some(text.clone());
+        let mut last = self.last_read.lock().await;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let read = tokio::fs::read(&path).await;
+        let outcome = read.as_deref().map(Digest::of).map_err(std::io::Error::kind);
+        if !force && *last == outcome {
+            return Ok(false);
         }
-        let result = match text {
-            Ok(text) => self.apply(&path, &text).await,
-            Err(e) => Err(e),
+        *last = outcome;
+        let result = match read {
+            Ok(bytes) => self.apply(&path, &bytes).await,
+            Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
         };
         let label = if result.is_ok() { "ok" } else { "error" };
         self.shared.metrics.config_reloads.with_label_values(&[label]).inc();
@@ -102,8 +118,8 @@ impl App {
         result.map(|()| true)
     }
 
-    async fn apply(&self, path: &Path, text: &str) -> Result<(), String> {
-        let loaded = config::parse(path, text).map_err(|e| e.to_string())?;
+    async fn apply(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
+        let loaded = config::parse_bytes(path, bytes).map_err(|e| e.to_string())?;
         let previous = self.shared.snapshot.load_full();
         if loaded.config.admin != previous.loaded.config.admin {
             tracing::warn!("admin.address changes take effect on restart");
@@ -125,16 +141,44 @@ impl App {
         Ok(())
     }
 
-    /// Reloads whenever the config file's directory changes (or every `poll`).
-    /// The watcher lives as long as the returned task.
+    /// Reloads whenever the config file may have changed (see
+    /// `config::watch`; `poll` is its metadata poll). The watcher lives as
+    /// long as the returned task.
     pub fn spawn_watcher(self: &Arc<Self>, poll: tokio::time::Duration) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
+        let mut watch = config::watch::watch(&app.config_path(), poll);
+        *self.watch_checks.lock() = Some(watch.checks());
         tokio::spawn(async move {
-            let mut changes = config::watch::watch(&app.config_path(), poll);
-            while changes.recv().await.is_some() {
+            while watch.changed().await.is_some() {
                 let _ = app.reload(false).await;
             }
         })
+    }
+
+    /// Times the config file has been read for a reload.
+    pub fn config_reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Times the file watcher has looked at the config file's metadata (0
+    /// before it runs): tells how long it has watched an idle file.
+    pub fn config_checks(&self) -> u64 {
+        self.watch_checks
+            .lock()
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Listeners whose task died (see `/ready`).
+    pub fn listeners_down(&self) -> Vec<String> {
+        self.health.down()
+    }
+
+    /// Ends a listener's task at once, as a panic in it would; for tests of
+    /// what follows (an error log, `/ready` 503, a reload restarting it).
+    #[doc(hidden)]
+    pub async fn kill_listener(&self, name: &str) -> bool {
+        self.listeners.lock().await.kill(name)
     }
 
     /// Turns `/ready` to 503, stops accepting, and waits up to the drain

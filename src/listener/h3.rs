@@ -21,13 +21,15 @@ use crate::config::schema::ListenerConfig;
 use crate::core::body::Body;
 use crate::http3::{send_body, H3Body};
 use crate::listener::tls::TlsSetup;
+use crate::listener::{reached, Phase, Socket, SocketReturn};
 use crate::proxy::{Downstream, Proxy, Shared};
 use crate::tls::PeerIdentity;
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;
 
-/// Binds the UDP socket with the listener's TLS (ALPN `h3`).
-pub fn bind(config: &ListenerConfig, tls: &TlsSetup) -> Result<quinn::Endpoint, String> {
+/// The QUIC server config of a listener: its TLS (ALPN `h3`) and transport
+/// settings; given to a freshly bound endpoint or to one taken over.
+pub fn server_config(config: &ListenerConfig, tls: &TlsSetup) -> Result<quinn::ServerConfig, String> {
     let mut crypto = (*tls.config).clone();
     crypto.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = QuicServerConfig::try_from(crypto).map_err(|e| format!("listener {}: {e}", config.name))?;
@@ -38,15 +40,15 @@ pub fn bind(config: &ListenerConfig, tls: &TlsSetup) -> Result<quinn::Endpoint, 
     transport.max_idle_timeout(Some(idle));
     transport.max_concurrent_bidi_streams(config.quic.max_concurrent_streams.into());
     server.transport_config(Arc::new(transport));
-    quinn::Endpoint::server(server, config.address)
-        .map_err(|e| format!("listener {}: cannot bind udp {}: {e}", config.name, config.address))
+    Ok(server)
 }
 
 pub async fn serve(
     config: ListenerConfig,
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
+    give_back: SocketReturn,
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let header_bytes = u64::from(config.limits.max_request_headers_kb) * 1024;
@@ -54,12 +56,13 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
-            _ = crate::listener::stopped(&mut stop) => break,
+            biased;
+            _ = reached(&mut phase, Phase::HandedOver) => break,
             incoming = endpoint.accept() => match incoming { Some(i) => i, None => break },
         };
         while connections.try_join_next().is_some() {}
         let open = counters.open();
-        let (shared, name, stop) = (shared.clone(), name.clone(), stop.clone());
+        let (shared, name, stop) = (shared.clone(), name.clone(), phase.clone());
         connections.spawn(async move {
             let _counted = open;
             match incoming.await {
@@ -68,10 +71,16 @@ pub async fn serve(
             }
         });
     }
-    // Stop taking new connections; open ones get GOAWAY and drain.
-    endpoint.set_server_config(None);
+    // A successor takes new connections on the same endpoint; without one,
+    // none are taken. Open ones get GOAWAY and drain.
+    let handed_over = give_back.give(Socket::Quic(endpoint.clone()));
+    if !handed_over {
+        endpoint.set_server_config(None);
+    }
     while connections.join_next().await.is_some() {}
-    endpoint.wait_idle().await;
+    if !handed_over {
+        endpoint.wait_idle().await;
+    }
 }
 
 async fn serve_connection(
@@ -79,7 +88,7 @@ async fn serve_connection(
     listener: Arc<str>,
     shared: Arc<Shared>,
     header_bytes: u64,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Phase>,
 ) {
     let peer = conn.remote_address();
     let identity = conn
@@ -107,7 +116,7 @@ async fn serve_connection(
     let mut draining = false;
     loop {
         tokio::select! {
-            _ = crate::listener::stopped(&mut stop), if !draining => {
+            _ = reached(&mut stop, Phase::HandedOver), if !draining => {
                 draining = true;
                 // GOAWAY: the client opens no new requests.
                 if let Err(e) = h3.shutdown(0).await {

@@ -8,9 +8,13 @@
 //! request's headers), and a cap on open connections.
 //!
 //! Each connection's task holds only the server of its own protocol (see
-//! `preface`); an HTTP/2 connection is boxed. Drain: on stop, every
-//! connection is asked to shut down gracefully (HTTP/2 GOAWAY, HTTP/1.1 close
-//! after the current response) and `serve` returns once all have ended.
+//! `preface`); an HTTP/2 connection is boxed. Drain: once the listener stops
+//! accepting, every connection is asked to shut down gracefully (HTTP/2
+//! GOAWAY, HTTP/1.1 close after the current response) and `serve` returns
+//! once all have ended. After a hand-over ([`Phase::HandedOver`]) a
+//! connection that has not sent its request yet (or is still in its TLS
+//! handshake) gets that one request served, on the old settings; when
+//! closing ([`Phase::Closing`]) it is closed at once.
 
 use std::sync::Arc;
 
@@ -25,13 +29,15 @@ use tokio::time::Duration;
 use crate::config::schema::ListenerConfig;
 use crate::listener::preface::{sniff, Protocol};
 use crate::listener::tls::TlsSetup;
-use crate::listener::{accept_tcp, stopped, ConnectionCounters};
+use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::{Downstream, Proxy, Shared};
 use crate::tls::PeerIdentity;
 
 /// The HTTP/1 and HTTP/2 servers of one listener, with its limits.
 pub struct Servers {
     http1: http1::Builder,
+    /// For connections that start after a hand-over: one request, then close.
+    http1_once: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
 }
@@ -44,43 +50,49 @@ impl Servers {
             .timer(TokioTimer::new())
             .header_read_timeout(config.limits.header_read_timeout)
             .max_buf_size(header_bytes);
+        let mut http1_once = http1.clone();
+        http1_once.keep_alive(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
         Self {
             http1,
+            http1_once,
             http2,
             header_read_timeout: config.limits.header_read_timeout,
         }
     }
 }
 
-/// Accepts until `stop` turns true, then lets open connections finish
-/// gracefully (HTTP/2 GOAWAY, HTTP/1.1 close after the current response).
+/// Accepts while `phase` is [`Phase::Serving`], then gives the socket back
+/// and lets open connections finish gracefully (HTTP/2 GOAWAY, HTTP/1.1 close
+/// after the current response).
 pub async fn serve(
     config: ListenerConfig,
     listener: TcpListener,
     tls: Option<TlsSetup>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
+    give_back: SocketReturn,
 ) {
     let servers = Arc::new(Servers::new(&config));
     let acceptor = tls.as_ref().map(TlsSetup::acceptor);
-    // Every connection holds a receiver: `drain` tells them to finish, and
-    // `closed()` resolves once the last one has.
-    let (drain, draining) = watch::channel(false);
+    // Every connection holds a receiver of `alive`, whose `closed()`
+    // resolves once the last one has ended.
+    let (alive, alive_rx) = watch::channel(());
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let name: Arc<str> = Arc::from(config.name.as_str());
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let handshake_timeout = config.limits.header_read_timeout;
-    while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut stop, &name).await {
+    while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &name).await {
         let _ = stream.set_nodelay(true);
         let open = counters.open();
         let (shared, servers, name, acceptor) = (shared.clone(), servers.clone(), name.clone(), acceptor.clone());
         // Taken before the handshake so a drain waits for it too.
-        let draining = draining.clone();
+        let (draining, alive) = (phase.clone(), alive_rx.clone());
         tokio::spawn(async move {
+            let _alive = alive;
             match acceptor {
                 None => {
                     let downstream = Arc::new(Downstream {
@@ -98,8 +110,8 @@ pub async fn serve(
                         let mut stopping = draining.clone();
                         let result = tokio::select! {
                             result = handshake => result,
-                            // A drain does not wait for handshakes still under way.
-                            _ = stopped(&mut stopping) => return,
+                            // Closing does not wait for handshakes still under way.
+                            _ = reached(&mut stopping, Phase::Closing) => return,
                         };
                         match result {
                             Ok(Ok(tls)) => {
@@ -127,22 +139,22 @@ pub async fn serve(
             drop((open, permit));
         });
     }
-    drop(listener);
-    drop(draining);
-    let _ = drain.send(true);
-    drain.closed().await;
+    give_back.give(Socket::Tcp(listener));
+    drop(alive_rx);
+    alive.closed().await;
 }
 
 /// Serves one connection in the protocol its first bytes show (over TLS
 /// too, whatever ALPN said: a client that sends nothing is then bounded by
 /// the header read timeout in every case, as hyper-util's auto server did).
-/// A drain closes a connection that has not sent its first bytes yet.
+/// Closing closes a connection that has not sent its first bytes yet; after
+/// a hand-over it gets one request served.
 async fn serve_connection<I>(
     servers: &Servers,
     io: I,
     downstream: Arc<Downstream>,
     shared: Arc<Shared>,
-    mut draining: watch::Receiver<bool>,
+    mut draining: watch::Receiver<Phase>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -150,7 +162,7 @@ async fn serve_connection<I>(
     let first_bytes = tokio::time::timeout(servers.header_read_timeout, sniff(io));
     let sniffed = tokio::select! {
         sniffed = first_bytes => sniffed,
-        _ = stopped(&mut draining) => return,
+        _ = reached(&mut draining, Phase::Closing) => return,
     };
     let (protocol, io) = match sniffed {
         Ok(Ok(sniffed)) => sniffed,
@@ -161,21 +173,32 @@ async fn serve_connection<I>(
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
-            let conn = servers.http1.serve_connection(io, service).with_upgrades();
+            // A connection that starts after a hand-over is served one request
+            // (and closed after it); a graceful shutdown now would close it unserved.
+            let (server, shut_at) = match *draining.borrow() {
+                Phase::Serving => (&servers.http1, Phase::HandedOver),
+                _ => (&servers.http1_once, Phase::Closing),
+            };
+            let conn = server.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
+            // The connection first: once polled it has read the sniffed bytes,
+            // and hyper's graceful shutdown then still serves that request.
             tokio::select! {
+                biased;
                 result = conn.as_mut() => result,
-                _ = stopped(&mut draining) => {
+                _ = reached(&mut draining, shut_at) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
             }
         }
         Protocol::Http2 => {
+            // GOAWAY, even right away, still serves the streams the client has sent.
             let mut conn = Box::pin(servers.http2.serve_connection(io, service));
             tokio::select! {
+                biased;
                 result = conn.as_mut() => result,
-                _ = stopped(&mut draining) => {
+                _ = reached(&mut draining, Phase::HandedOver) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

@@ -9,20 +9,21 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::schema::ListenerConfig;
-use crate::listener::{accept_tcp, ConnectionCounters};
+use crate::listener::{accept_tcp, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::Shared;
 
 pub async fn serve(
     config: ListenerConfig,
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
+    give_back: SocketReturn,
 ) {
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let cluster_name = config.cluster.clone().unwrap_or_default();
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let mut connections = JoinSet::new();
-    while let Some((mut inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut stop, &config.name).await {
+    while let Some((mut inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &config.name).await {
         let open = counters.open();
         // The cluster is looked up per connection so a reload that changes
         // its endpoints applies to new connections.
@@ -60,7 +61,7 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
+    give_back.give(Socket::Tcp(listener));
     // Established streams have no request boundary to drain at; let them run
     // to their end (SIGTERM's drain timeout bounds the wait).
     while connections.join_next().await.is_some() {}

@@ -13,6 +13,7 @@ use tokio::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::schema::ListenerConfig;
+use crate::listener::Phase;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::{self, CertStore};
 
@@ -46,7 +47,7 @@ pub fn prepare(config: &ListenerConfig, base: &Path, alpn: &[&[u8]]) -> Result<O
 }
 
 /// Reloads `store` whenever one of its files may have changed, until `stop`.
-pub fn watch_certificates(store: Arc<CertStore>, listener: &str, metrics: &Metrics, mut stop: watch::Receiver<bool>) {
+pub fn watch_certificates(store: Arc<CertStore>, listener: &str, metrics: &Metrics, mut stop: watch::Receiver<Phase>) {
     let ok = metrics.tls_certificate_reloads.with_label_values(&[listener, "ok"]);
     let error = metrics.tls_certificate_reloads.with_label_values(&[listener, "error"]);
     let listener = listener.to_string();
@@ -57,9 +58,9 @@ pub fn watch_certificates(store: Arc<CertStore>, listener: &str, metrics: &Metri
         .collect();
     tokio::spawn(async move {
         loop {
-            let any_change = futures_util::future::select_all(changes.iter_mut().map(|c| Box::pin(c.recv())));
+            let any_change = futures_util::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
             tokio::select! {
-                _ = crate::listener::stopped(&mut stop) => return,
+                _ = crate::listener::reached(&mut stop, Phase::HandedOver) => return,
                 (change, _, _) = any_change => if change.is_none() { return },
             }
             let (changed, errors) = store.reload();

@@ -1,0 +1,402 @@
+//! The set of running listeners, reconciled against each new config.
+//!
+//! Guarantees:
+//! - A listener whose socket-level settings did not change keeps running
+//!   untouched. Routes and `advertise_http3` are read per request from the
+//!   live snapshot, so changing them changes nothing here.
+//! - A changed listener on the same address (and transport: TCP for `http`
+//!   and `tcp`, UDP for `http3`) keeps its bound socket: the old task stops
+//!   accepting and hands the socket to a new task with the new settings, so
+//!   the port never refuses a connection (they wait in the kernel's backlog
+//!   for the moment of the hand-over). New connections get the new settings;
+//!   open ones finish on the old (see [`Phase::HandedOver`]). The socket is
+//!   found by name and address, or, for a fixed port, by address alone (a
+//!   renamed listener, two listeners swapping addresses).
+//! - Nothing is started or stopped when a bind or a certificate fails,
+//!   except listeners whose address a newly bound one needs (stopped first,
+//!   as the kernel requires).
+//! - A listener task that dies (panics, or ends without being told to) is
+//!   logged and listed in [`Health`], which turns `/ready` to 503 until a
+//!   reload starts the listener again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::{h3, http, tcp, tls, Phase, Socket, SocketReturn};
+use crate::config::schema::{ListenerConfig, ListenerProtocol};
+use crate::proxy::Shared;
+
+/// A bound listening socket with its TLS set-up.
+enum Bound {
+    Tcp(TcpListener, Option<tls::TlsSetup>),
+    Quic(quinn::Endpoint, tls::TlsSetup),
+}
+
+/// A listener's TLS (and QUIC server config), made before any socket is
+/// bound or handed over, so that a bad certificate refuses the config.
+enum Prepared {
+    Tcp(Option<tls::TlsSetup>),
+    Quic(tls::TlsSetup, quinn::ServerConfig),
+}
+
+impl Prepared {
+    fn new(config: &ListenerConfig, base: &Path) -> Result<Self, String> {
+        if config.protocol != ListenerProtocol::Http3 {
+            return Ok(Self::Tcp(tls::prepare(config, base, tls::ALPN_TCP)?));
+        }
+        let tls = tls::prepare(config, base, &[b"h3"])?
+            .ok_or_else(|| format!("listener {}: http3 needs tls", config.name))?;
+        let server = h3::server_config(config, &tls)?;
+        Ok(Self::Quic(tls, server))
+    }
+
+    async fn bind(self, config: &ListenerConfig) -> Result<Bound, String> {
+        let address = config.address;
+        match self {
+            Self::Tcp(tls) => {
+                let socket = TcpListener::bind(address)
+                    .await
+                    .map_err(|e| format!("listener {}: cannot bind {address}: {e}", config.name))?;
+                Ok(Bound::Tcp(socket, tls))
+            }
+            Self::Quic(tls, server) => {
+                let endpoint = quinn::Endpoint::server(server, address)
+                    .map_err(|e| format!("listener {}: cannot bind udp {address}: {e}", config.name))?;
+                Ok(Bound::Quic(endpoint, tls))
+            }
+        }
+    }
+
+    /// Takes over a predecessor's socket; `Err` gives back one of the other transport.
+    fn adopt(self, socket: Socket) -> Result<Bound, (Self, Socket)> {
+        match (self, socket) {
+            (Self::Tcp(tls), Socket::Tcp(socket)) => Ok(Bound::Tcp(socket, tls)),
+            (Self::Quic(tls, server), Socket::Quic(endpoint)) => {
+                // New QUIC connections get the new transport settings and TLS;
+                // open ones keep theirs.
+                endpoint.set_server_config(Some(server));
+                Ok(Bound::Quic(endpoint, tls))
+            }
+            (prepared, socket) => Err((prepared, socket)),
+        }
+    }
+}
+
+/// Which listeners are down: their task died while it should have been
+/// serving. `/ready` answers 503 while any is.
+#[derive(Default)]
+pub struct Health(Mutex<HealthState>);
+
+#[derive(Default)]
+struct HealthState {
+    /// The generation of each listener that should be serving now.
+    serving: HashMap<String, u64>,
+    down: BTreeSet<String>,
+}
+
+impl Health {
+    /// Names of the listeners that are down.
+    pub fn down(&self) -> Vec<String> {
+        self.0.lock().down.iter().cloned().collect()
+    }
+
+    fn serving(&self, name: &str, generation: u64) {
+        let mut state = self.0.lock();
+        state.serving.insert(name.to_string(), generation);
+        state.down.remove(name);
+    }
+
+    /// Moves `generation` of `name` to `phase`; from then on its end is no death.
+    fn retire(&self, name: &str, generation: u64, stop: &watch::Sender<Phase>, phase: Phase) {
+        let mut state = self.0.lock();
+        stop.send_replace(phase);
+        if state.serving.get(name) == Some(&generation) {
+            state.serving.remove(name);
+        }
+    }
+
+    /// Whether `generation` of `name` counted as serving; if so it is down now.
+    fn died(&self, name: &str, generation: u64) -> bool {
+        let mut state = self.0.lock();
+        let serving = state.serving.get(name) == Some(&generation);
+        if serving {
+            state.down.insert(name.to_string());
+        }
+        serving
+    }
+
+    /// Forgets listeners that are no longer configured.
+    fn keep_only(&self, names: &HashSet<&str>) {
+        self.0.lock().down.retain(|n| names.contains(n.as_str()));
+    }
+}
+
+struct Running {
+    config: ListenerConfig,
+    generation: u64,
+    /// The bound address (differs from the configured one for port 0).
+    local: SocketAddr,
+    stop: watch::Sender<Phase>,
+    /// The socket, once the task has stopped accepting and a successor asked for it.
+    socket: oneshot::Receiver<Socket>,
+    /// The supervisor: ends after the listener's task has.
+    task: JoinHandle<()>,
+    /// The listener's own task.
+    serve: AbortHandle,
+}
+
+/// A listener told to stop, until its connections have finished.
+struct Stopping {
+    stop: watch::Sender<Phase>,
+    task: JoinHandle<()>,
+}
+
+pub struct ListenerSet {
+    running: HashMap<String, Running>,
+    stopping: Vec<Stopping>,
+    health: Arc<Health>,
+    generations: u64,
+}
+
+impl ListenerSet {
+    pub fn new(health: Arc<Health>) -> Self {
+        Self {
+            running: HashMap::new(),
+            stopping: Vec::new(),
+            health,
+            generations: 0,
+        }
+    }
+
+    /// Makes the running listeners those of `wanted` (see the module doc).
+    pub async fn reconcile(
+        &mut self,
+        wanted: &[ListenerConfig],
+        base: &Path,
+        shared: &Arc<Shared>,
+    ) -> Result<(), String> {
+        // A dead listener's socket went with its task; it is bound afresh.
+        self.running.retain(|_, r| !r.serve.is_finished());
+        let mut claimed: HashSet<String> = HashSet::new();
+        for w in wanted {
+            if let Some(r) = self.running.get_mut(&w.name).filter(|r| same_task(&r.config, w)) {
+                r.config = w.clone();
+                claimed.insert(w.name.clone());
+            }
+        }
+        let changed: Vec<&ListenerConfig> = wanted.iter().filter(|w| !claimed.contains(&w.name)).collect();
+        let mut takeovers = Vec::new();
+        let mut binds = Vec::new();
+        for w in changed {
+            match self.donor(w, &claimed) {
+                Some(donor) => {
+                    claimed.insert(donor.clone());
+                    takeovers.push((w, donor));
+                }
+                None => binds.push(w),
+            }
+        }
+        let retiring: Vec<String> = self.running.keys().filter(|n| !claimed.contains(*n)).cloned().collect();
+        let (first, later): (Vec<String>, Vec<String>) = retiring
+            .into_iter()
+            .partition(|n| self.running.get(n).is_some_and(|r| binds.iter().any(|w| conflicts(r, w))));
+        for name in first {
+            self.stop(&name);
+        }
+        let mut prepared = Vec::with_capacity(takeovers.len());
+        for (w, donor) in takeovers {
+            prepared.push((w, donor, Prepared::new(w, base)?));
+        }
+        let mut bound = Vec::with_capacity(binds.len());
+        for w in binds {
+            bound.push((w.clone(), Prepared::new(w, base)?.bind(w).await?));
+        }
+        // Every socket is taken before any successor starts: two listeners
+        // may be swapping addresses.
+        let mut sockets = Vec::with_capacity(prepared.len());
+        for (w, donor, prepared) in prepared {
+            sockets.push((w, prepared, self.take_socket(&donor).await));
+        }
+        for (w, prepared, socket) in sockets {
+            let socket = match socket.map(|s| prepared.adopt(s)) {
+                Some(Ok(socket)) => socket,
+                Some(Err((prepared, _))) => prepared.bind(w).await?,
+                // The predecessor died meanwhile, and its socket with it.
+                None => Prepared::new(w, base)?.bind(w).await?,
+            };
+            tracing::info!(listener = %w.name, address = %w.address, protocol = ?w.protocol, "listening with new settings on the same socket");
+            self.start(w.clone(), socket, shared);
+        }
+        for name in later {
+            self.stop(&name);
+        }
+        for (config, socket) in bound {
+            tracing::info!(listener = %config.name, address = %config.address, protocol = ?config.protocol, "listening");
+            self.start(config, socket, shared);
+        }
+        self.health.keep_only(&wanted.iter().map(|w| w.name.as_str()).collect());
+        Ok(())
+    }
+
+    /// The running listener, not yet claimed, whose socket `wanted` can take:
+    /// its own of the same address, else another's of the same fixed address.
+    fn donor(&self, wanted: &ListenerConfig, claimed: &HashSet<String>) -> Option<String> {
+        let free = |(name, r): &(&String, &Running)| {
+            !claimed.contains(*name) && same_transport(&r.config, wanted) && r.config.address == wanted.address
+        };
+        let own = self.running.get_key_value(&wanted.name).filter(|pair| free(pair));
+        let by_address = || self.running.iter().find(|pair| wanted.address.port() != 0 && free(pair));
+        own.or_else(by_address).map(|(name, _)| name.clone())
+    }
+
+    fn start(&mut self, config: ListenerConfig, socket: Bound, shared: &Arc<Shared>) {
+        self.generations += 1;
+        let generation = self.generations;
+        let local = match &socket {
+            Bound::Tcp(s, _) => s.local_addr(),
+            Bound::Quic(e, _) => e.local_addr(),
+        };
+        let local = local.unwrap_or(config.address);
+        let (stop, phase) = watch::channel(Phase::Serving);
+        let (socket_tx, socket_rx) = oneshot::channel();
+        let give_back = SocketReturn(socket_tx);
+        let serve = match socket {
+            Bound::Tcp(socket, tls) => {
+                if let Some(tls) = &tls {
+                    tls::watch_certificates(tls.store.clone(), &config.name, &shared.metrics, phase.clone());
+                }
+                if config.protocol == ListenerProtocol::Tcp {
+                    tokio::spawn(tcp::serve(config.clone(), socket, shared.clone(), phase, give_back))
+                } else {
+                    let serving = http::serve(config.clone(), socket, tls, shared.clone(), phase, give_back);
+                    tokio::spawn(serving)
+                }
+            }
+            Bound::Quic(endpoint, tls) => {
+                tls::watch_certificates(tls.store.clone(), &config.name, &shared.metrics, phase.clone());
+                tokio::spawn(h3::serve(config.clone(), endpoint, shared.clone(), phase, give_back))
+            }
+        };
+        self.health.serving(&config.name, generation);
+        let abort = serve.abort_handle();
+        let task = tokio::spawn(supervise(config.name.clone(), generation, serve, self.health.clone()));
+        self.running.insert(
+            config.name.clone(),
+            Running {
+                config,
+                generation,
+                local,
+                stop,
+                socket: socket_rx,
+                task,
+                serve: abort,
+            },
+        );
+    }
+
+    /// Closes a listener for good: it stops accepting and its connections drain.
+    fn stop(&mut self, name: &str) {
+        if let Some(r) = self.running.remove(name) {
+            tracing::info!(listener = %name, "listener stopping");
+            // Dropped first, so the task's socket closes instead of waiting here.
+            drop(r.socket);
+            self.health.retire(name, r.generation, &r.stop, Phase::Closing);
+            self.stopping.push(Stopping { stop: r.stop, task: r.task });
+        }
+        self.stopping.retain(|s| !s.task.is_finished());
+    }
+
+    /// Stops a listener from accepting and takes its socket for a successor;
+    /// `None` if its task died. Its open connections finish on their own.
+    async fn take_socket(&mut self, name: &str) -> Option<Socket> {
+        let r = self.running.remove(name)?;
+        self.health.retire(name, r.generation, &r.stop, Phase::HandedOver);
+        let socket = r.socket.await.ok();
+        self.stopping.push(Stopping { stop: r.stop, task: r.task });
+        socket
+    }
+
+    /// Stops every listener and waits for their connections to finish.
+    pub async fn drain(&mut self) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            self.stop(&name);
+        }
+        // Listeners that handed their socket over close their silent connections now too.
+        for s in &self.stopping {
+            s.stop.send_replace(Phase::Closing);
+        }
+        for s in self.stopping.drain(..) {
+            let _ = s.task.await;
+        }
+    }
+
+    /// The bound address of a running listener.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.running.get(name).map(|r| r.local)
+    }
+
+    /// Ends a listener's task at once, as a panic in it would: for tests of
+    /// the supervision. Whether there was such a listener.
+    pub fn kill(&self, name: &str) -> bool {
+        self.running.get(name).map(|r| r.serve.abort()).is_some()
+    }
+}
+
+/// Waits for a listener's task to end; if it ended while it should have
+/// been serving, logs why and marks the listener down.
+async fn supervise(name: String, generation: u64, serve: JoinHandle<()>, health: Arc<Health>) {
+    let ended = serve.await;
+    if !health.died(&name, generation) {
+        if let Err(e) = ended {
+            tracing::error!(listener = %name, error = %e, "listener task failed while stopping");
+        }
+        return;
+    }
+    let why = match ended {
+        Ok(()) => "ended".to_string(),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("panicked: {message}")
+        }
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(listener = %name, why, "listener task died; its port accepts nothing and /ready answers 503 until a reload restarts it");
+}
+
+/// Whether a running listener with settings `a` can serve `b` as it is:
+/// everything but what requests read from the live snapshot must match.
+fn same_task(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    let socket_level = |c: &ListenerConfig| ListenerConfig {
+        routes: Vec::new(),
+        advertise_http3: false,
+        ..c.clone()
+    };
+    socket_level(a) == socket_level(b)
+}
+
+/// Whether both listeners use TCP sockets, or both UDP (QUIC).
+fn same_transport(a: &ListenerConfig, b: &ListenerConfig) -> bool {
+    (a.protocol == ListenerProtocol::Http3) == (b.protocol == ListenerProtocol::Http3)
+}
+
+/// Whether binding `wanted` needs the address `running` holds.
+fn conflicts(running: &Running, wanted: &ListenerConfig) -> bool {
+    let (held, asked) = (running.local, wanted.address);
+    same_transport(&running.config, wanted)
+        && asked.port() != 0
+        && held.port() == asked.port()
+        && (held.ip() == asked.ip() || held.ip().is_unspecified() || asked.ip().is_unspecified())
+}

@@ -142,6 +142,13 @@ impl Weft {
     pub fn write(&self, yaml: &str) {
         std::fs::write(&self.path, yaml).unwrap();
     }
+
+    /// Replaces the config file by an atomic rename, as editors and kubectl do.
+    pub fn replace(&self, bytes: impl AsRef<[u8]>) {
+        let next = self.path.with_extension("yaml.next");
+        std::fs::write(&next, bytes).unwrap();
+        std::fs::rename(&next, &self.path).unwrap();
+    }
 }
 
 /// Starts weft from `yaml` written as `weft.yaml` into `dir`, next to the

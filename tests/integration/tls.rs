@@ -59,7 +59,7 @@ impl Ca {
 }
 
 /// The certificate a new TLS connection to `addr` is served.
-async fn served_cn(addr: std::net::SocketAddr, ca: &Path) -> String {
+pub async fn served_cn(addr: std::net::SocketAddr, ca: &Path) -> String {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(ca, None, &[])));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = connector

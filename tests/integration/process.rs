@@ -111,3 +111,32 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn run_refuses_what_it_cannot_run_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.yaml");
+    let listener = "listeners:\n  - name: public\n    address: 127.0.0.1:0\n";
+    let cases = [
+        (
+            format!("admin: {{ address: 127.0.0.1:0 }}\nruntime: {{ worker_threads: 18446744073709551615 }}\n{listener}"),
+            "weft.yaml:2: runtime.worker_threads: must be between 1 and 1024",
+        ),
+        (
+            format!("admin: {{ address: 127.0.0.1:0 }}\n{listener}    quic: {{ idle_timeout: 500000000000y }}\n"),
+            "weft.yaml:5: listeners[0].quic.idle_timeout: must be between 1ms and 1h",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        std::fs::write(&path, yaml).unwrap();
+        let run = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(PATIENCE, run).await.expect("weft run exits").unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

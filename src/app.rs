@@ -64,7 +64,12 @@ impl App {
         let mut listeners = ListenerSet::new(health.clone());
         let base = shared.snapshot.load().loaded.base_dir.clone();
         listeners.reconcile(&listeners_config, &base, &shared).await?;
-        tokio::spawn(crate::admin::serve(admin, shared.clone(), health.clone(), admin_stopped));
+        tokio::spawn(crate::admin::serve(
+            admin,
+            shared.clone(),
+            health.clone(),
+            admin_stopped,
+        ));
         crate::memory::spawn_trimmer(&shared);
         tracing::info!(admin = %admin_addr, "weft started");
         Ok(Arc::new(Self {

@@ -231,8 +231,20 @@ pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, Stri
         problems.extend(health_check_problems(h));
     }
     let zone = &cluster.zone_aware;
-    count(&mut problems, "zone_aware.min_cluster_size".into(), zone.min_cluster_size, 0, MILLION);
-    count(&mut problems, "zone_aware.panic_threshold_percent".into(), zone.panic_threshold_percent, 0, 100);
+    count(
+        &mut problems,
+        "zone_aware.min_cluster_size".into(),
+        zone.min_cluster_size,
+        0,
+        MILLION,
+    );
+    count(
+        &mut problems,
+        "zone_aware.panic_threshold_percent".into(),
+        zone.panic_threshold_percent,
+        0,
+        100,
+    );
     problems.into_iter().map(|(k, m)| (format!("{key}.{k}"), m)).collect()
 }
 
@@ -240,23 +252,71 @@ pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, Stri
 fn outlier_problems(o: &OutlierDetectionConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let p = &mut problems;
-    count(p, "outlier_detection.consecutive_5xx".into(), o.consecutive_5xx, 0, MILLION);
+    count(
+        p,
+        "outlier_detection.consecutive_5xx".into(),
+        o.consecutive_5xx,
+        0,
+        MILLION,
+    );
     let gateway = o.consecutive_gateway_failure;
-    count(p, "outlier_detection.consecutive_gateway_failure".into(), gateway, 0, MILLION);
+    count(
+        p,
+        "outlier_detection.consecutive_gateway_failure".into(),
+        gateway,
+        0,
+        MILLION,
+    );
     within(p, "outlier_detection.interval".into(), o.interval, MS, HOUR);
-    within(p, "outlier_detection.base_ejection_time".into(), o.base_ejection_time, MS, HOUR);
-    within(p, "outlier_detection.max_ejection_time".into(), o.max_ejection_time, MS, HOUR);
+    within(
+        p,
+        "outlier_detection.base_ejection_time".into(),
+        o.base_ejection_time,
+        MS,
+        HOUR,
+    );
+    within(
+        p,
+        "outlier_detection.max_ejection_time".into(),
+        o.max_ejection_time,
+        MS,
+        HOUR,
+    );
     if o.max_ejection_time < o.base_ejection_time {
         p.push((
             "outlier_detection.max_ejection_time".into(),
             "must be at least base_ejection_time".into(),
         ));
     }
-    count(p, "outlier_detection.max_ejection_percent".into(), o.max_ejection_percent, 0, 100);
+    count(
+        p,
+        "outlier_detection.max_ejection_percent".into(),
+        o.max_ejection_percent,
+        0,
+        100,
+    );
     if let Some(sr) = &o.success_rate {
-        count(p, "outlier_detection.success_rate.minimum_hosts".into(), sr.minimum_hosts, 1, MILLION);
-        count(p, "outlier_detection.success_rate.request_volume".into(), sr.request_volume, 0, MILLION);
-        within(p, "outlier_detection.success_rate.stdev_factor".into(), sr.stdev_factor, 0.001, 1000.0);
+        count(
+            p,
+            "outlier_detection.success_rate.minimum_hosts".into(),
+            sr.minimum_hosts,
+            1,
+            MILLION,
+        );
+        count(
+            p,
+            "outlier_detection.success_rate.request_volume".into(),
+            sr.request_volume,
+            0,
+            MILLION,
+        );
+        within(
+            p,
+            "outlier_detection.success_rate.stdev_factor".into(),
+            sr.stdev_factor,
+            0.001,
+            1000.0,
+        );
     }
     problems
 }
@@ -270,8 +330,20 @@ fn health_check_problems(h: &HealthCheckConfig) -> Vec<(String, String)> {
     }
     within(p, "health_check.interval".into(), h.interval, MS, HOUR);
     within(p, "health_check.timeout".into(), h.timeout, MS, HOUR);
-    count(p, "health_check.unhealthy_threshold".into(), h.unhealthy_threshold, 1, MILLION);
-    count(p, "health_check.healthy_threshold".into(), h.healthy_threshold, 1, MILLION);
+    count(
+        p,
+        "health_check.unhealthy_threshold".into(),
+        h.unhealthy_threshold,
+        1,
+        MILLION,
+    );
+    count(
+        p,
+        "health_check.healthy_threshold".into(),
+        h.healthy_threshold,
+        1,
+        MILLION,
+    );
     if h.expected_statuses.is_empty() {
         p.push((
             "health_check.expected_statuses".into(),

@@ -108,7 +108,13 @@ pub fn check(m: &MirrorConfig) -> Vec<(String, String)> {
     count(p, "mirror.max_body_bytes".into(), m.max_body_bytes, 0, 64 << 20);
     count(p, "mirror.max_in_flight".into(), m.max_in_flight, 1, 10_000);
     if let Some(log) = m.compare.as_ref().and_then(|c| c.log.as_ref()) {
-        within(p, "mirror.compare.log.sample_per_second".into(), log.sample_per_second, 0.0, 10_000.0);
+        within(
+            p,
+            "mirror.compare.log.sample_per_second".into(),
+            log.sample_per_second,
+            0.0,
+            10_000.0,
+        );
     }
     problems
 }

@@ -141,7 +141,10 @@ pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors>
         let good = bytes.get(..e.valid_up_to()).unwrap_or_default();
         let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
         let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let column = String::from_utf8_lossy(good.get(line_start..).unwrap_or_default()).chars().count() + 1;
+        let column = String::from_utf8_lossy(good.get(line_start..).unwrap_or_default())
+            .chars()
+            .count()
+            + 1;
         let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
         let message = format!("invalid UTF-8 at column {column} (byte 0x{byte:02X}); save the file as UTF-8");
         file_error(path, Some(line), message)
@@ -362,7 +365,10 @@ clusters:
         let (errs, loaded) = load_bytes(&with_bom);
         assert_eq!(errs, Vec::<String>::new());
         assert_eq!(loaded.unwrap().config.listeners[0].name, "public");
-        let broken = BASE.replace("        cluster: web-canary", "        cluster: web-canary\n        timout: 5s");
+        let broken = BASE.replace(
+            "        cluster: web-canary",
+            "        cluster: web-canary\n        timout: 5s",
+        );
         let (errs, _) = load_bytes(&[b"\xEF\xBB\xBF".as_slice(), broken.as_bytes()].concat());
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
@@ -432,5 +438,4 @@ clusters:
             assert_eq!(errors(&BASE.replacen(from, to, 1)), [expected]);
         }
     }
-
 }

@@ -143,22 +143,49 @@ pub fn check_cluster(
     let p = &mut problems;
     if let Some(a) = adaptive {
         let key = |k: &str| format!("adaptive_concurrency.{k}");
-        within(p, key("sample_aggregate_percentile"), a.sample_aggregate_percentile, 0.0, 100.0);
-        within(p, key("concurrency_update_interval"), a.concurrency_update_interval, MS, HOUR);
+        within(
+            p,
+            key("sample_aggregate_percentile"),
+            a.sample_aggregate_percentile,
+            0.0,
+            100.0,
+        );
+        within(
+            p,
+            key("concurrency_update_interval"),
+            a.concurrency_update_interval,
+            MS,
+            HOUR,
+        );
         within(p, key("min_rtt_calc_interval"), a.min_rtt_calc_interval, MS, HOUR);
-        count(p, key("min_rtt_calc_request_count"), a.min_rtt_calc_request_count, 1, MILLION);
+        count(
+            p,
+            key("min_rtt_calc_request_count"),
+            a.min_rtt_calc_request_count,
+            1,
+            MILLION,
+        );
         within(p, key("min_rtt_buffer_percent"), a.min_rtt_buffer_percent, 0.0, 1000.0);
         within(p, key("jitter_percent"), a.jitter_percent, 0.0, 100.0);
         count(p, key("min_concurrency"), a.min_concurrency, 1, MILLION);
         count(p, key("min_concurrency_limit"), a.min_concurrency_limit, 1, MILLION);
         count(p, key("max_concurrency_limit"), a.max_concurrency_limit, 1, MILLION);
         if a.max_concurrency_limit < a.min_concurrency_limit {
-            p.push((key("max_concurrency_limit"), "must be at least min_concurrency_limit".into()));
+            p.push((
+                key("max_concurrency_limit"),
+                "must be at least min_concurrency_limit".into(),
+            ));
         }
     }
     if let Some(b) = budget {
         within(p, "retry_budget.percent".into(), b.percent, 0.0, 1000.0);
-        count(p, "retry_budget.min_retries_per_second".into(), b.min_retries_per_second, 0, MILLION);
+        count(
+            p,
+            "retry_budget.min_retries_per_second".into(),
+            b.min_retries_per_second,
+            0,
+            MILLION,
+        );
         within(p, "retry_budget.window".into(), b.window, MS, HOUR);
     }
     if let Some(c) = circuit {
@@ -182,7 +209,13 @@ pub fn check_retry(r: &RetryConfig) -> Vec<(String, String)> {
     optional(p, "retry.per_try_timeout".into(), r.per_try_timeout, MS, HOUR);
     within(p, "retry.backoff.base".into(), r.backoff.base, Duration::ZERO, HOUR);
     within(p, "retry.backoff.max".into(), r.backoff.max, Duration::ZERO, HOUR);
-    count(p, "retry.replay_buffer_bytes".into(), r.replay_buffer_bytes, 0, 64 << 20);
+    count(
+        p,
+        "retry.replay_buffer_bytes".into(),
+        r.replay_buffer_bytes,
+        0,
+        64 << 20,
+    );
     problems
 }
 

@@ -203,7 +203,10 @@ clusters:
     /// The rows of docs/config.md's "Ranges" table: (key, range).
     fn documented() -> Vec<(String, String)> {
         let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
-        let table = docs.split("\n## Ranges\n").nth(1).expect("docs/config.md has a Ranges section");
+        let table = docs
+            .split("\n## Ranges\n")
+            .nth(1)
+            .expect("docs/config.md has a Ranges section");
         table
             .lines()
             .take_while(|l| !l.starts_with("## "))
@@ -226,7 +229,10 @@ clusters:
             let line = e.line.and_then(|l| lines.get(l - 1)).expect("every error has a line");
             let leaf = e.key.rsplit(['.', ']']).next().unwrap_or_default();
             assert!(line.contains(leaf), "{e} points at {line:?}");
-            let range = e.message.strip_prefix("must be between ").expect(&e.to_string());
+            let range = e
+                .message
+                .strip_prefix("must be between ")
+                .unwrap_or_else(|| panic!("{e}"));
             checked.push((pattern(&e.key), range.replace(" and ", " to ")));
         }
         checked.sort();

@@ -14,8 +14,20 @@ use super::schema::{ClusterConfig, ClusterProtocol, Config, ListenerConfig, List
 pub fn validate(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let worker_threads = config.runtime.worker_threads;
-    optional(&mut problems, "runtime.worker_threads".into(), worker_threads.map(|n| n as u64), 1, 1024);
-    within(&mut problems, "drain_timeout".into(), config.drain_timeout, Duration::ZERO, HOUR);
+    optional(
+        &mut problems,
+        "runtime.worker_threads".into(),
+        worker_threads.map(|n| n as u64),
+        1,
+        1024,
+    );
+    within(
+        &mut problems,
+        "drain_timeout".into(),
+        config.drain_timeout,
+        Duration::ZERO,
+        HOUR,
+    );
     for (zone, callers) in &config.node.callers {
         count(&mut problems, format!("node.callers.{zone}"), *callers, 0, MILLION);
     }
@@ -122,10 +134,22 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
 /// Ranges of a cluster's own numeric keys (its sections check theirs).
 fn cluster_ranges(key: &str, c: &ClusterConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    within(&mut problems, format!("{key}.connect_timeout"), c.connect_timeout, MS, HOUR);
+    within(
+        &mut problems,
+        format!("{key}.connect_timeout"),
+        c.connect_timeout,
+        MS,
+        HOUR,
+    );
     within(&mut problems, format!("{key}.idle_timeout"), c.idle_timeout, MS, HOUR);
     for (j, e) in c.endpoints.iter().enumerate() {
-        count(&mut problems, format!("{key}.endpoints[{j}].weight"), e.weight, 1, MILLION);
+        count(
+            &mut problems,
+            format!("{key}.endpoints[{j}].weight"),
+            e.weight,
+            1,
+            MILLION,
+        );
     }
     problems
 }
@@ -134,11 +158,41 @@ fn cluster_ranges(key: &str, c: &ClusterConfig) -> Vec<(String, String)> {
 fn listener_ranges(key: &str, l: &ListenerConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let limits = &l.limits;
-    count(&mut problems, format!("{key}.limits.max_request_headers_kb"), limits.max_request_headers_kb, 8, 8192);
-    within(&mut problems, format!("{key}.limits.header_read_timeout"), limits.header_read_timeout, MS, HOUR);
-    count(&mut problems, format!("{key}.limits.max_connections"), limits.max_connections, 1, MILLION);
-    within(&mut problems, format!("{key}.quic.idle_timeout"), l.quic.idle_timeout, MS, HOUR);
-    count(&mut problems, format!("{key}.quic.max_concurrent_streams"), l.quic.max_concurrent_streams, 1, 10_000);
+    count(
+        &mut problems,
+        format!("{key}.limits.max_request_headers_kb"),
+        limits.max_request_headers_kb,
+        8,
+        8192,
+    );
+    within(
+        &mut problems,
+        format!("{key}.limits.header_read_timeout"),
+        limits.header_read_timeout,
+        MS,
+        HOUR,
+    );
+    count(
+        &mut problems,
+        format!("{key}.limits.max_connections"),
+        limits.max_connections,
+        1,
+        MILLION,
+    );
+    within(
+        &mut problems,
+        format!("{key}.quic.idle_timeout"),
+        l.quic.idle_timeout,
+        MS,
+        HOUR,
+    );
+    count(
+        &mut problems,
+        format!("{key}.quic.max_concurrent_streams"),
+        l.quic.max_concurrent_streams,
+        1,
+        10_000,
+    );
     for (j, r) in l.routes.iter().enumerate() {
         problems.extend(route_ranges(&format!("{key}.routes[{j}]"), r));
     }
@@ -152,7 +206,13 @@ fn route_ranges(key: &str, r: &RouteConfig) -> Vec<(String, String)> {
         count(&mut problems, format!("{key}.split[{i}].weight"), s.weight, 0, MILLION);
     }
     if let Some(d) = &r.direct_response {
-        count(&mut problems, format!("{key}.direct_response.status"), d.status, 200, 599);
+        count(
+            &mut problems,
+            format!("{key}.direct_response.status"),
+            d.status,
+            200,
+            599,
+        );
     }
     let sections = r.retry.iter().flat_map(super::overload::check_retry);
     let sections = sections.chain(r.mirror.iter().flat_map(super::mirror::check));

@@ -124,4 +124,3 @@ impl Drop for OpenConnection {
         self.0.dec();
     }
 }
-

@@ -74,8 +74,9 @@ impl Prepared {
         }
     }
 
-    /// Takes over a predecessor's socket; `Err` gives back one of the other transport.
-    fn adopt(self, socket: Socket) -> Result<Bound, (Self, Socket)> {
+    /// Takes over a predecessor's socket; `Err` if it is of the other
+    /// transport (then it is closed).
+    fn adopt(self, socket: Socket) -> Result<Bound, Box<Self>> {
         match (self, socket) {
             (Self::Tcp(tls), Socket::Tcp(socket)) => Ok(Bound::Tcp(socket, tls)),
             (Self::Quic(tls, server), Socket::Quic(endpoint)) => {
@@ -84,7 +85,7 @@ impl Prepared {
                 endpoint.set_server_config(Some(server));
                 Ok(Bound::Quic(endpoint, tls))
             }
-            (prepared, socket) => Err((prepared, socket)),
+            (prepared, _) => Err(Box::new(prepared)),
         }
     }
 }
@@ -152,6 +153,19 @@ struct Running {
     serve: AbortHandle,
 }
 
+/// What a reconcile does, decided before anything is touched.
+#[derive(Default)]
+struct Plan<'a> {
+    /// Changed listeners and the running listener whose socket each takes.
+    takeovers: Vec<(&'a ListenerConfig, String)>,
+    /// Listeners bound afresh.
+    binds: Vec<&'a ListenerConfig>,
+    /// Running listeners to close before the binds (they hold an address a
+    /// bind needs), and after the new ones started.
+    close_first: Vec<String>,
+    close_after: Vec<String>,
+}
+
 /// A listener told to stop, until its connections have finished.
 struct Stopping {
     stop: watch::Sender<Phase>,
@@ -182,6 +196,33 @@ impl ListenerSet {
         base: &Path,
         shared: &Arc<Shared>,
     ) -> Result<(), String> {
+        let plan = self.plan(wanted);
+        for name in &plan.close_first {
+            self.stop(name);
+        }
+        let mut takeovers = Vec::with_capacity(plan.takeovers.len());
+        for (w, donor) in plan.takeovers {
+            takeovers.push((w, donor, Prepared::new(w, base)?));
+        }
+        let mut bound = Vec::with_capacity(plan.binds.len());
+        for w in plan.binds {
+            bound.push((w, Prepared::new(w, base)?.bind(w).await?));
+        }
+        self.take_over(takeovers, base, shared).await?;
+        for name in &plan.close_after {
+            self.stop(name);
+        }
+        for (w, socket) in bound {
+            tracing::info!(listener = %w.name, address = %w.address, protocol = ?w.protocol, "listening");
+            self.start(w.clone(), socket, shared);
+        }
+        self.health.keep_only(&wanted.iter().map(|w| w.name.as_str()).collect());
+        Ok(())
+    }
+
+    /// Decides what [`ListenerSet::reconcile`] does, touching nothing but
+    /// the configs of kept listeners and forgetting dead ones.
+    fn plan<'a>(&mut self, wanted: &'a [ListenerConfig]) -> Plan<'a> {
         // A dead listener's socket went with its task; it is bound afresh.
         self.running.retain(|_, r| !r.serve.is_finished());
         let mut claimed: HashSet<String> = HashSet::new();
@@ -192,56 +233,49 @@ impl ListenerSet {
             }
         }
         let changed: Vec<&ListenerConfig> = wanted.iter().filter(|w| !claimed.contains(&w.name)).collect();
-        let mut takeovers = Vec::new();
-        let mut binds = Vec::new();
+        let mut plan = Plan::default();
         for w in changed {
             match self.donor(w, &claimed) {
                 Some(donor) => {
                     claimed.insert(donor.clone());
-                    takeovers.push((w, donor));
+                    plan.takeovers.push((w, donor));
                 }
-                None => binds.push(w),
+                None => plan.binds.push(w),
             }
         }
-        let retiring: Vec<String> = self.running.keys().filter(|n| !claimed.contains(*n)).cloned().collect();
-        let (first, later): (Vec<String>, Vec<String>) = retiring
-            .into_iter()
-            .partition(|n| self.running.get(n).is_some_and(|r| binds.iter().any(|w| conflicts(r, w))));
-        for name in first {
-            self.stop(&name);
+        let closing = self.running.iter().filter(|(n, _)| !claimed.contains(*n));
+        for (name, r) in closing {
+            match plan.binds.iter().any(|w| conflicts(r, w)) {
+                true => plan.close_first.push(name.clone()),
+                false => plan.close_after.push(name.clone()),
+            }
         }
-        let mut prepared = Vec::with_capacity(takeovers.len());
-        for (w, donor) in takeovers {
-            prepared.push((w, donor, Prepared::new(w, base)?));
-        }
-        let mut bound = Vec::with_capacity(binds.len());
-        for w in binds {
-            bound.push((w.clone(), Prepared::new(w, base)?.bind(w).await?));
-        }
-        // Every socket is taken before any successor starts: two listeners
-        // may be swapping addresses.
-        let mut sockets = Vec::with_capacity(prepared.len());
-        for (w, donor, prepared) in prepared {
+        plan
+    }
+
+    /// Starts each changed listener on its predecessor's socket. Every socket
+    /// is taken before any successor starts: two listeners may be swapping
+    /// addresses.
+    async fn take_over(
+        &mut self,
+        takeovers: Vec<(&ListenerConfig, String, Prepared)>,
+        base: &Path,
+        shared: &Arc<Shared>,
+    ) -> Result<(), String> {
+        let mut sockets = Vec::with_capacity(takeovers.len());
+        for (w, donor, prepared) in takeovers {
             sockets.push((w, prepared, self.take_socket(&donor).await));
         }
         for (w, prepared, socket) in sockets {
             let socket = match socket.map(|s| prepared.adopt(s)) {
                 Some(Ok(socket)) => socket,
-                Some(Err((prepared, _))) => prepared.bind(w).await?,
+                Some(Err(prepared)) => prepared.bind(w).await?,
                 // The predecessor died meanwhile, and its socket with it.
                 None => Prepared::new(w, base)?.bind(w).await?,
             };
             tracing::info!(listener = %w.name, address = %w.address, protocol = ?w.protocol, "listening with new settings on the same socket");
             self.start(w.clone(), socket, shared);
         }
-        for name in later {
-            self.stop(&name);
-        }
-        for (config, socket) in bound {
-            tracing::info!(listener = %config.name, address = %config.address, protocol = ?config.protocol, "listening");
-            self.start(config, socket, shared);
-        }
-        self.health.keep_only(&wanted.iter().map(|w| w.name.as_str()).collect());
         Ok(())
     }
 
@@ -252,7 +286,11 @@ impl ListenerSet {
             !claimed.contains(*name) && same_transport(&r.config, wanted) && r.config.address == wanted.address
         };
         let own = self.running.get_key_value(&wanted.name).filter(|pair| free(pair));
-        let by_address = || self.running.iter().find(|pair| wanted.address.port() != 0 && free(pair));
+        let by_address = || {
+            self.running
+                .iter()
+                .find(|pair| wanted.address.port() != 0 && free(pair))
+        };
         own.or_else(by_address).map(|(name, _)| name.clone())
     }
 
@@ -308,7 +346,10 @@ impl ListenerSet {
             // Dropped first, so the task's socket closes instead of waiting here.
             drop(r.socket);
             self.health.retire(name, r.generation, &r.stop, Phase::Closing);
-            self.stopping.push(Stopping { stop: r.stop, task: r.task });
+            self.stopping.push(Stopping {
+                stop: r.stop,
+                task: r.task,
+            });
         }
         self.stopping.retain(|s| !s.task.is_finished());
     }
@@ -319,7 +360,10 @@ impl ListenerSet {
         let r = self.running.remove(name)?;
         self.health.retire(name, r.generation, &r.stop, Phase::HandedOver);
         let socket = r.socket.await.ok();
-        self.stopping.push(Stopping { stop: r.stop, task: r.task });
+        self.stopping.push(Stopping {
+            stop: r.stop,
+            task: r.task,
+        });
         socket
     }
 

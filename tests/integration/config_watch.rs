@@ -50,11 +50,17 @@ async fn an_idle_weft_reads_its_config_only_when_it_changes() {
     // A change by rename is applied.
     let url = weft.url("public", "/").await;
     weft.replace(direct("v2"));
-    eventually("the renamed file is applied", async || get(&h1_client(), &url).await.1 == "v2").await;
+    eventually("the renamed file is applied", async || {
+        get(&h1_client(), &url).await.1 == "v2"
+    })
+    .await;
     // So is an in-place rewrite of the same length, even within the file
     // system's timestamp granularity.
     weft.write(&direct("v3"));
-    eventually("the rewrite is applied", async || get(&h1_client(), &url).await.1 == "v3").await;
+    eventually("the rewrite is applied", async || {
+        get(&h1_client(), &url).await.1 == "v3"
+    })
+    .await;
     watcher.abort();
 }
 
@@ -68,7 +74,10 @@ async fn a_broken_file_is_reported_once() {
     let at = broken.windows(2).position(|w| w == b"v2").unwrap();
     broken[at] = 0xFF;
     weft.replace(&broken);
-    eventually("the broken file is reported", async || reloads(&metrics(&weft).await, "error") == 1.0).await;
+    eventually("the broken file is reported", async || {
+        reloads(&metrics(&weft).await, "error") == 1.0
+    })
+    .await;
     let reads = weft.app.config_reads();
     for _ in 0..5 {
         std::fs::read(&weft.path).unwrap();
@@ -86,11 +95,17 @@ async fn a_broken_file_is_reported_once() {
     // A UTF-8 byte-order mark is accepted.
     weft.replace([b"\xEF\xBB\xBF".as_slice(), direct("v2").as_bytes()].concat());
     let url = weft.url("public", "/").await;
-    eventually("the file with a BOM is applied", async || get(&h1_client(), &url).await.1 == "v2").await;
+    eventually("the file with a BOM is applied", async || {
+        get(&h1_client(), &url).await.1 == "v2"
+    })
+    .await;
 
     // A second document is refused at its line.
     weft.replace(format!("{}---\n{}", direct("v3"), direct("v4")));
-    eventually("the two documents are refused", async || reloads(&metrics(&weft).await, "error") == 3.0).await;
+    eventually("the two documents are refused", async || {
+        reloads(&metrics(&weft).await, "error") == 3.0
+    })
+    .await;
     let err = weft.app.reload(true).await.unwrap_err();
     assert!(err.contains("weft.yaml:7: a second YAML document starts here"), "{err}");
     assert_eq!(get(&h1_client(), &url).await.1, "v2");

@@ -20,6 +20,7 @@ mod odd_upstream;
 mod overload;
 mod process;
 mod proxy;
+mod ranges;
 mod reload;
 mod strict_h2;
 mod support;

@@ -119,7 +119,9 @@ async fn run_refuses_what_it_cannot_run_with_file_line_and_key() {
     let listener = "listeners:\n  - name: public\n    address: 127.0.0.1:0\n";
     let cases = [
         (
-            format!("admin: {{ address: 127.0.0.1:0 }}\nruntime: {{ worker_threads: 18446744073709551615 }}\n{listener}"),
+            format!(
+                "admin: {{ address: 127.0.0.1:0 }}\nruntime: {{ worker_threads: 18446744073709551615 }}\n{listener}"
+            ),
             "weft.yaml:2: runtime.worker_threads: must be between 1 and 1024",
         ),
         (
@@ -134,7 +136,10 @@ async fn run_refuses_what_it_cannot_run_with_file_line_and_key() {
             .arg(&path)
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout(PATIENCE, run).await.expect("weft run exits").unwrap();
+        let out = tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("weft run exits")
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");

@@ -88,7 +88,10 @@ async fn connections_accepted(weft: &Weft, listener: &str) -> bool {
 #[tokio::test]
 async fn changed_limits_keep_the_port_and_apply_to_new_connections() {
     let yaml = |limits: &str, body: &str| {
-        config(&listener("public", "127.0.0.1:0", &format!("    limits: {limits}\n"), body), "  []")
+        config(
+            &listener("public", "127.0.0.1:0", &format!("    limits: {limits}\n"), body),
+            "  []",
+        )
     };
     let weft = Weft::start(&yaml("{ header_read_timeout: 1h }", "v1")).await;
     let addr = weft.addr("public").await;
@@ -96,20 +99,33 @@ async fn changed_limits_keep_the_port_and_apply_to_new_connections() {
     // A request under way on the old settings.
     let mut old = TcpStream::connect(addr).await.unwrap();
     old.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").await.unwrap();
-    eventually("the first connection is accepted", async || connections_accepted(&weft, "public").await).await;
+    eventually("the first connection is accepted", async || {
+        connections_accepted(&weft, "public").await
+    })
+    .await;
 
     // limits.header_read_timeout (and the route's body).
     reload_by_rename(&weft, &yaml("{ header_read_timeout: 200ms }", "v2"), addr).await;
     assert_eq!(weft.addr("public").await, addr);
     assert_eq!(get(&h1_client(), &url).await, (200, "v2".into()));
     let mut silent = TcpStream::connect(addr).await.unwrap();
-    assert_eq!(read_until_closed(&mut silent).await, "", "new connections get the new timeout");
+    assert_eq!(
+        read_until_closed(&mut silent).await,
+        "",
+        "new connections get the new timeout"
+    );
     old.write_all(b"\r\n").await.unwrap();
     let answer = read_until_closed(&mut old).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "the old connection finishes its request: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the old connection finishes its request: {answer}"
+    );
 
     // limits.max_request_headers_kb.
-    let big = format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\nconnection: close\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: a\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
     assert!(raw(addr, big.as_bytes()).await.starts_with("HTTP/1.1 200"));
     reload_by_rename(&weft, &yaml("{ max_request_headers_kb: 8 }", "v3"), addr).await;
     assert!(raw(addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
@@ -177,9 +193,15 @@ async fn protocol_and_cluster_changes_keep_the_port() {
     let url = format!("http://{addr}/");
     assert_eq!(get(&h1_client(), &url).await, (200, "http".into()));
     reload_by_rename(&weft, &tcp("a"), addr).await;
-    assert_eq!(read_until_closed(&mut TcpStream::connect(addr).await.unwrap()).await, "from a");
+    assert_eq!(
+        read_until_closed(&mut TcpStream::connect(addr).await.unwrap()).await,
+        "from a"
+    );
     reload_by_rename(&weft, &tcp("b"), addr).await;
-    assert_eq!(read_until_closed(&mut TcpStream::connect(addr).await.unwrap()).await, "from b");
+    assert_eq!(
+        read_until_closed(&mut TcpStream::connect(addr).await.unwrap()).await,
+        "from b"
+    );
     reload_by_rename(&weft, &http, addr).await;
     assert_eq!(get(&h1_client(), &url).await, (200, "http".into()));
 }
@@ -250,10 +272,7 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
     reload_by_rename(&weft, &next, web).await;
     let (_client, conn) = quic_connect(quic, &ca_path).await;
     let closed = tokio::time::timeout(PATIENCE, conn.closed()).await;
-    assert!(
-        matches!(closed, Ok(quinn::ConnectionError::TimedOut)),
-        "{closed:?}"
-    );
+    assert!(matches!(closed, Ok(quinn::ConnectionError::TimedOut)), "{closed:?}");
 
     // tls on the http3 listener.
     assert_eq!(quic_cn(&quic_connect(quic, &ca_path).await.1), "first");
@@ -263,18 +282,28 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
 
     // advertise_http3 on the TCP listener.
     let url = format!("http://{web}/");
-    let plain = h1_client().request(http::Request::get(&url).body(full("")).unwrap()).await.unwrap();
+    let plain = h1_client()
+        .request(http::Request::get(&url).body(full("")).unwrap())
+        .await
+        .unwrap();
     assert!(plain.headers().get("alt-svc").is_none());
     let next = yaml("{ max_concurrent_streams: 2, idle_timeout: 300ms }", "second", true);
     reload_by_rename(&weft, &next, web).await;
-    let advertised = h1_client().request(http::Request::get(&url).body(full("")).unwrap()).await.unwrap();
+    let advertised = h1_client()
+        .request(http::Request::get(&url).body(full("")).unwrap())
+        .await
+        .unwrap();
     let expected = format!("h3=\":{}\"; ma=86400", quic.port());
     assert_eq!(advertised.headers().get("alt-svc").unwrap(), expected.as_str());
     assert_eq!((weft.addr("quic").await, weft.addr("web").await), (quic, web));
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -282,11 +311,15 @@ async fn renamed_and_swapped_listeners_keep_their_sockets() {
     let (p1, p2) = (free_port(), free_port());
     let two = |first: (&str, u16), second: (&str, u16)| {
         let address = |port: u16| format!("127.0.0.1:{port}");
-        let listeners = listener(first.0, &address(first.1), "", first.0) + &listener(second.0, &address(second.1), "", second.0);
+        let listeners =
+            listener(first.0, &address(first.1), "", first.0) + &listener(second.0, &address(second.1), "", second.0);
         config(&listeners, "  []")
     };
     let weft = Weft::start(&two(("a", p1), ("b", p2))).await;
-    let (a1, a2): (SocketAddr, SocketAddr) = (format!("127.0.0.1:{p1}").parse().unwrap(), format!("127.0.0.1:{p2}").parse().unwrap());
+    let (a1, a2): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{p1}").parse().unwrap(),
+        format!("127.0.0.1:{p2}").parse().unwrap(),
+    );
     let body_at = async |addr: SocketAddr| get(&h1_client(), &format!("http://{addr}/")).await.1;
     assert_eq!((body_at(a1).await, body_at(a2).await), ("a".into(), "b".into()));
 
@@ -334,7 +367,10 @@ async fn a_listener_task_that_dies_turns_ready_to_503_and_is_logged() {
     assert_eq!(get(&client, &weft.admin("/ready")).await, (200, "ready\n".into()));
 
     assert!(weft.app.kill_listener("public").await);
-    eventually("/ready turns 503", async || get(&client, &weft.admin("/ready")).await.0 == 503).await;
+    eventually("/ready turns 503", async || {
+        get(&client, &weft.admin("/ready")).await.0 == 503
+    })
+    .await;
     assert_eq!(get(&client, &weft.admin("/ready")).await.1, "listener down: public\n");
     assert_eq!(get(&client, &weft.admin("/live")).await.0, 200);
     let logged = String::from_utf8_lossy(&logs.0.lock()).into_owned();

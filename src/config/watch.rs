@@ -14,9 +14,10 @@
 //! signalled, however often it is read or polled. An event that says the file
 //! itself was written is signalled even when its metadata looks the same (a
 //! same-length rewrite within the file system's timestamp granularity); the
-//! caller then compares the content. The first check, at once, always
-//! signals (the caller's last read may predate the watch). Watching stops
-//! when the [`FileWatch`] is dropped.
+//! caller then compares the content. A change is signalled once the file
+//! has held still for a moment, so a writer caught midway is not read. The
+//! first check, at once, always signals (the caller's last read may predate
+//! the watch). Watching stops when the [`FileWatch`] is dropped.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -202,8 +203,11 @@ async fn run(path: PathBuf, poll: Duration, tx: mpsc::Sender<()>, checks: Arc<At
         let written = seen.hint.swap(0, Ordering::Relaxed) == CONTENT;
         checks.fetch_add(1, Ordering::Relaxed);
         aim(&mut dirs, &path, &seen).await;
-        let now = Fingerprint::of(&path).await;
+        let mut now = Fingerprint::of(&path).await;
         let changed = written || last.as_ref() != Some(&now);
+        if changed {
+            now = held_still(&path, now).await;
+        }
         last = Some(now);
         if changed {
             if let Err(TrySendError::Closed(())) = tx.try_send(()) {
@@ -211,6 +215,21 @@ async fn run(path: PathBuf, poll: Duration, tx: mpsc::Sender<()>, checks: Arc<At
             }
         }
     }
+}
+
+/// Waits until the file's metadata stays the same for one [`SETTLE`] (at
+/// most ten), so that a writer caught midway (a truncated or half-written
+/// file) is not read; returns the metadata then.
+async fn held_still(path: &Path, mut seen: Option<Fingerprint>) -> Option<Fingerprint> {
+    for _ in 0..10 {
+        tokio::time::sleep(SETTLE).await;
+        let again = Fingerprint::of(path).await;
+        if again == seen {
+            break;
+        }
+        seen = again;
+    }
+    seen
 }
 
 /// Follows `path` to its current target and names both as "the file".

@@ -10,8 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use rand::{rngs::SmallRng, SeedableRng};
 use weft::config::schema::{LbPolicy, RouteConfig};
+use weft::front::headers;
 use weft::policy::balancer::{self, Candidate, PickInput};
-use weft::proxy::headers;
 use weft::route;
 use weft::telemetry::trace::{TraceMetrics, Tracing};
 

@@ -18,7 +18,15 @@ use crate::config::{self, Digest, Loaded};
 use crate::listener::{Health, ListenerSet};
 use crate::proxy::Shared;
 use crate::snapshot::Snapshot;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::lines::{self, LineWriter};
 use crate::telemetry::metrics::Metrics;
+
+/// Lines (access log, mismatch log) that may wait for the line writer; a
+/// burst beyond this drops access log lines (counted) rather than waiting.
+const LINES_QUEUED: usize = 8192;
+/// How long shutdown waits for queued log lines to be written.
+const LINES_FLUSH_TIMEOUT: tokio::time::Duration = tokio::time::Duration::from_secs(2);
 
 pub struct App {
     pub shared: Arc<Shared>,
@@ -34,20 +42,27 @@ pub struct App {
     reads: AtomicU64,
     /// The file watcher's count of checks, once it runs.
     watch_checks: parking_lot::Mutex<Option<Arc<AtomicU64>>>,
+    /// The one writer of log lines (started here, flushed on shutdown).
+    lines: LineWriter,
 }
 
 impl App {
     /// Binds the admin address and every listener of `loaded`.
     pub async fn start(loaded: Loaded) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let (lines, writer) = lines::channel(LINES_QUEUED);
+        writer
+            .start()
+            .map_err(|e| format!("cannot start the log line writer: {e}"))?;
         let digest = loaded.digest;
-        let snapshot = Snapshot::build(loaded, &metrics, None).map_err(|e| e.to_string())?;
+        let snapshot = Snapshot::build(loaded, &metrics, &lines, None).map_err(|e| e.to_string())?;
         snapshot.start();
         let admin_address = snapshot.loaded.config.admin.address;
         let listeners_config = snapshot.loaded.config.listeners.clone();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             tracing: crate::telemetry::trace::Tracing::new(metrics.trace.clone()),
+            access_log: AccessLog::new(lines.clone(), metrics.access_log_dropped.clone()),
             metrics,
             ready: true.into(),
             requests: 0.into(),
@@ -81,6 +96,7 @@ impl App {
             last_read: Mutex::new(Ok(digest)),
             reads: AtomicU64::new(0),
             watch_checks: parking_lot::Mutex::new(None),
+            lines,
         }))
     }
 
@@ -129,7 +145,8 @@ impl App {
         if loaded.config.admin != previous.loaded.config.admin {
             tracing::warn!("admin.address changes take effect on restart");
         }
-        let snapshot = Snapshot::build(loaded, &self.shared.metrics, Some(&previous)).map_err(|e| e.to_string())?;
+        let snapshot =
+            Snapshot::build(loaded, &self.shared.metrics, &self.lines, Some(&previous)).map_err(|e| e.to_string())?;
         let snapshot = Arc::new(snapshot);
         snapshot.start();
         let wanted = snapshot.loaded.config.listeners.clone();
@@ -186,8 +203,8 @@ impl App {
         self.listeners.lock().await.kill(name)
     }
 
-    /// Turns `/ready` to 503, stops accepting, and waits up to the drain
-    /// timeout for in-flight requests to finish.
+    /// Turns `/ready` to 503, stops accepting, waits up to the drain timeout
+    /// for in-flight requests to finish, then for their log lines.
     pub async fn shutdown(&self) {
         self.shared.ready.store(false, Ordering::Relaxed);
         let timeout = self.shared.snapshot.load().loaded.config.drain_timeout;
@@ -195,6 +212,12 @@ impl App {
         let mut listeners = self.listeners.lock().await;
         if tokio::time::timeout(timeout, listeners.drain()).await.is_err() {
             tracing::warn!("drain timeout reached; closing remaining connections");
+        }
+        if tokio::time::timeout(LINES_FLUSH_TIMEOUT, self.lines.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("log lines still queued at exit are lost");
         }
         let _ = self.stop_admin.send(true);
     }

@@ -6,7 +6,7 @@
 //!
 //! 1. `core`      body, error, boxed service, request/response extensions
 //! 2. `config`    the YAML schema, its checks, file watching (a leaf)
-//! 3. `telemetry` metrics registry and handles, access log, trace context
+//! 3. `telemetry` metrics registry and handles, access log and line writer, trace context
 //! 4. `tls`       rustls configs, certificate store and rotation
 //! 5. `http3`     h3 stream <-> body adapters
 //! 6. `policy`    pure cores: balancer, EWMA, outlier, zone, gradient, retry, circuit counters
@@ -14,10 +14,11 @@
 //! 8. `cluster`   endpoints, health, monitor, overload state, the endpoint-picking service
 //! 9. `layer`     timeout, retry, admission, mirror
 //! 10. `route`    matchers, splits, sticky sides
-//! 11. `stack`, `snapshot`  layer composition; the compiled config
-//! 12. `proxy`    the front service (the request's steps before and after the route)
-//! 13. `memory`, `listener`, `admin`, `app`, `demo`
-//! 14. `capture`, `inject`, `await_ready`  the Kubernetes commands (init-iptables, inject,
+//! 11. `front`    the front path's steps (before and after the route), each alone
+//! 12. `stack`, `snapshot`  layer and step composition; the compiled config
+//! 13. `proxy`    the front service (runs the composed front path per request)
+//! 14. `memory`, `listener`, `admin`, `app`, `demo`
+//! 15. `capture`, `inject`, `await_ready`  the Kubernetes commands (init-iptables, inject,
 //!     await); they use nothing of the proxy, `inject` only `capture`'s option types
 
 pub mod core;
@@ -30,6 +31,7 @@ pub mod upstream;
 pub mod cluster;
 pub mod layer;
 pub mod route;
+pub mod front;
 pub mod stack;
 pub mod snapshot;
 pub mod proxy;

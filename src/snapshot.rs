@@ -10,9 +10,12 @@ use std::path::Path;
 use crate::cluster::Cluster;
 use crate::config::schema::{ClusterProtocol, Config, ListenerProtocol, RouteConfig};
 use crate::config::{ConfigErrors, Loaded};
+use crate::core::body::Body;
 use crate::core::service::HttpService;
+use crate::front::{Picked, RouteTable};
 use crate::route::{self, Action, Route, WeightedSplit};
 use crate::stack;
+use crate::telemetry::lines::LineWriter;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::tls;
 
@@ -63,6 +66,27 @@ pub struct ListenerRoutes {
     pub unmatched: Arc<RouteMetrics>,
 }
 
+impl RouteTable for ListenerRoutes {
+    fn pick(&self, req: &http::Request<Body>, identity: Option<&str>) -> Option<Picked<'_>> {
+        let entry = route::find(&self.routes, req.method(), req.uri().path(), req.headers(), identity)?;
+        let target = entry.target(req.headers())?;
+        Some(Picked {
+            route: &entry.route.name,
+            cluster: &target.cluster,
+            service: &target.service,
+            metrics: &target.metrics,
+        })
+    }
+
+    fn unmatched(&self) -> &RouteMetrics {
+        &self.unmatched
+    }
+
+    fn alt_svc(&self) -> Option<&http::HeaderValue> {
+        self.alt_svc.as_ref()
+    }
+}
+
 pub struct Snapshot {
     pub loaded: Loaded,
     pub clusters: Vec<Arc<Cluster>>,
@@ -72,8 +96,14 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds from a loaded config in one compile-and-validate pass (see
     /// [`check`]), reusing clusters of `previous` whose config did not
-    /// change (their pools and endpoint state carry over).
-    pub fn build(loaded: Loaded, metrics: &Metrics, previous: Option<&Snapshot>) -> Result<Self, ConfigErrors> {
+    /// change (their pools and endpoint state carry over). Mirrors log
+    /// their mismatches through `lines`.
+    pub fn build(
+        loaded: Loaded,
+        metrics: &Metrics,
+        lines: &LineWriter,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, ConfigErrors> {
         let compiled = compile(&loaded)?;
         let config = &loaded.config;
         let clusters: Vec<Arc<Cluster>> = config
@@ -92,7 +122,7 @@ impl Snapshot {
             let Some(routes) = routes else { continue };
             let mut entries = Vec::with_capacity(routes.len());
             for (j, (r, route)) in l.routes.iter().zip(routes).enumerate() {
-                match route_entry(r, route, &l.name, &clusters, metrics) {
+                match route_entry(r, route, &l.name, &clusters, metrics, lines) {
                     Ok(entry) => entries.push(entry),
                     Err(message) => problems.push((format!("listeners[{i}].routes[{j}].mirror"), message)),
                 }
@@ -216,6 +246,7 @@ fn route_entry(
     listener: &str,
     clusters: &[Arc<Cluster>],
     metrics: &Metrics,
+    lines: &LineWriter,
 ) -> Result<RouteEntry, String> {
     let mirror = match (&r.mirror, &route.mirror) {
         (Some(config), Some(to)) => Some(stack::mirror_layer(
@@ -224,6 +255,7 @@ fn route_entry(
             &clusters[to.shadow],
             to.noise.map(|n| &clusters[n]),
             metrics,
+            lines,
         )?),
         _ => None,
     };
@@ -354,5 +386,38 @@ clusters:
             "{errors}"
         );
         assert!(errors.0.iter().all(|e| e.line.is_some()), "{errors}");
+    }
+
+    #[tokio::test]
+    async fn a_listener_picks_the_first_matching_route_and_its_target() {
+        let text = "listeners:
+  - name: public
+    address: 127.0.0.1:8080
+    routes:
+      - { name: api, match: { path_prefix: /api }, cluster: api }
+      - { name: spa, match: { path_prefix: / }, cluster: web }
+  - name: private
+    address: 127.0.0.1:8081
+    routes:
+      - { name: admin, match: { path_prefix: /admin }, cluster: web }
+clusters:
+  - { name: api, endpoints: [ { address: 127.0.0.1:9001 } ] }
+  - { name: web, endpoints: [ { address: 127.0.0.1:9002 } ] }
+";
+        let loaded = crate::config::parse(Path::new("weft.yaml"), text).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let (lines, _writer) = crate::telemetry::lines::channel(1);
+        let snapshot = Snapshot::build(loaded, &metrics, &lines, None).unwrap();
+        let pick = |listener: &str, path: &str| {
+            let req = http::Request::get(path).body(crate::core::body::empty()).unwrap();
+            snapshot.listeners[listener]
+                .pick(&req, None)
+                .map(|p| format!("{}->{}", p.route, p.cluster))
+        };
+        assert_eq!(pick("public", "/api/users").as_deref(), Some("api->api"));
+        assert_eq!(pick("public", "/index.html").as_deref(), Some("spa->web"));
+        assert_eq!(pick("private", "/admin/x").as_deref(), Some("admin->web"));
+        assert_eq!(pick("private", "/api/users"), None);
+        assert!(snapshot.listeners["public"].alt_svc().is_none());
     }
 }

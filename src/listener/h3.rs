@@ -19,10 +19,11 @@ use tower::Service;
 
 use crate::config::schema::ListenerConfig;
 use crate::core::body::Body;
+use crate::front::Downstream;
 use crate::http3::{send_body, H3Body};
 use crate::listener::tls::TlsSetup;
 use crate::listener::{reached, Phase, Socket, SocketReturn};
-use crate::proxy::{Downstream, Proxy, Shared};
+use crate::proxy::{Proxy, Shared};
 use crate::tls::PeerIdentity;
 
 type Resolver = RequestResolver<h3_quinn::Connection, Bytes>;

@@ -27,10 +27,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Duration;
 
 use crate::config::schema::ListenerConfig;
+use crate::front::Downstream;
 use crate::listener::preface::{sniff, Protocol};
 use crate::listener::tls::TlsSetup;
 use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, SocketReturn};
-use crate::proxy::{Downstream, Proxy, Shared};
+use crate::proxy::{Proxy, Shared};
 use crate::tls::PeerIdentity;
 
 /// The HTTP/1 and HTTP/2 servers of one listener, with its limits.

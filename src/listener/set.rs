@@ -213,7 +213,9 @@ impl ListenerSet {
             self.stop(name);
         }
         for (w, socket) in bound {
-            tracing::info!(listener = %w.name, address = %w.address, protocol = ?w.protocol, "listening");
+            // With port 0 in the config, the log shows the port the OS chose.
+            let address = local_addr(&socket, w.address);
+            tracing::info!(listener = %w.name, %address, protocol = ?w.protocol, "listening");
             self.start(w.clone(), socket, shared);
         }
         self.health.keep_only(&wanted.iter().map(|w| w.name.as_str()).collect());
@@ -297,11 +299,7 @@ impl ListenerSet {
     fn start(&mut self, config: ListenerConfig, socket: Bound, shared: &Arc<Shared>) {
         self.generations += 1;
         let generation = self.generations;
-        let local = match &socket {
-            Bound::Tcp(s, _) => s.local_addr(),
-            Bound::Quic(e, _) => e.local_addr(),
-        };
-        let local = local.unwrap_or(config.address);
+        let local = local_addr(&socket, config.address);
         let (stop, phase) = watch::channel(Phase::Serving);
         let (socket_tx, socket_rx) = oneshot::channel();
         let give_back = SocketReturn(socket_tx);
@@ -443,4 +441,13 @@ fn conflicts(running: &Running, wanted: &ListenerConfig) -> bool {
         && asked.port() != 0
         && held.port() == asked.port()
         && (held.ip() == asked.ip() || held.ip().is_unspecified() || asked.ip().is_unspecified())
+}
+
+/// The address `socket` is bound to (`configured` if the OS will not say).
+fn local_addr(socket: &Bound, configured: SocketAddr) -> SocketAddr {
+    let local = match socket {
+        Bound::Tcp(s, _) => s.local_addr(),
+        Bound::Quic(e, _) => e.local_addr(),
+    };
+    local.unwrap_or(configured)
 }

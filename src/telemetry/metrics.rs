@@ -21,6 +21,8 @@ pub struct Metrics {
     pub downstream_connections_active: IntGaugeVec,
     pub downstream_connections: IntCounterVec,
     pub tls_certificate_reloads: IntCounterVec,
+    /// Access log lines dropped because the line writer's queue was full.
+    pub access_log_dropped: IntCounter,
     pub health: super::health::HealthMetrics,
     pub mirror: super::mirror::MirrorMetrics,
     pub overload: OverloadFamilies,
@@ -125,6 +127,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(downstream_connections_active.clone()))?;
         let overload = OverloadFamilies::new(&registry)?;
+        let access_log_dropped = IntCounter::new(
+            "weft_access_log_dropped_total",
+            "Access log lines dropped because the line writer's queue was full.",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         Ok(Self {
             overload,
             requests: counter(
@@ -154,6 +161,7 @@ impl Metrics {
                 "Downstream connections accepted per listener.",
                 &["listener"],
             )?,
+            access_log_dropped,
             health: super::health::HealthMetrics::new(&registry)?,
             trace: super::trace::TraceMetrics::new(&registry)?,
             mirror: super::mirror::MirrorMetrics::new(&registry)?,

@@ -1,7 +1,9 @@
-//! Metrics, the access log, trace context and span export.
+//! Metrics, the access log and the line writer behind it, trace context and
+//! span export.
 
 pub mod access_log;
 pub mod health;
+pub mod lines;
 pub mod metrics;
 pub mod mirror;
 pub mod otlp;

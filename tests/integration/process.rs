@@ -1,4 +1,5 @@
-//! The `weft` binary as an operator runs it: signals reload and drain it.
+//! The `weft` binary as an operator runs it: signals reload and drain it, and
+//! its stdout carries the access log.
 //! Its admin address (port 0 in the config) is read from its start-up log.
 
 use std::process::Stdio;
@@ -144,4 +145,82 @@ async fn run_refuses_what_it_cannot_run_with_file_line_and_key() {
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+/// The access log as an operator reads it: weft's stdout, from a
+/// multi-threaded runtime serving many requests at once. Every request
+/// leaves one line, every line is whole JSON, and lines still queued when
+/// weft is told to stop are written before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_request_leaves_one_whole_access_log_line_on_stdout() {
+    const REQUESTS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.yaml");
+    let yaml = "admin: { address: 127.0.0.1:0 }\nruntime: { worker_threads: 4 }\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: ok } } ] }\n";
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let access_log = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        lines
+    });
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The listener's bound address (port 0 in the config).
+    let listening = wait_for(&mut lines, "listening").await;
+    let addr = listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .to_string();
+    // Signal handlers are installed before this line.
+    wait_for(&mut lines, "weft started").await;
+
+    let client = h1_client();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..REQUESTS {
+        let request = http::Request::get(format!("http://{addr}/item"))
+            .header("x-request-id", format!("req-{i}"))
+            .body(full(""))
+            .unwrap();
+        let client = client.clone();
+        requests.spawn(async move { send(&client, request).await.0 });
+    }
+    assert!(requests.join_all().await.iter().all(|&status| status == 200));
+
+    signal(pid, "TERM");
+    wait_for(&mut lines, "draining").await;
+    // Keep reading so a chatty drain never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("weft did not exit after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let access_log = access_log.await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for line in &access_log {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: a broken line: {line}"));
+        assert_eq!(
+            (record["status"].as_u64(), record["route"].as_str()),
+            (Some(200), Some("r")),
+            "{line}"
+        );
+        ids.insert(record["request_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(access_log.len(), REQUESTS);
+    assert_eq!(ids, (0..REQUESTS).map(|i| format!("req-{i}")).collect());
 }

@@ -17,13 +17,14 @@
 //!   bodies are buffered for comparison only up to it (`skipped_large`);
 //! - shadow requests carry `x-weft-shadow: true`;
 //! - a mismatch is shown by `/compare` (the last few per route) and, with
-//!   `compare.log`, appended to the mismatch log as one JSON line, at most
-//!   `sample_per_second` a second.
+//!   `compare.log`, appended to the mismatch log as one whole JSON line, at
+//!   most `sample_per_second` a second, by the app's one line writer (never
+//!   on a runtime worker, never interleaved with another record).
 //!
 //! The parts: `layer.rs` is the request path (selection, tees, starting the
 //! shadow), `shadow.rs` the shadow task (sending the copies, comparing them
-//! with `compare.rs` and `json_diff.rs`), and this file the route's mirror
-//! state built from its config and the mismatch report.
+//! with `compare.rs` and `json_diff.rs`), `report.rs` the mismatch report,
+//! and this file the route's mirror state built from its config.
 //!
 //! Like Envoy's `request_mirror_policies`, but the answer is compared rather
 //! than thrown away (after Twitter's Diffy).
@@ -31,24 +32,23 @@
 pub mod compare;
 pub mod json_diff;
 mod layer;
+mod report;
 mod shadow;
 mod tee;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::Method;
-use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::Semaphore;
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 
 use crate::config::mirror::MirrorConfig;
 use crate::core::service::HttpService;
+use crate::telemetry::lines::LineWriter;
 use crate::telemetry::mirror::RouteCompare;
-use compare::{CompareSpec, Differences, LogLimiter};
+use compare::CompareSpec;
 pub use layer::Mirror;
-use shadow::ShadowHead;
+use report::MismatchLog;
 
 /// How long a shadow may take when its route has no timeout.
 pub const DEFAULT_SHADOW_DEADLINE: Duration = Duration::from_secs(10);
@@ -111,17 +111,13 @@ struct MirrorState {
     log: Option<MismatchLog>,
 }
 
-struct MismatchLog {
-    path: PathBuf,
-    limiter: Mutex<LogLimiter>,
-}
-
 impl MirrorLayer {
     pub fn new(
         route: &str,
         config: &MirrorConfig,
         targets: ShadowTargets,
         metrics: Arc<RouteCompare>,
+        lines: &LineWriter,
     ) -> Result<Self, String> {
         check(config).map_err(|(key, message)| format!("mirror.{key}: {message}"))?;
         let compare = config
@@ -134,10 +130,7 @@ impl MirrorLayer {
             .compare
             .as_ref()
             .and_then(|c| c.log.as_ref())
-            .map(|l| MismatchLog {
-                path: l.path.clone(),
-                limiter: Mutex::new(LogLimiter::new(l.sample_per_second, Instant::now())),
-            });
+            .map(|l| MismatchLog::new(l, lines.clone()));
         Ok(Self {
             state: Arc::new(MirrorState {
                 route: Arc::from(route),
@@ -155,57 +148,6 @@ impl MirrorLayer {
                 log,
             }),
         })
-    }
-}
-
-/// One mismatch, as logged and shown by `/compare`.
-#[derive(Serialize)]
-struct MismatchRecord<'a> {
-    time: String,
-    route: &'a str,
-    cluster: &'a str,
-    method: &'a str,
-    path: &'a str,
-    primary_status: u16,
-    shadow_status: u16,
-    differences: Differences,
-}
-
-impl MirrorState {
-    fn report_mismatch(&self, head: &ShadowHead, primary_status: u16, shadow_status: u16, differences: Differences) {
-        let record = MismatchRecord {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            route: &self.route,
-            cluster: &self.targets.cluster,
-            method: head.method.as_str(),
-            path: head.uri.path(),
-            primary_status,
-            shadow_status,
-            differences: differences.truncated(),
-        };
-        let Ok(value) = serde_json::to_value(&record) else {
-            return;
-        };
-        if let Some(log) = &self.log {
-            if log.limiter.lock().allow(Instant::now()) {
-                append_line(&log.path, &value);
-            }
-        }
-        self.metrics.remember(value);
-    }
-}
-
-/// Appends one JSON line. Blocking, but only on this background task and at
-/// most `sample_per_second` times a second.
-fn append_line(path: &std::path::Path, value: &serde_json::Value) {
-    use std::io::Write;
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut file| writeln!(file, "{value}"));
-    if let Err(e) = written {
-        tracing::warn!(file = %path.display(), error = %e, "cannot write the mismatch log");
     }
 }
 
@@ -229,7 +171,9 @@ mod tests {
             noise: None,
             deadline,
         };
-        let layer = MirrorLayer::new("r", config, targets, board.clone()).unwrap();
+        // No writer runs: these tests log no mismatches.
+        let (lines, _writer) = crate::telemetry::lines::channel(1);
+        let layer = MirrorLayer::new("r", config, targets, board.clone(), &lines).unwrap();
         (layer, board)
     }
 

@@ -1,10 +1,12 @@
-//! Header rewriting at the proxy boundary: hop-by-hop headers are removed
-//! (RFC 9110 section 7.6.1), `x-forwarded-for`/`x-forwarded-proto` are set and
-//! `x-request-id` is generated when absent.
+//! Header rewriting at the proxy boundary: `Host` is filled in from
+//! `:authority`, hop-by-hop headers are removed (RFC 9110 section 7.6.1),
+//! `x-forwarded-for`/`x-forwarded-proto` are set and `x-request-id` is
+//! generated when absent.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -20,6 +22,21 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::UPGRADE,
 ];
+
+/// HTTP/2 and HTTP/3 carry the host in `:authority`; an HTTP/1.1 upstream
+/// needs `Host`. A request that has one keeps it.
+pub fn fill_host<B>(req: &mut Request<B>) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    if let Some(host) = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+}
 
 /// Removes hop-by-hop headers and those named in `Connection`. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` survive so a WebSocket
@@ -192,6 +209,22 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn host_comes_from_the_authority_when_missing() {
+        let mut h2 = Request::get("https://api.example:8443/x").body(()).unwrap();
+        fill_host(&mut h2);
+        assert_eq!(h2.headers()["host"], "api.example:8443");
+        let mut given = Request::get("https://api.example/x")
+            .header("host", "other.example")
+            .body(())
+            .unwrap();
+        fill_host(&mut given);
+        assert_eq!(given.headers()["host"], "other.example");
+        let mut origin_form = Request::get("/x").body(()).unwrap();
+        fill_host(&mut origin_form);
+        assert!(origin_form.headers().get("host").is_none());
     }
 
     #[test]

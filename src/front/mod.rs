@@ -1,0 +1,71 @@
+//! The front path's steps: what every proxied request goes through before
+//! and after its route, each step on its own so that each can be tested
+//! alone. `stack::front` composes them, in this order:
+//!
+//! 1. `early_response::track`: watch an HTTP/1.x request body for its end;
+//! 2. `headers::fill_host`: `Host` from `:authority` (HTTP/2 and HTTP/3);
+//! 3. `upgrade::prepare`: hop-by-hop headers out (an HTTP/1.1 upgrade keeps
+//!    its handshake) and the downstream connection's upgrade taken;
+//! 4. `headers::set_forwarding`: `x-forwarded-*`, `x-request-id`;
+//! 5. `telemetry::trace`'s `Tracing::start`: trace context in and out;
+//! 6. [`RouteTable::pick`], then the target service (the route's stack);
+//! 7. `answer::rescue`: an error becomes its response (the one rescue step);
+//! 8. `upgrade::finish`: a 101 joins the two connections, any other
+//!    response loses its hop-by-hop headers;
+//! 9. `answer::finish_headers`: the downstream's HTTP version, `alt-svc`;
+//! 10. `early_response`'s `announce_close`: `connection: close` on a
+//!     response sent before its HTTP/1.x request body was read;
+//! 11. the route's metrics, then `record::report`: the span and the access
+//!     log line.
+//!
+//! Why this module sits before `stack` in the module order: `stack` is the
+//! one place where paths are composed, so the steps it composes must come
+//! before it. The route table is compiled in `snapshot`, after `stack`;
+//! the steps see it only through the [`RouteTable`] trait, which
+//! `snapshot::ListenerRoutes` implements, so the composition is generic over
+//! it: one instance, no boxing, no dynamic dispatch. `proxy` (after
+//! `snapshot`) runs the composition for each request.
+
+pub mod answer;
+pub mod early_response;
+pub mod headers;
+pub mod record;
+pub mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request};
+
+use crate::core::body::Body;
+use crate::core::service::HttpService;
+use crate::telemetry::metrics::RouteMetrics;
+use crate::tls::PeerIdentity;
+
+/// Who is on the other end of one downstream connection.
+pub struct Downstream {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub scheme: &'static str,
+    /// The verified client certificate, on mTLS listeners.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// What routing chose for one request.
+pub struct Picked<'a> {
+    pub route: &'a str,
+    pub cluster: &'a str,
+    pub service: &'a HttpService,
+    pub metrics: &'a RouteMetrics,
+}
+
+/// One listener's routes, as the front path sees them.
+pub trait RouteTable {
+    /// The route and target for `req` from a client whose certificate
+    /// identity (mTLS) is `identity`; `None` when no route takes it.
+    fn pick(&self, req: &Request<Body>, identity: Option<&str>) -> Option<Picked<'_>>;
+    /// Metrics of the requests no route took.
+    fn unmatched(&self) -> &RouteMetrics;
+    /// The `alt-svc` header every response on this listener carries.
+    fn alt_svc(&self) -> Option<&HeaderValue>;
+}

@@ -1,0 +1,96 @@
+//! HTTP/1.1 `Upgrade` (WebSocket) and hop-by-hop headers: a request's
+//! hop-by-hop headers go, except an upgrade handshake's; once the upstream
+//! answers 101, both connections are handed over and bytes are copied both
+//! ways until either side closes.
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::headers;
+use crate::core::body::Body;
+
+/// Strips the request's hop-by-hop headers, keeping those of an HTTP/1.1
+/// upgrade handshake, and for such a request takes the downstream
+/// connection's upgrade.
+pub fn prepare<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    upgrade.then(|| hyper::upgrade::on(req))
+}
+
+/// A 101 to an upgrade request joins the two connections (on a spawned
+/// task); any other response loses its hop-by-hop headers.
+pub fn finish(response: &mut Response<Body>, downstream: Option<OnUpgrade>) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(response.headers_mut(), false);
+    } else if let Some(downstream) = downstream {
+        let upstream = hyper::upgrade::on(response);
+        tokio::spawn(tunnel(downstream, upstream));
+    }
+}
+
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::body;
+
+    fn request(version: Version, pairs: &[(&str, &str)]) -> Request<Body> {
+        let mut req = Request::new(body::empty());
+        *req.version_mut() = version;
+        for (name, value) in pairs {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        req
+    }
+
+    #[test]
+    fn only_an_http11_upgrade_keeps_its_handshake() {
+        let handshake = [("connection", "upgrade"), ("upgrade", "websocket"), ("keep-alive", "5")];
+        let mut req = request(Version::HTTP_11, &handshake);
+        // Taken even without hyper's connection behind it (awaiting it then fails).
+        assert!(prepare(&mut req).is_some());
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+        assert!(req.headers().get("keep-alive").is_none());
+        let mut h2 = request(Version::HTTP_2, &handshake);
+        assert!(prepare(&mut h2).is_none());
+        assert!(h2.headers().get("upgrade").is_none());
+        assert!(h2.headers().get("connection").is_none());
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_unless_switching() {
+        let mut ok = Response::new(body::empty());
+        ok.headers_mut().insert("connection", "close, x-hop".parse().unwrap());
+        ok.headers_mut().insert("x-hop", "1".parse().unwrap());
+        ok.headers_mut().insert("x-app", "1".parse().unwrap());
+        finish(&mut ok, None);
+        assert!(ok.headers().get("connection").is_none());
+        assert!(ok.headers().get("x-hop").is_none());
+        assert_eq!(ok.headers()["x-app"], "1");
+        let mut switching = Response::new(body::empty());
+        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        switching.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+        finish(&mut switching, None);
+        assert_eq!(switching.headers()["upgrade"], "websocket");
+    }
+}

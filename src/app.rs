@@ -27,6 +27,8 @@ use crate::telemetry::metrics::Metrics;
 const LINES_QUEUED: usize = 8192;
 /// How long shutdown waits for queued log lines to be written.
 const LINES_FLUSH_TIMEOUT: tokio::time::Duration = tokio::time::Duration::from_secs(2);
+/// How long a start or reload waits for new discoveries' first look.
+const DISCOVERY_WARM_UP: tokio::time::Duration = tokio::time::Duration::from_secs(5);
 
 pub struct App {
     pub shared: Arc<Shared>,
@@ -57,6 +59,7 @@ impl App {
         let digest = loaded.digest;
         let snapshot = Snapshot::build(loaded, &metrics, &lines, None).map_err(|e| e.to_string())?;
         snapshot.start();
+        snapshot.warm(DISCOVERY_WARM_UP).await;
         let admin_address = snapshot.loaded.config.admin.address;
         let listeners_config = snapshot.loaded.config.listeners.clone();
         let shared = Arc::new(Shared {
@@ -149,6 +152,7 @@ impl App {
             Snapshot::build(loaded, &self.shared.metrics, &self.lines, Some(&previous)).map_err(|e| e.to_string())?;
         let snapshot = Arc::new(snapshot);
         snapshot.start();
+        snapshot.warm(DISCOVERY_WARM_UP).await;
         let wanted = snapshot.loaded.config.listeners.clone();
         self.shared.snapshot.store(snapshot);
         let mut listeners = self.listeners.lock().await;

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use std::path::Path;
 
+use crate::cluster::discovery::Discovery;
 use crate::cluster::Cluster;
-use crate::config::schema::{ClusterProtocol, Config, ListenerProtocol, RouteConfig};
+use crate::config::discovery::ResolverConfig;
+use crate::config::schema::{ClusterConfig, ClusterProtocol, Config, ListenerProtocol, RouteConfig};
 use crate::config::{ConfigErrors, Loaded};
 use crate::core::body::Body;
 use crate::core::service::HttpService;
@@ -106,14 +108,21 @@ impl Snapshot {
     ) -> Result<Self, ConfigErrors> {
         let compiled = compile(&loaded)?;
         let config = &loaded.config;
+        let resolver = config.resolver.as_ref();
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
             .map(|c| {
-                previous
-                    .and_then(|p| p.clusters.iter().find(|old| old.serves(c, &config.node)))
-                    .cloned()
-                    .unwrap_or_else(|| Cluster::new(c, &config.node, metrics))
+                let kept = previous.and_then(|p| p.clusters.iter().find(|old| old.serves(c, &config.node, resolver)));
+                kept.cloned().unwrap_or_else(|| {
+                    // A rebuilt cluster keeps an unchanged discovery (its task and last set).
+                    let discovery = c.discovery.as_ref().map(|d| {
+                        previous
+                            .and_then(|p| p.discovery_serving(c, resolver))
+                            .unwrap_or_else(|| Discovery::new(&c.name, d, resolver, metrics))
+                    });
+                    Cluster::new(c, &config.node, metrics, discovery)
+                })
             })
             .collect();
         let mut listeners = HashMap::new();
@@ -152,13 +161,38 @@ impl Snapshot {
         self.clusters.iter().find(|c| &*c.name == name)
     }
 
-    /// Starts every cluster's background work (outlier timers, health
-    /// checks) that is not running yet; clusters kept from the previous
-    /// snapshot keep theirs.
+    /// Starts every cluster's background work (discovery, outlier timers,
+    /// health checks) that is not running yet; clusters kept from the
+    /// previous snapshot keep theirs.
     pub fn start(&self) {
         for cluster in &self.clusters {
             cluster.start();
         }
+    }
+
+    /// Waits, at most `limit`, until every discovery of this snapshot has
+    /// looked once, and gives each cluster the set found: a started or
+    /// reloaded weft then serves discovered clusters from its first request
+    /// (Envoy's cluster warming). A discovery that keeps failing does not
+    /// hold the start up longer than `limit`.
+    pub async fn warm(&self, limit: tokio::time::Duration) {
+        let looks = self
+            .clusters
+            .iter()
+            .filter_map(|c| Some(c.discovery.as_ref()?.first_look()));
+        let _ = tokio::time::timeout(limit, futures_util::future::join_all(looks)).await;
+        for cluster in &self.clusters {
+            cluster.sync_discovered();
+        }
+    }
+
+    /// A discovery of this snapshot that a cluster configured as `config` may keep.
+    fn discovery_serving(&self, config: &ClusterConfig, resolver: Option<&ResolverConfig>) -> Option<Arc<Discovery>> {
+        self.clusters
+            .iter()
+            .filter_map(|c| c.discovery.as_ref())
+            .find(|d| d.serves(config, resolver))
+            .cloned()
     }
 }
 
@@ -176,6 +210,7 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
     let config = &loaded.config;
     let mut problems = crate::config::problems(config);
     problems.extend(tls_problems(config));
+    problems.extend(crate::config::discovery::file_problems(config));
     let index: HashMap<&str, usize> = config
         .clusters
         .iter()

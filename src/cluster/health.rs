@@ -9,8 +9,12 @@
 //!   likewise regenerates its locality structures on host-set changes).
 //! - Every ejection, return, health change and entry to or exit from panic
 //!   mode is one log line and moves its metric.
-//! - Plan recomputation is serialised, so the stored plan always reflects the
-//!   latest endpoint states even when two changes race.
+//! - Plan recomputation is serialised and reads the endpoint set inside the
+//!   lock, so the stored plan always reflects the latest set and endpoint
+//!   states even when a change races a set update.
+//! - Outlier state is keyed by endpoint id, so it follows set updates
+//!   ([`ClusterHealth::follow`]): a result or an event for an endpoint that
+//!   has left the set is ignored.
 //!
 //! Source: Envoy "Outlier detection", "Health checking" and "Zone aware
 //! routing" architecture docs; tower `load::PeakEwma` for the latency model.
@@ -24,7 +28,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use super::Endpoint;
+use super::endpoints::{Endpoint, EndpointSet};
 use crate::config::schema::{ClusterConfig, NodeConfig};
 use crate::core::error::ErrorKind;
 use crate::policy::ewma::PeakEwma;
@@ -117,13 +121,12 @@ pub struct ClusterHealth {
 }
 
 impl ClusterHealth {
-    pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &HealthMetrics) -> Self {
+    pub fn new(config: &ClusterConfig, node: &NodeConfig, metrics: &HealthMetrics, initial: &EndpointSet) -> Self {
         let zone_config = ZoneAwareConfig::from(&config.zone_aware);
         let local_zone = node.zone.clone().filter(|z| !z.is_empty());
         let callers: Vec<(String, u64)> = node.callers.iter().map(|(z, n)| (z.clone(), *n)).collect();
         // Endpoints start usable: health checks and ejections have not spoken yet.
-        let all_usable: Vec<(&str, bool)> = config
-            .endpoints
+        let all_usable: Vec<(&str, bool)> = initial
             .iter()
             .map(|e| (e.zone.as_deref().unwrap_or(""), true))
             .collect();
@@ -135,10 +138,11 @@ impl ClusterHealth {
             local_zone,
             callers,
             zone_config,
-            outlier: config
-                .outlier_detection
-                .as_ref()
-                .map(|o| Mutex::new(OutlierDetector::new(o.into(), config.endpoints.len()))),
+            outlier: config.outlier_detection.as_ref().map(|o| {
+                let mut detector = OutlierDetector::new(o.into(), 0);
+                detector.set_endpoints(initial.iter().map(|e| e.id));
+                Mutex::new(detector)
+            }),
             plan: ArcSwap::from_pointee(plan),
             refreshing: Mutex::new(()),
             wake: Arc::new(Notify::new()),
@@ -173,13 +177,12 @@ impl ClusterHealth {
     /// Feeds one finished attempt into the EWMA and the outlier detector.
     pub fn record_attempt(
         &self,
-        endpoints: &[Arc<Endpoint>],
-        idx: usize,
+        set: &ArcSwap<EndpointSet>,
+        endpoint: &Endpoint,
         started: Instant,
         now: Instant,
         result: Result<StatusCode, ErrorKind>,
     ) {
-        let Some(endpoint) = endpoints.get(idx) else { return };
         let outcome = outcome_of(result);
         let rtt = now.saturating_duration_since(started);
         let rtt = match outcome {
@@ -190,15 +193,15 @@ impl ClusterHealth {
         let (Some(outlier), Some(outcome)) = (&self.outlier, outcome) else {
             return;
         };
-        let ejection = outlier.lock().record(idx, outcome, now);
+        let ejection = outlier.lock().record(endpoint.id, outcome, now);
         if let Some(ejection) = ejection {
-            self.apply(endpoints, &[OutlierEvent::Ejected(ejection)], now);
+            self.apply(set, &[OutlierEvent::Ejected(ejection)], now);
             self.wake.notify_one();
         }
     }
 
     /// Runs the outlier detector's timers; returns when it next needs to run.
-    pub fn tick(&self, endpoints: &[Arc<Endpoint>], now: Instant) -> Option<Instant> {
+    pub fn tick(&self, set: &ArcSwap<EndpointSet>, now: Instant) -> Option<Instant> {
         let outlier = self.outlier.as_ref()?;
         let (events, next) = {
             let mut detector = outlier.lock();
@@ -206,23 +209,30 @@ impl ClusterHealth {
             (events, detector.next_deadline())
         };
         if !events.is_empty() {
-            self.apply(endpoints, &events, now);
+            self.apply(set, &events, now);
         }
         next
     }
 
-    /// When the endpoint's current ejection ends, if it is ejected.
-    pub fn ejected_until(&self, idx: usize) -> Option<Instant> {
-        self.outlier.as_ref()?.lock().ejected_until(idx)
+    /// Makes the outlier detector and the zone plan follow a new endpoint set.
+    pub fn follow(&self, set: &ArcSwap<EndpointSet>) {
+        if let Some(outlier) = &self.outlier {
+            outlier.lock().set_endpoints(set.load().iter().map(|e| e.id));
+        }
+        self.refresh_plan(set);
     }
 
-    pub fn times_ejected(&self, idx: usize) -> u32 {
-        self.outlier.as_ref().map_or(0, |o| o.lock().times_ejected(idx))
+    /// When endpoint `id`'s current ejection ends, if it is ejected.
+    pub fn ejected_until(&self, id: usize) -> Option<Instant> {
+        self.outlier.as_ref()?.lock().ejected_until(id)
+    }
+
+    pub fn times_ejected(&self, id: usize) -> u32 {
+        self.outlier.as_ref().map_or(0, |o| o.lock().times_ejected(id))
     }
 
     /// Records an active health-check verdict change.
-    pub fn set_healthy(&self, endpoints: &[Arc<Endpoint>], idx: usize, healthy: bool, detail: &str) {
-        let Some(endpoint) = endpoints.get(idx) else { return };
+    pub fn set_healthy(&self, set: &ArcSwap<EndpointSet>, endpoint: &Endpoint, healthy: bool, detail: &str) {
         if endpoint.health.healthy.swap(healthy, Ordering::Relaxed) == healthy {
             return;
         }
@@ -232,14 +242,15 @@ impl ClusterHealth {
         } else {
             tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.target.address, detail, "health check failing; endpoint taken out of rotation");
         }
-        self.refresh_plan(endpoints);
+        self.refresh_plan(set);
     }
 
-    fn apply(&self, endpoints: &[Arc<Endpoint>], events: &[OutlierEvent], now: Instant) {
+    fn apply(&self, set: &ArcSwap<EndpointSet>, events: &[OutlierEvent], now: Instant) {
+        let endpoints = set.load();
         for event in events {
             match *event {
                 OutlierEvent::Ejected(e) => {
-                    let Some(endpoint) = endpoints.get(e.endpoint) else {
+                    let Some(endpoint) = endpoints.by_id(e.endpoint) else {
                         continue;
                     };
                     endpoint.health.ejected.store(true, Ordering::Relaxed);
@@ -251,7 +262,7 @@ impl ClusterHealth {
                     tracing::warn!(cluster = %self.cluster, endpoint = %endpoint.target.address, reason = e.reason.as_str(), ejection_ms, "outlier ejected");
                 }
                 OutlierEvent::Returned { endpoint } => {
-                    let Some(endpoint) = endpoints.get(endpoint) else {
+                    let Some(endpoint) = endpoints.by_id(endpoint) else {
                         continue;
                     };
                     endpoint.health.ejected.store(false, Ordering::Relaxed);
@@ -260,12 +271,14 @@ impl ClusterHealth {
                 }
             }
         }
-        self.refresh_plan(endpoints);
+        drop(endpoints);
+        self.refresh_plan(set);
     }
 
-    /// Recomputes the zone plan from the endpoints' current usability.
-    pub fn refresh_plan(&self, endpoints: &[Arc<Endpoint>]) {
+    /// Recomputes the zone plan from the current set's usability.
+    pub fn refresh_plan(&self, set: &ArcSwap<EndpointSet>) {
         let _serialised = self.refreshing.lock();
+        let endpoints = set.load();
         let usable: Vec<(&str, bool)> = endpoints
             .iter()
             .map(|e| (e.zone.as_deref().unwrap_or(""), e.health.available()))

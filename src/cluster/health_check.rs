@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use rand::Rng;
 use tokio::time::Duration;
 
-use super::Cluster;
+use super::{Cluster, Endpoint};
 use crate::config::health::HealthCheckConfig;
 use crate::core::body;
 
@@ -72,9 +72,9 @@ pub fn first_delay<R: Rng + ?Sized>(interval: Duration, rng: &mut R) -> Duration
     interval.mul_f64(rng.random_range(0.0..1.0))
 }
 
-/// One probe of endpoint `idx`; `Err` says why it failed, for the log line.
-pub async fn probe(cluster: &Cluster, idx: usize, config: &HealthCheckConfig) -> Result<(), String> {
-    let (Some(http), Some(endpoint)) = (cluster.http.as_ref(), cluster.endpoints.get(idx)) else {
+/// One probe of `endpoint`; `Err` says why it failed, for the log line.
+pub async fn probe(cluster: &Cluster, endpoint: &Endpoint, config: &HealthCheckConfig) -> Result<(), String> {
+    let Some(http) = cluster.http.as_ref() else {
         return Err("cluster does not speak HTTP".into());
     };
     let mut request = Request::get(config.path.as_str())

@@ -46,20 +46,17 @@ impl Service<Request<Body>> for ClusterService {
                     format!("cluster {} does not speak HTTP", cluster.name),
                 ));
             };
-            let index = cluster.pick(hint.as_ref().and_then(|h| h.exclude));
-            if let (Some(hint), Some(index)) = (&hint, index) {
-                let _ = hint.picked.set(index);
+            let endpoint = cluster.pick(hint.as_ref().and_then(|h| h.exclude)).ok_or_else(|| {
+                ProxyError::new(
+                    ErrorKind::NoEndpoint,
+                    format!("cluster {} has no available endpoint", cluster.name),
+                )
+            })?;
+            if let Some(hint) = &hint {
+                let _ = hint.picked.set(endpoint.id);
             }
-            let (idx, endpoint) = index
-                .and_then(|i| Some((i, cluster.endpoints.get(i)?.clone())))
-                .ok_or_else(|| {
-                    ProxyError::new(
-                        ErrorKind::NoEndpoint,
-                        format!("cluster {} has no available endpoint", cluster.name),
-                    )
-                })?;
             let in_flight = endpoint.start_request();
-            let attempt = cluster.start_attempt(idx);
+            let attempt = cluster.start_attempt(&endpoint);
             let result = http.send(&endpoint.target, req).await;
             attempt.finish(result.as_ref().map(|r| r.status()).map_err(|e| e.kind()));
             match result {

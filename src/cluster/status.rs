@@ -1,15 +1,17 @@
-//! What `/clusters` shows of a cluster: each endpoint's load, health-check
-//! verdict, ejection state and latency estimate, the zone plan in force, the
-//! cluster's recent error rate and latency percentiles, and its overload
-//! protection (adaptive concurrency limit and circuit breaker limits).
+//! What `/clusters` shows of a cluster: each endpoint's source, load,
+//! health-check verdict, ejection state and latency estimate, the zone plan
+//! in force, where the endpoints come from (discovery kind, last update and
+//! its result), the cluster's recent error rate and latency percentiles, and
+//! its overload protection (adaptive concurrency limit and circuit breaker
+//! limits).
 //! A read-only view; building it takes the same locks a request does, briefly.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::discovery::DiscoveryStatus;
 use super::health::routing_name;
 use super::overload::ConcurrencyStatus;
 use super::Cluster;
@@ -22,6 +24,8 @@ pub struct ClusterStatus {
     pub protocol: ClusterProtocol,
     pub lb: LbPolicy,
     pub zone_routing: ZoneStatus,
+    /// Where the endpoints come from and how the last look went.
+    pub discovery: DiscoveryStatus,
     /// Error rate and latency percentiles of recent attempts.
     pub recent: super::recent::RecentSummary,
     pub overload: OverloadStatus,
@@ -91,6 +95,8 @@ pub struct ZoneStatus {
 #[derive(Serialize)]
 pub struct EndpointStatus {
     pub address: String,
+    /// `static`, or the discovery source that found it (`dns:NAME:PORT`, `file:PATH`).
+    pub source: String,
     pub zone: Option<String>,
     pub weight: u32,
     pub in_flight: usize,
@@ -118,26 +124,30 @@ impl Cluster {
                 local_share: plan.local_share(),
                 remote_shares: plan.remote_shares().map(|(z, s)| (z.to_string(), s)).collect(),
             },
+            discovery: self
+                .discovery
+                .as_ref()
+                .map_or_else(DiscoveryStatus::fixed, |d| d.status()),
             recent: self.recent.summary(now),
             overload: OverloadStatus {
                 concurrency: self.overload.concurrency.as_ref().map(|c| c.status()),
                 circuit: self.overload.circuit.as_deref().map(CircuitStatus::of),
             },
             endpoints: self
-                .endpoints
+                .endpoints()
                 .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    let returns_at = self.health.ejected_until(i).filter(|_| e.health.is_ejected());
+                .map(|e| {
+                    let returns_at = self.health.ejected_until(e.id).filter(|_| e.health.is_ejected());
                     EndpointStatus {
                         address: e.target.address.to_string(),
+                        source: e.source.to_string(),
                         zone: e.zone.clone(),
-                        weight: e.weight,
-                        in_flight: e.in_flight.load(Ordering::Relaxed),
+                        weight: e.weight(),
+                        in_flight: e.in_flight(),
                         health: if e.health.is_healthy() { "healthy" } else { "unhealthy" },
                         ejected: e.health.is_ejected(),
                         returns_in_ms: returns_at.map(|at| at.saturating_duration_since(now).as_millis() as u64),
-                        times_ejected: self.health.times_ejected(i),
+                        times_ejected: self.health.times_ejected(e.id),
                         latency_ewma_ms: e.health.latency_estimate(now).as_secs_f64() * 1000.0,
                     }
                 })

@@ -2,6 +2,7 @@
 //! file, the line and the key path (`listeners[0].routes[2].cluster`), so a
 //! person can go straight to it.
 
+pub mod discovery;
 pub mod health;
 pub mod lines;
 pub mod mirror;

@@ -36,6 +36,9 @@ pub struct Config {
     /// Span export (OTLP); without it weft only propagates trace context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<super::trace::TracingConfig>,
+    /// DNS servers for `discovery.dns`; absent means `/etc/resolv.conf`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<super::discovery::ResolverConfig>,
 }
 
 impl Config {
@@ -63,6 +66,9 @@ impl Config {
             compare_logs.for_each(|log| fix(&mut log.path));
         }
         for c in &mut self.clusters {
+            if let Some(file) = c.discovery.as_mut().and_then(|d| d.file.as_mut()) {
+                fix(&mut file.path);
+            }
             if let Some(tls) = &mut c.tls {
                 tls.ca
                     .iter_mut()
@@ -398,8 +404,12 @@ pub struct ClusterConfig {
     /// Idle pooled upstream connections are closed after this long.
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
+    /// Fixed endpoints; a cluster has these or `discovery`.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Where the endpoints come from when they are not fixed (DNS, a watched file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<super::discovery::DiscoveryConfig>,
     #[serde(default)]
     pub tls: Option<ClusterTls>,
     #[serde(default)]

@@ -52,6 +52,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         }
         problems.extend(cluster_ranges(&key, c));
         problems.extend(super::health::validate_cluster(&key, c));
+        problems.extend(super::discovery::validate_cluster(&key, c));
         let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
         if guarded && c.protocol == ClusterProtocol::Tcp {
             problems.push((
@@ -128,6 +129,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         }
     }
     problems.extend(super::trace::validate(config.tracing.as_ref()));
+    problems.extend(super::discovery::validate_resolver(config.resolver.as_ref()));
     problems
 }
 

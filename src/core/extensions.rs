@@ -9,7 +9,9 @@ use std::sync::{Arc, OnceLock};
 pub struct ServedBy(pub SocketAddr);
 
 /// Request extension from the retry layer: avoid the endpoint that just
-/// failed (when another exists) and report which one this try picked.
+/// failed (when another exists) and report which one this try picked. Both
+/// are endpoint ids, which stay valid when the cluster's endpoint set
+/// changes between tries (an id is never reused).
 #[derive(Clone, Debug, Default)]
 pub struct EndpointHint {
     pub exclude: Option<usize>,

@@ -33,10 +33,7 @@ pub async fn serve(
             let _counted = (open, permit);
             let result = async {
                 let cluster = cluster.ok_or("cluster is gone")?;
-                let (idx, endpoint) = cluster
-                    .pick(None)
-                    .and_then(|i| Some((i, cluster.endpoints.get(i)?.clone())))
-                    .ok_or("no endpoint")?;
+                let endpoint = cluster.pick(None).ok_or("no endpoint")?;
                 let _in_flight = endpoint.start_request();
                 let started = tokio::time::Instant::now();
                 let connected = tokio::time::timeout(
@@ -44,7 +41,7 @@ pub async fn serve(
                     TcpStream::connect(endpoint.target.address),
                 )
                 .await;
-                cluster.record_connect(idx, started, matches!(connected, Ok(Ok(_))));
+                cluster.record_connect(&endpoint, started, matches!(connected, Ok(Ok(_))));
                 let mut outbound = connected
                     .map_err(|_| "connect timeout")?
                     .map_err(|_| "connect failed")?;

@@ -25,6 +25,12 @@
 //!   `ejected_until`); the ejected count and `Returned` catch up on the next
 //!   `tick`, so schedule ticks by `next_deadline`. The first `tick` starts the
 //!   first interval. No clock or rng reads; `tick` allocates only its events.
+//! - Endpoints are addressed by a key the caller keeps stable while the
+//!   endpoint exists (weft's endpoint id), so the set can change under the
+//!   detector: [`OutlierDetector::set_endpoints`] keeps the state of the keys
+//!   that stay, starts new ones fresh and forgets the rest (an ejected
+//!   endpoint that leaves frees its place under the cap). Unknown keys are
+//!   ignored everywhere.
 //!
 //! Not modelled: enforcement percentages, jitter, failure-percentage and
 //! local-origin detectors.
@@ -33,6 +39,8 @@
 //! outlier), `config.cluster.v3.OutlierDetection`, and
 //! `source/common/upstream/outlier_detection_impl.cc` (`ejectHost`,
 //! `onIntervalTimer`, `successRateEjectionThreshold`).
+
+use std::collections::BTreeMap;
 
 use crate::config::health::OutlierDetectionConfig;
 use tokio::time::{Duration, Instant};
@@ -135,30 +143,44 @@ struct EndpointState {
     multiplier: u32,
 }
 
-/// Outlier state for a fixed list of endpoints, addressed by index.
+/// Outlier state for a set of endpoints, addressed by stable key.
 #[derive(Debug, Clone)]
 pub struct OutlierDetector {
     config: OutlierConfig,
-    endpoints: Vec<EndpointState>,
+    /// By key; ordered, so events come in key order.
+    endpoints: BTreeMap<usize, EndpointState>,
     ejected_count: usize,
     interval_started: Option<Instant>,
 }
 
 impl OutlierDetector {
+    /// A detector for the endpoints keyed `0..endpoint_count`.
     pub fn new(config: OutlierConfig, endpoint_count: usize) -> Self {
         Self {
             config,
-            endpoints: vec![EndpointState::default(); endpoint_count],
+            endpoints: (0..endpoint_count).map(|k| (k, EndpointState::default())).collect(),
             ejected_count: 0,
             interval_started: None,
         }
+    }
+
+    /// Makes `keys` the endpoint set: known keys keep their state, new ones
+    /// start fresh, the others are forgotten.
+    pub fn set_endpoints(&mut self, keys: impl IntoIterator<Item = usize>) {
+        let mut previous = std::mem::take(&mut self.endpoints);
+        self.endpoints = keys
+            .into_iter()
+            .map(|k| (k, previous.remove(&k).unwrap_or_default()))
+            .collect();
+        let gone_ejected = previous.values().filter(|s| s.ejected_until.is_some()).count();
+        self.ejected_count -= gone_ejected;
     }
 
     /// Records one request outcome; returns the ejection it caused, if any.
     /// Out-of-range indices are ignored.
     pub fn record(&mut self, idx: usize, outcome: Outcome, now: Instant) -> Option<Ejection> {
         let config = self.config;
-        let state = self.endpoints.get_mut(idx)?;
+        let state = self.endpoints.get_mut(&idx)?;
         state.interval_requests += 1;
         let is_gateway = match outcome {
             Outcome::Success => {
@@ -198,7 +220,7 @@ impl OutlierDetector {
     /// the success-rate detector and ages ejection multipliers.
     pub fn tick(&mut self, now: Instant) -> Vec<OutlierEvent> {
         let mut events = Vec::new();
-        for (idx, state) in self.endpoints.iter_mut().enumerate() {
+        for (&idx, state) in &mut self.endpoints {
             if state.ejected_until.is_some_and(|until| now >= until) {
                 state.ejected_until = None;
                 state.returned_at = Some(now);
@@ -223,7 +245,7 @@ impl OutlierDetector {
             self.eject_by_success_rate(sr, now, &mut events);
         }
         let interval = self.config.interval;
-        for state in &mut self.endpoints {
+        for state in self.endpoints.values_mut() {
             state.interval_requests = 0;
             state.interval_successes = 0;
             let healthy_for_an_interval = state.ejected_until.is_none()
@@ -238,12 +260,12 @@ impl OutlierDetector {
     }
 
     pub fn ejected_until(&self, idx: usize) -> Option<Instant> {
-        self.endpoints.get(idx)?.ejected_until
+        self.endpoints.get(&idx)?.ejected_until
     }
 
     /// Lifetime number of ejections of this endpoint.
     pub fn times_ejected(&self, idx: usize) -> u32 {
-        self.endpoints.get(idx).map_or(0, |s| s.times_ejected)
+        self.endpoints.get(&idx).map_or(0, |s| s.times_ejected)
     }
 
     /// When `tick` next has work: the earliest return or interval end.
@@ -251,7 +273,7 @@ impl OutlierDetector {
     pub fn next_deadline(&self) -> Option<Instant> {
         let next_interval = self.interval_started.and_then(|s| s.checked_add(self.config.interval));
         self.endpoints
-            .iter()
+            .values()
             .filter_map(|s| s.ejected_until)
             .chain(next_interval)
             .min()
@@ -263,7 +285,7 @@ impl OutlierDetector {
         // Percent, as Envoy reports it; the threshold is scale-free anyway.
         let rate = |s: &EndpointState| s.interval_successes as f64 * 100.0 / s.interval_requests as f64;
         let (mut n, mut sum, mut sum_sq) = (0usize, 0.0, 0.0);
-        for rate in self.endpoints.iter().filter(|s| counted(s)).map(rate) {
+        for rate in self.endpoints.values().filter(|s| counted(s)).map(rate) {
             n += 1;
             sum += rate;
             sum_sq += rate * rate;
@@ -274,14 +296,17 @@ impl OutlierDetector {
         let mean = sum / n as f64;
         let variance = (sum_sq / n as f64 - mean * mean).max(0.0);
         let threshold = mean - sr.stdev_factor * variance.sqrt();
-        for idx in 0..self.endpoints.len() {
-            let state = &self.endpoints[idx];
-            if counted(state) && rate(state) < threshold {
-                events.extend(
-                    self.try_eject(idx, EjectReason::SuccessRate, now)
-                        .map(OutlierEvent::Ejected),
-                );
-            }
+        let below: Vec<usize> = self
+            .endpoints
+            .iter()
+            .filter(|(_, s)| counted(s) && rate(s) < threshold)
+            .map(|(&k, _)| k)
+            .collect();
+        for idx in below {
+            events.extend(
+                self.try_eject(idx, EjectReason::SuccessRate, now)
+                    .map(OutlierEvent::Ejected),
+            );
         }
     }
 
@@ -292,7 +317,7 @@ impl OutlierDetector {
         }
         let base = self.config.base_ejection_time;
         let max = self.config.max_ejection_time;
-        let state = self.endpoints.get_mut(idx)?;
+        let state = self.endpoints.get_mut(&idx)?;
         // Envoy's saturation point: one step past the cap, so a host at the cap
         // needs two healthy intervals before its next ejection gets shorter.
         let grows = base.saturating_mul(state.multiplier) < max.saturating_add(base);
@@ -350,7 +375,7 @@ mod tests {
         /// Current factor applied to `base_ejection_time` for this endpoint's
         /// latest ejection; decays while it stays healthy.
         fn ejection_multiplier(&self, idx: usize) -> u32 {
-            self.endpoints.get(idx).map_or(0, |s| s.multiplier)
+            self.endpoints.get(&idx).map_or(0, |s| s.multiplier)
         }
 
         /// Endpoints ejected and not yet returned by `tick`.
@@ -544,6 +569,28 @@ mod tests {
         d.tick(t0);
         d.traffic(&[(100, 0), FULL, FULL, FULL, (99, 99)], t0);
         assert!(d.tick(t0 + 10 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_changed_endpoint_set_keeps_state_of_those_that_stay() {
+        let t0 = Instant::now();
+        // 25 % of 4 endpoints: one ejection at a time.
+        let mut d = detector(4, |c| c.max_ejection_percent = 25);
+        d.tick(t0);
+        assert_eq!(d.burst(2, E500, 4, t0), None, "one failure short of ejection");
+        assert!(d.burst(1, E500, 5, t0).is_some());
+        // 0 and 3 leave, 7 and 8 join: 1 stays ejected.
+        d.set_endpoints([1, 2, 7, 8]);
+        assert_eq!(d.endpoints.len(), 4);
+        assert!(d.is_ejected(1, t0));
+        assert_eq!((d.times_ejected(1), d.ejected_count()), (1, 1));
+        assert_eq!(d.record(0, E500, t0), None, "a removed key is ignored");
+        // 1 leaves: its place under the cap is free, and 2's streak was kept.
+        d.set_endpoints([2, 7, 8, 9]);
+        assert_eq!(d.ejected_count(), 0);
+        assert_eq!(reason(d.record(2, E500, t0)), Some("consecutive_5xx"));
+        assert_eq!((d.times_ejected(7), d.ejected_until(7)), (0, None));
+        assert!(returned(&d.tick(t0 + 30 * SEC), 2));
     }
 
     #[test]

@@ -82,6 +82,12 @@ impl HealthMetrics {
         healthy.set(1);
         EndpointHealthMetrics { ejected, healthy }
     }
+
+    /// Drops the series of an endpoint that left its cluster's set.
+    pub fn forget_endpoint(&self, cluster: &str, endpoint: &str) {
+        let _ = self.endpoint_ejected.remove_label_values(&[cluster, endpoint]);
+        let _ = self.endpoint_healthy.remove_label_values(&[cluster, endpoint]);
+    }
 }
 
 /// The `reason` label values of `weft_outlier_ejections_total` (Envoy's

@@ -24,6 +24,7 @@ pub struct Metrics {
     /// Access log lines dropped because the line writer's queue was full.
     pub access_log_dropped: IntCounter,
     pub health: super::health::HealthMetrics,
+    pub discovery: super::discovery::DiscoveryFamilies,
     pub mirror: super::mirror::MirrorMetrics,
     pub overload: OverloadFamilies,
     pub trace: super::trace::TraceMetrics,
@@ -163,6 +164,7 @@ impl Metrics {
             )?,
             access_log_dropped,
             health: super::health::HealthMetrics::new(&registry)?,
+            discovery: super::discovery::DiscoveryFamilies::new(&registry)?,
             trace: super::trace::TraceMetrics::new(&registry)?,
             mirror: super::mirror::MirrorMetrics::new(&registry)?,
             registry,

@@ -2,6 +2,7 @@
 //! span export.
 
 pub mod access_log;
+pub mod discovery;
 pub mod health;
 pub mod lines;
 pub mod metrics;

@@ -9,6 +9,7 @@ mod cli;
 mod client_fault;
 mod config_watch;
 mod dashboard;
+mod discovery;
 mod h3;
 mod health;
 mod inject;

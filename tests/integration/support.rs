@@ -41,6 +41,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Connections open now (accepted and not yet closed by either side).
+    pub open: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -56,10 +58,19 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+    }
+
+    /// [`Upstream::start`] on a listener the test bound itself.
+    pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let accepted = connections.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (accepted, open_now) = (connections.clone(), open.clone());
         let task = tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
             loop {
@@ -67,6 +78,7 @@ impl Upstream {
                     return;
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
+                open_now.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 let service = service_fn(move |req| {
                     let handler = handler.clone();
@@ -75,12 +87,17 @@ impl Upstream {
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
-                tokio::spawn(conn);
+                let open_now = open_now.clone();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    open_now.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             addr,
             connections,
+            open,
             task,
         }
     }

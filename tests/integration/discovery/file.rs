@@ -1,0 +1,124 @@
+//! File discovery: in-place edits, rename-overs and a ConfigMap-style
+//! `..data` symlink swap of the endpoints file move traffic without a
+//! failed request; an invalid file is refused and the old set kept.
+
+use std::path::Path;
+
+use super::*;
+
+fn endpoints_yaml(upstreams: &[&Upstream]) -> String {
+    let items: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("  - {{ address: {} }}\n", u.addr))
+        .collect();
+    format!("endpoints:\n{}", items.concat())
+}
+
+const ONE_ROUTE: &str = "  - name: public
+    address: 127.0.0.1:0
+    routes:
+      - { name: all, match: { path_prefix: / }, cluster: web }";
+
+async fn start_with_file(dir: &Path, file: &str) -> Weft {
+    let clusters = format!("  - name: web\n    discovery: {{ file: {{ path: {file} }} }}");
+    let weft_dir = tempfile::tempdir_in(dir).unwrap();
+    let path = weft_dir.path().join("weft.yaml");
+    // The endpoints file is named relative to the config file.
+    std::fs::write(&path, config(ONE_ROUTE, &clusters.replace("path: ", "path: ../"))).unwrap();
+    let loaded = weft::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let app = weft::app::App::start(loaded).await.unwrap();
+    Weft {
+        app,
+        dir: weft_dir,
+        path,
+    }
+}
+
+#[tokio::test]
+async fn edits_and_rename_overs_move_traffic_and_an_invalid_file_keeps_the_old_set() {
+    let (u1, u2, u3) = (
+        Upstream::text("u1").await,
+        Upstream::text("u2").await,
+        Upstream::text("u3").await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(&file, endpoints_yaml(&[&u1])).unwrap();
+    let weft = start_with_file(dir.path(), "endpoints.yaml").await;
+    let status = cluster_status(&weft, "web").await;
+    assert_eq!(status["discovery"]["kind"], "file");
+    let source = status["endpoints"][0]["source"].as_str().unwrap().to_string();
+    assert!(
+        source.starts_with("file:") && source.ends_with("endpoints.yaml"),
+        "{source}"
+    );
+
+    let traffic = Traffic::start(weft.url("public", "/").await);
+    eventually("u1 serves", async || traffic.last_body().as_deref() == Some("u1")).await;
+
+    // An in-place edit.
+    std::fs::write(&file, endpoints_yaml(&[&u2])).unwrap();
+    eventually("the in-place edit moves traffic to u2", async || {
+        traffic.last_body().as_deref() == Some("u2")
+    })
+    .await;
+
+    // An editor's rename-over.
+    let temporary = dir.path().join(".endpoints.yaml.swp");
+    std::fs::write(&temporary, endpoints_yaml(&[&u3])).unwrap();
+    std::fs::rename(&temporary, &file).unwrap();
+    eventually("the rename-over moves traffic to u3", async || {
+        traffic.last_body().as_deref() == Some("u3")
+    })
+    .await;
+
+    // An invalid file: refused, counted, the old set stays.
+    let errors = || async {
+        metric(
+            &metrics(&weft).await,
+            "weft_discovery_updates_total{cluster=\"web\",result=\"error\"} ",
+        )
+    };
+    let before = errors().await;
+    std::fs::write(
+        &file,
+        "endpoints:\n  - { address: 127.0.0.1:1 }\n  - { address: nowhere }\n",
+    )
+    .unwrap();
+    eventually("the invalid file is refused", async || errors().await > before).await;
+    let status = cluster_status(&weft, "web").await;
+    assert_eq!(status["discovery"]["state"], "failing");
+    let error = status["discovery"]["last_error"].as_str().unwrap();
+    assert!(error.contains("endpoints.yaml:3: endpoints[1].address"), "{error}");
+    assert_eq!(endpoint_addresses(&weft, "web").await, [u3.addr.to_string()]);
+
+    let answers = traffic.stop().await;
+    assert_all_ok(&answers);
+    assert_eq!(answers.last().unwrap().1, "u3", "the old set keeps serving");
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_moves_traffic() {
+    let (u1, u2) = (Upstream::text("u1").await, Upstream::text("u2").await);
+    // The kubelet's layout: endpoints.yaml -> ..data/endpoints.yaml, ..data -> ..v1.
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path();
+    for (version, upstream) in [("..v1", &u1), ("..v2", &u2)] {
+        std::fs::create_dir(mount.join(version)).unwrap();
+        std::fs::write(mount.join(version).join("endpoints.yaml"), endpoints_yaml(&[upstream])).unwrap();
+    }
+    std::os::unix::fs::symlink("..v1", mount.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/endpoints.yaml", mount.join("endpoints.yaml")).unwrap();
+    let weft = start_with_file(mount, "endpoints.yaml").await;
+
+    let traffic = Traffic::start(weft.url("public", "/").await);
+    eventually("u1 serves", async || traffic.last_body().as_deref() == Some("u1")).await;
+    // The atomic swap: a new symlink renamed over ..data.
+    std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    eventually("the swap moves traffic to u2", async || {
+        traffic.last_body().as_deref() == Some("u2")
+    })
+    .await;
+    assert_all_ok(&traffic.stop().await);
+}

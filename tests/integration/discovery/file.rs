@@ -122,3 +122,46 @@ async fn a_configmap_symlink_swap_moves_traffic() {
     .await;
     assert_all_ok(&traffic.stop().await);
 }
+
+#[tokio::test]
+async fn health_checks_follow_the_endpoint_set() {
+    let good = Upstream::text("good").await;
+    // Fails its health check: only a probe of it can mark it unhealthy.
+    let sick = Upstream::start(|_req| async move {
+        http::Response::builder().status(503).body(full("sick")).unwrap()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("endpoints.yaml");
+    std::fs::write(&file, endpoints_yaml(&[&good])).unwrap();
+    let clusters = "  - name: web
+    discovery: { file: { path: endpoints.yaml } }
+    health_check: { path: /healthz, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1 }";
+    let path = dir.path().join("weft.yaml");
+    std::fs::write(&path, config(ONE_ROUTE, clusters)).unwrap();
+    let app = weft::app::App::start(weft::config::load(&path).unwrap()).await.unwrap();
+    let weft = Weft { app, dir, path };
+    let health_of = |addr: std::net::SocketAddr| {
+        let weft = &weft;
+        async move {
+            let status = cluster_status(weft, "web").await;
+            let endpoint = status["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == addr.to_string().as_str()).cloned();
+            endpoint.map(|e| e["health"].as_str().unwrap().to_string())
+        }
+    };
+
+    std::fs::write(&file, endpoints_yaml(&[&good, &sick])).unwrap();
+    eventually("the added endpoint is probed and found unhealthy", async || {
+        health_of(sick.addr).await.as_deref() == Some("unhealthy")
+    })
+    .await;
+    assert_eq!(health_of(good.addr).await.as_deref(), Some("healthy"));
+    assert!(sick.open.load(Ordering::SeqCst) > 0, "the probes' pooled connection");
+
+    std::fs::write(&file, endpoints_yaml(&[&good])).unwrap();
+    eventually("the removed endpoint's probes stop and its connection closes", async || {
+        sick.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(health_of(sick.addr).await, None);
+}

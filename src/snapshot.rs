@@ -393,6 +393,54 @@ clusters:
     }
 
     #[test]
+    fn discovery_blocks_are_checked_with_line_and_key() {
+        let text = "listeners: []
+clusters:
+  - name: both
+    endpoints: [ { address: 127.0.0.1:1 } ]
+    discovery: { dns: { name: web.local, port: 80 } }
+  - name: bad-name
+    discovery: { dns: { name: web..local, port: 80, refresh: 1s, min_refresh: 2s } }
+  - name: missing
+    discovery: { file: { path: /nonexistent/eps.yaml } }
+  - name: k8s
+    discovery: { kubernetes: { service: payments } }
+  - name: none
+resolver: { servers: [] }
+";
+        let errs = errors(text);
+        let expected = [
+            ":5: clusters[0].discovery: a cluster takes endpoints or discovery, not both",
+            ":7: clusters[1].discovery.dns.name: \"web..local\": each label must be 1 to 63 characters",
+            ":7: clusters[1].discovery.dns.refresh: must be at least min_refresh",
+            ":9: clusters[2].discovery.file.path: /nonexistent/eps.yaml: cannot read",
+            ":11: clusters[3].discovery.kubernetes: kubernetes discovery is not supported yet",
+            ":12: clusters[4].endpoints: a cluster needs endpoints or a discovery block",
+            ":13: resolver.servers: needs at least one ip:port",
+        ];
+        for want in expected {
+            assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("eps.yaml"),
+            "endpoints:\n  - { address: 127.0.0.1:1, weight: 0 }\n",
+        )
+        .unwrap();
+        let config = dir.path().join("weft.yaml");
+        let text = "clusters:\n  - name: c\n    discovery: { file: { path: eps.yaml } }\n";
+        let loaded = crate::config::parse(&config, text).unwrap();
+        let err = check(&loaded).unwrap_err().to_string();
+        assert!(err.contains("weft.yaml:3: clusters[0].discovery.file.path: "), "{err}");
+        assert!(
+            err.contains("eps.yaml:2: endpoints[0].weight: must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn whole_file_errors_name_line_and_key_path() {
         let text = "listeners:
   - name: public

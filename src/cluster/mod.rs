@@ -370,6 +370,29 @@ mod tests {
     }
 
     #[test]
+    fn an_update_moves_picks_and_the_zone_plan_to_the_new_set() {
+        let c = cluster(&["zone-a", "zone-b"]);
+        assert!((0..100).all(|_| zone_of(c.pick(None)) == "zone-a"));
+        let kept = c.endpoints()[1].clone();
+        set_healthy(&c, 1, false);
+        let spec = |port: u16| EndpointSpec {
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            zone: Some("zone-b".into()),
+            weight: 1,
+        };
+        // zone-a's only endpoint leaves; zone-b's stays (unhealthy) and one joins.
+        let change = c.update_endpoints(&[spec(10_001), spec(20_000)], &Arc::from("test"));
+        assert_eq!((change.added.len(), change.removed.len()), (1, 1));
+        assert!(Arc::ptr_eq(&c.endpoints()[0], &kept));
+        assert!(!kept.health.is_healthy(), "health state carried over");
+        // Only the new endpoint is usable; a retry may avoid a removed id safely.
+        let removed = change.removed[0].id;
+        assert!((0..100).all(|_| c.pick(Some(removed)).unwrap().target.address.port() == 20_000));
+        assert_eq!(c.status().zone_routing.local_share, 0.0);
+        assert_eq!(c.status().endpoints[1].source, "test");
+    }
+
+    #[test]
     fn panic_mode_uses_every_endpoint_and_is_counted() {
         let c = cluster(&["zone-a", "zone-a", "zone-b"]);
         set_healthy(&c, 0, false);

@@ -127,10 +127,8 @@ async fn a_configmap_symlink_swap_moves_traffic() {
 async fn health_checks_follow_the_endpoint_set() {
     let good = Upstream::text("good").await;
     // Fails its health check: only a probe of it can mark it unhealthy.
-    let sick = Upstream::start(|_req| async move {
-        http::Response::builder().status(503).body(full("sick")).unwrap()
-    })
-    .await;
+    let sick =
+        Upstream::start(|_req| async move { http::Response::builder().status(503).body(full("sick")).unwrap() }).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("endpoints.yaml");
     std::fs::write(&file, endpoints_yaml(&[&good])).unwrap();
@@ -145,7 +143,12 @@ async fn health_checks_follow_the_endpoint_set() {
         let weft = &weft;
         async move {
             let status = cluster_status(weft, "web").await;
-            let endpoint = status["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == addr.to_string().as_str()).cloned();
+            let endpoint = status["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["address"] == addr.to_string().as_str())
+                .cloned();
             endpoint.map(|e| e["health"].as_str().unwrap().to_string())
         }
     };
@@ -159,9 +162,10 @@ async fn health_checks_follow_the_endpoint_set() {
     assert!(sick.open.load(Ordering::SeqCst) > 0, "the probes' pooled connection");
 
     std::fs::write(&file, endpoints_yaml(&[&good])).unwrap();
-    eventually("the removed endpoint's probes stop and its connection closes", async || {
-        sick.open.load(Ordering::SeqCst) == 0
-    })
+    eventually(
+        "the removed endpoint's probes stop and its connection closes",
+        async || sick.open.load(Ordering::SeqCst) == 0,
+    )
     .await;
     assert_eq!(health_of(sick.addr).await, None);
 }

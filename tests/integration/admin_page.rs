@@ -111,6 +111,8 @@ async fn admin_page_renders_in_headless_chromium() {
         "<h3>web</h3>",
         &format!("<td>{}</td>", upstream.addr),
         "<td>zone-a</td>",
+        "endpoints from ",
+        "<td>static</td>",
         "healthy",
         "concurrency limit ",
         "max_requests <b><span class=\"ok\">0/100, 0 refused</span></b>",

@@ -5,9 +5,12 @@
 //! and back, so an outlier ejection and a zone failover can be triggered by
 //! hand. Under `/api/` it answers JSON instead, where version `v2` differs
 //! from the others in one field (`$.user.tier`), for the mirror-and-compare
-//! demo. A tcp backend echoes.
+//! demo. A tcp backend echoes. The one file-discovered cluster (`pool`) gets
+//! backends on every address it may list, and [`EndpointRotation`] rewrites
+//! its endpoints file every few seconds, so endpoints come and go.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,33 +25,67 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::config::schema::{ClusterProtocol, Config};
+use crate::config::schema::{ClusterConfig, ClusterProtocol, Config};
 
 const DEMO_YAML: &str = include_str!("../config/demo.yaml");
+const DEMO_ENDPOINTS: &str = include_str!("../config/demo-endpoints.json");
+
+/// Every address the demo's endpoints file lists at some point, with its zone.
+const POOL: [(&str, &str); 3] = [
+    ("127.0.0.1:9021", "zone-a"),
+    ("127.0.0.1:9022", "zone-b"),
+    ("127.0.0.1:9023", "zone-a"),
+];
+/// The sets the endpoints file cycles through (indices into [`POOL`]).
+const POOL_SETS: [&[usize]; 4] = [&[0, 1], &[0, 1, 2], &[1, 2], &[2]];
+const ROTATE_EVERY: tokio::time::Duration = tokio::time::Duration::from_secs(5);
 
 /// `config/demo.yaml` when run from the repository; otherwise the built-in
-/// copy, written to a temporary file so reloads still have a file to watch.
+/// copy (and its endpoints file), written to a temporary directory so reloads
+/// still have a file to watch.
 pub fn config_path() -> std::io::Result<PathBuf> {
     let local = PathBuf::from("config/demo.yaml");
     if local.exists() {
         return Ok(local);
     }
-    let path = std::env::temp_dir().join("weft-demo.yaml");
+    let dir = std::env::temp_dir().join("weft-demo");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("demo-endpoints.json"), DEMO_ENDPOINTS)?;
+    let path = dir.join("demo.yaml");
     std::fs::write(&path, DEMO_YAML)?;
     Ok(path)
 }
 
-pub async fn start_backends(config: &Config) -> Result<(), String> {
+/// Every endpoint of a static cluster, and every [`POOL`] address for a
+/// file-discovered one.
+fn backends(config: &Config) -> Vec<(&ClusterConfig, SocketAddr, Option<String>)> {
+    let mut all = Vec::new();
     for cluster in &config.clusters {
         for endpoint in &cluster.endpoints {
-            let socket = TcpListener::bind(endpoint.address)
+            all.push((cluster, endpoint.address, endpoint.zone.clone()));
+        }
+        if cluster.discovery.as_ref().is_some_and(|d| d.file.is_some()) {
+            for (address, zone) in POOL {
+                if let Ok(address) = address.parse() {
+                    all.push((cluster, address, Some(zone.to_string())));
+                }
+            }
+        }
+    }
+    all
+}
+
+pub async fn start_backends(config: &Config) -> Result<(), String> {
+    for (cluster, address, zone) in backends(config) {
+        {
+            let socket = TcpListener::bind(address)
                 .await
-                .map_err(|e| format!("cannot start demo backend on {}: {e}", endpoint.address))?;
-            let zone = endpoint.zone.clone().unwrap_or_else(|| "none".into());
+                .map_err(|e| format!("cannot start demo backend on {address}: {e}"))?;
+            let zone = zone.unwrap_or_else(|| "none".into());
             let version = cluster.name.rsplit('-').next().unwrap_or(&cluster.name).to_string();
             let identity = format!(
-                "cluster={} version={version} zone={zone} endpoint={}",
-                cluster.name, endpoint.address
+                "cluster={} version={version} zone={zone} endpoint={address}",
+                cluster.name
             );
             match cluster.protocol {
                 ClusterProtocol::Tcp => tokio::spawn(echo(socket)),
@@ -124,6 +161,49 @@ async fn echo(socket: TcpListener) {
     }
 }
 
+/// Rewrites the endpoints file of the demo's file-discovered cluster every
+/// [`ROTATE_EVERY`] (a write to a temporary file renamed over it, as a
+/// controller would), until [`EndpointRotation::stop`] puts the original back.
+pub struct EndpointRotation {
+    path: PathBuf,
+    original: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EndpointRotation {
+    /// Starts rotating the first file-discovered cluster's endpoints, if any.
+    pub async fn start(config: &Config) -> Option<Self> {
+        let path = config
+            .clusters
+            .iter()
+            .find_map(|c| Some(c.discovery.as_ref()?.file.as_ref()?.path.clone()))?;
+        let original = tokio::fs::read_to_string(&path).await.ok()?;
+        let file = path.clone();
+        let task = tokio::spawn(async move {
+            for set in POOL_SETS.iter().cycle().skip(1) {
+                tokio::time::sleep(ROTATE_EVERY).await;
+                let endpoints: Vec<_> = set
+                    .iter()
+                    .map(|&i| serde_json::json!({ "address": POOL[i].0, "zone": POOL[i].1 }))
+                    .collect();
+                let text = format!("{:#}\n", serde_json::json!({ "endpoints": endpoints }));
+                let temporary = file.with_extension("json.tmp");
+                let written = tokio::fs::write(&temporary, text).await;
+                if written.is_err() || tokio::fs::rename(&temporary, &file).await.is_err() {
+                    tracing::warn!(file = %file.display(), "demo: cannot rewrite the endpoints file");
+                }
+            }
+        });
+        Some(Self { path, original, task })
+    }
+
+    /// Stops rotating and writes the file's original text back.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = tokio::fs::write(&self.path, self.original).await;
+    }
+}
+
 pub async fn print_tour(app: &App) {
     let public = app
         .listener_addr("public")
@@ -171,6 +251,12 @@ weft demo is running. Try:
 
   # sticky split: one x-user-id always lands on the same side
   for i in $(seq 20); do curl -s -H 'x-user-id: ada' http://{public}/; done | cut -d' ' -f1 | sort | uniq -c
+
+  # service discovery: cluster "pool" reads its endpoints from config/demo-endpoints.json,
+  # which the demo rewrites every 5 s; watch the endpoint set and the answering backend move
+  for i in $(seq 15); do curl -s http://{public}/pool | cut -d' ' -f4; sleep 1; done
+  watch -n1 "curl -s http://{admin}/metrics | grep -E 'weft_cluster_endpoints|weft_discovery_updates_total' | grep pool"
+  curl -s http://{admin}/clusters | grep -B2 -A9 '"kind": "file"'
 
   # per-cluster error rate and latency percentiles (what examples/rollout.py reads)
   curl -s http://{admin}/clusters | grep -A8 '"recent"'

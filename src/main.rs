@@ -146,10 +146,16 @@ fn run(path: &Path, demo: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mut rotation = None;
         if demo {
+            rotation = weft::demo::EndpointRotation::start(&app.shared.snapshot.load().loaded.config).await;
             weft::demo::print_tour(&app).await;
         }
-        serve_until_signal(app, signals).await
+        let code = serve_until_signal(app, signals).await;
+        if let Some(rotation) = rotation {
+            rotation.stop().await;
+        }
+        code
     })
 }
 

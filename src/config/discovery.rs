@@ -181,9 +181,9 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
 
 /// Parses the text of endpoints file `path`; errors name that file, line and key.
 pub fn parse_endpoints_file(path: &Path, text: &str) -> Result<Vec<EndpointConfig>, ConfigErrors> {
-    let index = LineIndex::build(text);
-    let file: EndpointsFile =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &index)]))?;
+    // The line index is a second parse: built only to place an error.
+    let file: EndpointsFile = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &LineIndex::build(text))]))?;
     let problems: Vec<(String, String)> = file
         .endpoints
         .iter()
@@ -194,7 +194,7 @@ pub fn parse_endpoints_file(path: &Path, text: &str) -> Result<Vec<EndpointConfi
     if problems.is_empty() {
         Ok(file.endpoints)
     } else {
-        Err(keyed_errors(path, &index, problems))
+        Err(keyed_errors(path, &LineIndex::build(text), problems))
     }
 }
 

@@ -67,7 +67,12 @@ fn endpoints_json(addrs: &[std::net::SocketAddr], out: usize) -> String {
 
 /// Rewrites the endpoints file every [`CHURN_EVERY`] while `on`; returns
 /// the writer thread's CPU seconds when `stop` is set.
-fn churn(path: std::path::PathBuf, addrs: Vec<std::net::SocketAddr>, on: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<f64> {
+fn churn(
+    path: std::path::PathBuf,
+    addrs: Vec<std::net::SocketAddr>,
+    on: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<f64> {
     std::thread::spawn(move || {
         let mut out = 0;
         while !stop.load(Ordering::SeqCst) {
@@ -87,7 +92,9 @@ fn churn(path: std::path::PathBuf, addrs: Vec<std::net::SocketAddr>, on: Arc<Ato
 fn updates_applied(app: &App) -> f64 {
     let text = String::from_utf8(app.shared.metrics.render()).unwrap();
     let series = "weft_discovery_updates_total{cluster=\"pool\",result=\"ok\"} ";
-    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 struct Load {
@@ -194,7 +201,8 @@ async fn main() {
         "CPU without traffic: idle {idle_cpu:.3} s, churning {churn_cpu:.3} s ({updates} updates applied; the writer thread used {:.3} s over its three churn phases) -> about {per_update_ms:.2} ms of CPU per update of a 1,000-endpoint set.\n\n",
         writer_cpu
     );
-    out += "| phase | updates applied | req/s | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
+    out +=
+        "| phase | updates applied | req/s | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
     for (churning, updates, l) in &rows {
         out += &format!(
             "| {} | {updates} | {:.0} | {:.3} | {:.3} | {} |\n",

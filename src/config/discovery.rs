@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
 use super::lines::LineIndex;
+use super::range::{count, within, HOUR, MS};
 use super::schema::{duration, ClusterConfig, EndpointConfig};
 use super::{keyed_errors, yaml_error, ConfigErrors};
 
@@ -124,15 +125,13 @@ pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, Stri
         if let Err(e) = check_dns_name(&dns.name) {
             problem("discovery.dns.name", e);
         }
-        if dns.port == 0 {
-            problem("discovery.dns.port", "must be between 1 and 65535".into());
-        }
-        if dns.min_refresh.is_zero() {
-            problem("discovery.dns.min_refresh", "must be longer than 0s".into());
-        }
         if dns.refresh < dns.min_refresh {
             problem("discovery.dns.refresh", "must be at least min_refresh".into());
         }
+        let dns_key = |k: &str| format!("{key}.discovery.dns.{k}");
+        count(&mut problems, dns_key("port"), dns.port, 1, 65_535);
+        within(&mut problems, dns_key("refresh"), dns.refresh, MS, HOUR);
+        within(&mut problems, dns_key("min_refresh"), dns.min_refresh, MS, HOUR);
     }
     problems
 }
@@ -182,8 +181,8 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
 /// Parses the text of endpoints file `path`; errors name that file, line and key.
 pub fn parse_endpoints_file(path: &Path, text: &str) -> Result<Vec<EndpointConfig>, ConfigErrors> {
     // The line index is a second parse: built only to place an error.
-    let file: EndpointsFile = serde_yaml_ng::from_str(text)
-        .map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &LineIndex::build(text))]))?;
+    let file: EndpointsFile =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(path, &e, &LineIndex::build(text))]))?;
     let problems: Vec<(String, String)> = file
         .endpoints
         .iter()

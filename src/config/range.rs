@@ -177,6 +177,13 @@ clusters:
       max_connections: 2000000
       max_pending_requests: 2000000
       max_requests: 2000000
+  - name: d
+    discovery:
+      dns:
+        name: web.local
+        port: 0
+        refresh: 1000h
+        min_refresh: 1000h
 ";
 
     /// `listeners[0].limits.max_connections` -> `listeners[].limits.max_connections`.

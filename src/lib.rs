@@ -11,7 +11,8 @@
 //! 5. `http3`     h3 stream <-> body adapters
 //! 6. `policy`    pure cores: balancer, EWMA, outlier, zone, gradient, retry, circuit counters
 //! 7. `upstream`  connectors with connection limits, pools, HTTP/1, HTTP/2, HTTP/3 clients
-//! 8. `cluster`   endpoints, health, monitor, overload state, the endpoint-picking service
+//! 8. `cluster`   endpoints (a replaceable set), discovery (dns, file), health, monitor,
+//!    overload state, the endpoint-picking service
 //! 9. `layer`     timeout, retry, admission, mirror
 //! 10. `route`    matchers, splits, sticky sides
 //! 11. `front`    the front path's steps (before and after the route), each alone

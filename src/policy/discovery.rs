@@ -193,6 +193,28 @@ mod tests {
         assert!(s.record(Outcome::Failed, None, t0, &mut rng).next - t0 <= 10 * SEC);
     }
 
+    /// A source's loop as the DNS one runs it, on paused time: fails three
+    /// times, then answers with a 2 s TTL; the looks happen when scheduled.
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_on_the_schedule_retries_sooner_and_then_follows_the_ttl() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut s = schedule(10, 1);
+        let t0 = Instant::now();
+        let mut looks = Vec::new();
+        for n in 0..6 {
+            looks.push(Instant::now() - t0);
+            let outcome = if n < 3 { Outcome::Failed } else { Outcome::Unchanged };
+            let step = s.record(outcome, Some(2 * SEC), Instant::now(), &mut rng);
+            tokio::time::sleep_until(step.next).await;
+        }
+        let gaps: Vec<Duration> = looks.windows(2).map(|w| w[1] - w[0]).collect();
+        // Backoff ceilings 1 s, 2 s, 4 s (each at least half of it), then the TTL.
+        for (gap, ceiling) in gaps.iter().zip([1, 2, 4]) {
+            assert!(*gap <= ceiling * SEC && *gap >= ceiling * SEC / 2, "{gaps:?}");
+        }
+        assert_eq!(gaps[3..], [2 * SEC, 2 * SEC], "{gaps:?}");
+    }
+
     #[test]
     fn only_changes_of_state_are_reported() {
         let (t0, mut rng) = (Instant::now(), SmallRng::seed_from_u64(3));

@@ -22,7 +22,7 @@ use tower::{service_fn, Layer, Service};
 use crate::cluster::{service::ClusterService, Cluster};
 use crate::config::mirror::MirrorConfig;
 use crate::core::body::Body;
-use crate::core::error::{plain_response, ErrorKind, ProxyError};
+use crate::core::error::{is_grpc, plain_response, ErrorKind, ProxyError};
 use crate::core::service::HttpService;
 use crate::front::record::{self, Exchange};
 use crate::front::{answer, early_response, headers, upgrade, Downstream, RouteTable};
@@ -56,7 +56,8 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
     let Front { downstream, routes, .. } = context;
     let identity = downstream.identity.as_ref();
     let (mut req, request_end) = early_response::track(req);
-    headers::fill_host(&mut req);
+    let host = headers::settle_host(&mut req);
+    let grpc = is_grpc(req.headers());
     let downstream_upgrade = upgrade::prepare(&mut req);
     let client_cert = identity.map(|i| i.xfcc.as_str());
     let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme, client_cert);
@@ -64,20 +65,25 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
     let (version, method) = (req.version(), req.method().clone());
     // A cheap clone (shared bytes) rather than a String copy of the path.
     let uri = req.uri().clone();
-    let picked = routes.and_then(|r| r.pick(&req, identity.map(|i| i.id.as_str())));
-    let result = match &picked {
+    let picked = match host {
+        Ok(()) => routes.and_then(|r| r.pick(&req, identity.map(|i| i.id.as_str()))),
+        Err(_) => None,
+    };
+    let result = match (&picked, host) {
         // Route services are always ready (they never apply backpressure
         // through poll_ready), so `call` without `ready`.
-        Some(picked) => picked.service.clone().call(req).await,
-        None => Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {}", uri.path()))),
+        (Some(picked), _) => picked.service.clone().call(req).await,
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {}", uri.path()))),
     };
-    let (mut response, failure) = answer::rescue(result, context.access_log.is_some());
+    let (mut response, failure) = answer::rescue(result, context.access_log.is_some(), grpc);
     upgrade::finish(&mut response, downstream_upgrade);
     answer::finish_headers(&mut response, version, routes.and_then(T::alt_svc));
     request_end.announce_close(&mut response);
 
     let elapsed = start.elapsed();
-    let (protocol, status) = (Protocol::from_version(version), response.status().as_u16());
+    let protocol = Protocol::from_version(version);
+    let status = record::http_status(&response, failure.as_ref());
     match (&picked, routes) {
         (Some(picked), _) => picked.metrics.record(protocol, status, elapsed.as_secs_f64()),
         (None, Some(routes)) => routes.unmatched().record(protocol, status, elapsed.as_secs_f64()),
@@ -278,7 +284,13 @@ mod tests {
         assert_eq!(response.headers()["alt-svc"], "h3=\":8443\"");
         assert_eq!(requests_total(&metrics, "api", "backend", "200"), 1);
 
-        let unrouted = front(context(), Request::get("/elsewhere").body(body::empty()).unwrap()).await;
+        let unrouted = front(
+            context(),
+            Request::get("/elsewhere")
+                .header("host", "api.example")
+                .body(body::empty())
+                .unwrap(),
+        ).await;
         assert_eq!(unrouted.status(), 404);
         assert_eq!(requests_total(&metrics, "", "", "404"), 1);
     }
@@ -320,7 +332,10 @@ mod tests {
                 } else {
                     format!("/api/{i}")
                 };
-                let request = Request::get(path).body(body::empty()).unwrap();
+                let request = Request::get(path)
+                    .header("host", "api.example")
+                    .body(body::empty())
+                    .unwrap();
                 let response = front(context, request).await;
                 response.into_body().collect().await.unwrap();
             });

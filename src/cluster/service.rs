@@ -78,7 +78,7 @@ impl Service<Request<Body>> for ClusterService {
                     if e.kind() != ErrorKind::BadRequest {
                         endpoint.upstream_requests.inc(e.status().as_u16());
                     }
-                    Err(e)
+                    Err(e.at_endpoint(endpoint.target.address))
                 }
             }
         })

@@ -3,9 +3,10 @@
 //! place that maps them to status codes (the "rescue" step).
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::core::body::{self, Body};
 
@@ -51,6 +52,20 @@ impl Overload {
 /// never retries them (retrying would feed the overload).
 pub const OVERLOADED_HEADER: &str = "x-weft-overloaded";
 
+/// Whether a request is gRPC: its content type is `application/grpc` or
+/// one of its `application/grpc+...` variants.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// gRPC status codes weft answers with (grpc/doc/statuscodes.md).
+pub const GRPC_DEADLINE_EXCEEDED: u8 = 4;
+pub const GRPC_UNIMPLEMENTED: u8 = 12;
+pub const GRPC_INTERNAL: u8 = 13;
+pub const GRPC_UNAVAILABLE: u8 = 14;
+
 /// An error on the request path: what went wrong (`kind`, which also says
 /// where: the client, weft itself or the upstream), a short context, and
 /// the underlying error as its `source()`.
@@ -59,6 +74,8 @@ pub struct ProxyError {
     kind: ErrorKind,
     detail: String,
     source: Option<BoxError>,
+    /// The endpoint the request was sent to, when one was picked.
+    endpoint: Option<SocketAddr>,
 }
 
 impl ProxyError {
@@ -67,6 +84,7 @@ impl ProxyError {
             kind,
             detail: detail.into(),
             source: None,
+            endpoint: None,
         }
     }
 
@@ -76,11 +94,23 @@ impl ProxyError {
             kind,
             detail: detail.into(),
             source: Some(source.into()),
+            endpoint: None,
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// The same error, naming the endpoint the request went to.
+    pub fn at_endpoint(mut self, endpoint: SocketAddr) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// The endpoint the failed request went to, when one was picked.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        self.endpoint
     }
 
     /// Whether sending the request again cannot do harm twice: only when the
@@ -105,9 +135,21 @@ impl ProxyError {
         }
     }
 
-    /// The short plain-text answer weft gives in place of an upstream response.
-    pub fn into_response(self) -> Response<Body> {
-        let reason = match self.kind {
+    /// The gRPC status a gRPC client gets for this error (as Envoy maps
+    /// HTTP statuses): UNIMPLEMENTED for no route, UNAVAILABLE for the
+    /// 503 class, DEADLINE_EXCEEDED for timeouts, INTERNAL otherwise.
+    pub fn grpc_status(&self) -> u8 {
+        match self.kind {
+            ErrorKind::NoRoute => GRPC_UNIMPLEMENTED,
+            ErrorKind::NoEndpoint | ErrorKind::ConnectFailed | ErrorKind::Overloaded(_) => GRPC_UNAVAILABLE,
+            ErrorKind::Timeout => GRPC_DEADLINE_EXCEEDED,
+            ErrorKind::BadRequest | ErrorKind::UpstreamReset => GRPC_INTERNAL,
+        }
+    }
+
+    /// What went wrong in a few words, the start of every error answer.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
             ErrorKind::NoRoute => "no route matched",
             ErrorKind::BadRequest => "bad request",
             ErrorKind::NoEndpoint => "no healthy upstream",
@@ -116,7 +158,12 @@ impl ProxyError {
             ErrorKind::Timeout => "upstream request timeout",
             ErrorKind::Overloaded(Overload::Concurrency) => "upstream concurrency limit reached",
             ErrorKind::Overloaded(Overload::Circuit) => "upstream circuit breaker open",
-        };
+        }
+    }
+
+    /// The short plain-text answer weft gives in place of an upstream response.
+    pub fn into_response(self) -> Response<Body> {
+        let reason = self.reason();
         let detail = self.describe();
         let text = if detail.is_empty() {
             format!("{reason}\n")
@@ -131,6 +178,42 @@ impl ProxyError {
         }
         response
     }
+
+    /// The gRPC "trailers-only" answer for a gRPC request: HTTP 200 with
+    /// `grpc-status` and `grpc-message` in the headers and no body.
+    pub fn into_grpc_response(self) -> Response<Body> {
+        let detail = self.describe();
+        let message = if detail.is_empty() {
+            self.reason().to_string()
+        } else {
+            format!("{}: {detail}", self.reason())
+        };
+        let mut response = Response::new(body::empty());
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        if let Ok(message) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+            headers.insert("grpc-message", message);
+        }
+        if let ErrorKind::Overloaded(overload) = self.kind {
+            headers.insert(OVERLOADED_HEADER, HeaderValue::from_static(overload.as_str()));
+        }
+        response
+    }
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII,
+/// and `%` itself (gRPC over HTTP/2, "Responses").
+fn grpc_percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 impl ProxyError {

@@ -1,12 +1,14 @@
-//! Header rewriting at the proxy boundary: `Host` is filled in from
-//! `:authority`, hop-by-hop headers are removed (RFC 9110 section 7.6.1),
+//! Header rewriting at the proxy boundary: `Host` is settled (the
+//! request's authority wins; HTTP/1.1 needs exactly one), hop-by-hop headers are removed (RFC 9110 section 7.6.1),
 //! `x-forwarded-for`/`x-forwarded-proto` are set and `x-request-id` is
 //! generated when absent.
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Request;
+use http::{Request, Version};
+
+use crate::core::error::{ErrorKind, ProxyError};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -23,19 +25,32 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// HTTP/2 and HTTP/3 carry the host in `:authority`; an HTTP/1.1 upstream
-/// needs `Host`. A request that has one keeps it.
-pub fn fill_host<B>(req: &mut Request<B>) {
-    if req.headers().contains_key(header::HOST) {
-        return;
+/// `Host` by RFC 9112 section 3.2 and RFC 9113 section 8.3.1: the
+/// request's authority (an HTTP/1.1 absolute-form target, or HTTP/2's and
+/// HTTP/3's `:authority`) wins over a `Host` header and becomes the one
+/// `Host` an HTTP/1.1 upstream sees. An HTTP/1.1 request with neither, or
+/// any request with two `Host` lines, is refused (400). An absolute-form
+/// target names its host, so it needs no `Host` line of its own.
+pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let lines = req.headers().get_all(header::HOST).iter().count();
+    let from_http1 = req.version() <= Version::HTTP_11;
+    if from_http1 && lines > 1 {
+        return Err(ProxyError::new(ErrorKind::BadRequest, "more than one Host header"));
     }
-    if let Some(host) = req
+    let authority = req
         .uri()
         .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        req.headers_mut().insert(header::HOST, host);
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    match authority {
+        Some(host) => {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        None if lines == 0 && req.version() == Version::HTTP_11 => {
+            return Err(ProxyError::new(ErrorKind::BadRequest, "HTTP/1.1 request without Host"));
+        }
+        None => {}
     }
+    Ok(())
 }
 
 /// Removes hop-by-hop headers and those named in `Connection`. With
@@ -212,19 +227,33 @@ mod tests {
     }
 
     #[test]
-    fn host_comes_from_the_authority_when_missing() {
-        let mut h2 = Request::get("https://api.example:8443/x").body(()).unwrap();
-        fill_host(&mut h2);
-        assert_eq!(h2.headers()["host"], "api.example:8443");
-        let mut given = Request::get("https://api.example/x")
+    fn the_authority_wins_over_host_and_http1_needs_exactly_one_host() {
+        let mut h2 = Request::get("https://api.example:8443/x")
+            .version(Version::HTTP_2)
             .header("host", "other.example")
             .body(())
             .unwrap();
-        fill_host(&mut given);
-        assert_eq!(given.headers()["host"], "other.example");
-        let mut origin_form = Request::get("/x").body(()).unwrap();
-        fill_host(&mut origin_form);
-        assert!(origin_form.headers().get("host").is_none());
+        settle_host(&mut h2).unwrap();
+        assert_eq!(h2.headers()["host"], "api.example:8443");
+        let mut absolute = Request::get("http://a.example/x")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        settle_host(&mut absolute).unwrap();
+        assert_eq!(absolute.headers()["host"], "a.example");
+        let mut origin_form = Request::get("/x").header("host", "b.example").body(()).unwrap();
+        settle_host(&mut origin_form).unwrap();
+        assert_eq!(origin_form.headers()["host"], "b.example");
+        let mut missing = Request::get("/x").body(()).unwrap();
+        assert_eq!(settle_host(&mut missing).unwrap_err().kind(), ErrorKind::BadRequest);
+        let mut http10 = Request::get("/x").version(Version::HTTP_10).body(()).unwrap();
+        settle_host(&mut http10).unwrap();
+        let mut twice = Request::get("/x")
+            .header("host", "a.example")
+            .header("host", "b.example")
+            .body(())
+            .unwrap();
+        assert_eq!(settle_host(&mut twice).unwrap_err().kind(), ErrorKind::BadRequest);
     }
 
     #[test]

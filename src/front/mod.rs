@@ -3,13 +3,16 @@
 //! alone. `stack::front` composes them, in this order:
 //!
 //! 1. `early_response::track`: watch an HTTP/1.x request body for its end;
-//! 2. `headers::fill_host`: `Host` from `:authority` (HTTP/2 and HTTP/3);
+//! 2. `headers::settle_host`: `Host` from the request's authority, which
+//!    wins over a `Host` header; an HTTP/1.1 request without exactly one
+//!    `Host` is answered 400 at step 7 without a route;
 //! 3. `upgrade::prepare`: hop-by-hop headers out (an HTTP/1.1 upgrade keeps
 //!    its handshake) and the downstream connection's upgrade taken;
 //! 4. `headers::set_forwarding`: `x-forwarded-*`, `x-request-id`;
 //! 5. `telemetry::trace`'s `Tracing::start`: trace context in and out;
 //! 6. [`RouteTable::pick`], then the target service (the route's stack);
-//! 7. `answer::rescue`: an error becomes its response (the one rescue step);
+//! 7. `answer::rescue`: an error becomes its response (the one rescue step;
+//!    a gRPC request gets a gRPC trailers-only answer);
 //! 8. `upgrade::finish`: a 101 joins the two connections, any other
 //!    response loses its hop-by-hop headers;
 //! 9. `answer::finish_headers`: the downstream's HTTP version, `alt-svc`;

@@ -1,6 +1,8 @@
 //! What the front path records of an answered request: its span and its
 //! access log line, both built from one [`Exchange`].
 
+use std::net::SocketAddr;
+
 use http::{HeaderValue, Method, Response, Version};
 use tokio::time::Duration;
 
@@ -45,8 +47,8 @@ pub fn span_fields(exchange: &Exchange<'_>, response: &Response<Body>, failure: 
         path: exchange.path.to_string(),
         route: exchange.route.to_string(),
         cluster: exchange.cluster.to_string(),
-        endpoint: response.extensions().get::<ServedBy>().map(|s| s.0),
-        status: response.status().as_u16(),
+        endpoint: endpoint(response, failure),
+        status: http_status(response, failure),
         retry_attempts: response.extensions().get::<RetryAttempt>().map_or(0, |a| a.0),
         reason: failure.map(|f| trace::reason(f.kind)),
     }
@@ -68,8 +70,23 @@ pub fn report(
     }
 }
 
-/// The access log line of a request. A request weft answered itself
-/// shows its error and no cluster.
+/// The status metrics and logs count: the HTTP one, also for a gRPC
+/// client answered 200 with a `grpc-status`.
+pub fn http_status(response: &Response<Body>, failure: Option<&Failure>) -> u16 {
+    failure.map_or(response.status().as_u16(), |f| f.status)
+}
+
+/// The endpoint that answered or that the failed request went to.
+fn endpoint(response: &Response<Body>, failure: Option<&Failure>) -> Option<SocketAddr> {
+    response
+        .extensions()
+        .get::<ServedBy>()
+        .map(|s| s.0)
+        .or_else(|| failure.and_then(|f| f.endpoint))
+}
+
+/// The access log line of a request. A request weft answered itself shows
+/// its error, and still the cluster and endpoint when they were chosen.
 pub fn access_record<'a>(
     exchange: &'a Exchange<'a>,
     response: &Response<Body>,
@@ -82,10 +99,11 @@ pub fn access_record<'a>(
         protocol: protocol_name(exchange.version),
         method: exchange.method.as_str(),
         path: exchange.path,
-        status: response.status().as_u16(),
+        status: http_status(response, failure),
+        grpc_status: failure.and_then(|f| f.grpc_status),
         route: exchange.route,
-        cluster: if failure.is_some() { "" } else { exchange.cluster },
-        endpoint: response.extensions().get::<ServedBy>().map(|s| s.0.to_string()),
+        cluster: exchange.cluster,
+        endpoint: endpoint(response, failure).map(|e| e.to_string()),
         duration_ms: exchange.elapsed.as_secs_f64() * 1000.0,
         request_id: exchange.request_id.to_str().unwrap_or(""),
         trace_id,
@@ -153,16 +171,23 @@ mod tests {
         assert!(line.get("error").is_none());
 
         let failure = Failure {
-            kind: ErrorKind::Timeout,
-            text: Some("upstream request timeout".into()),
+            kind: ErrorKind::ConnectFailed,
+            text: Some("upstream connect error".into()),
+            status: 503,
+            grpc_status: None,
+            endpoint: Some("127.0.0.1:9001".parse().unwrap()),
         };
         let response = Response::new(body::empty());
         let span = span_fields(&exchange, &response, Some(&failure));
-        assert_eq!(span.reason.as_deref(), Some("timeout"));
         assert_eq!(span.cluster, "orders-v2");
+        assert_eq!(span.status, 503);
+        assert_eq!(span.endpoint, Some("127.0.0.1:9001".parse().unwrap()));
         let line = access_record(&exchange, &response, Some(&failure), trace_id);
         let line = serde_json::to_value(&line).unwrap();
-        assert_eq!(line["cluster"], "");
-        assert_eq!(line["error"], "upstream request timeout");
+        assert_eq!(line["cluster"], "orders-v2");
+        assert_eq!(line["endpoint"], "127.0.0.1:9001");
+        assert_eq!(line["status"], 503);
+        assert_eq!(line["error"], "upstream connect error");
+        assert!(line.get("grpc_status").is_none());
     }
 }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{header, HeaderMap, Request};
+use http::{HeaderMap, Request};
 use tokio::time::Duration;
 use tower::{Layer, Service};
 
@@ -78,10 +78,7 @@ where
 
 /// The `grpc-timeout` of a gRPC request, if it has a valid one.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let is_grpc = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !is_grpc {
+    if !crate::core::error::is_grpc(headers) {
         return None;
     }
     parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)

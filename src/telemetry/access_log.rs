@@ -19,7 +19,12 @@ pub struct AccessRecord<'a> {
     pub protocol: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The HTTP status, also when a gRPC client got its error as a
+    /// `grpc-status` (in a 200 answer).
     pub status: u16,
+    /// The `grpc-status` weft answered a gRPC request with itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     pub route: &'a str,
     pub cluster: &'a str,
     pub endpoint: Option<String>,
@@ -70,6 +75,7 @@ mod tests {
             method: "GET",
             path: "/",
             status: 200,
+            grpc_status: None,
             route: "r",
             cluster: "c",
             endpoint: None,

@@ -224,3 +224,60 @@ async fn every_request_leaves_one_whole_access_log_line_on_stdout() {
     assert_eq!(access_log.len(), REQUESTS);
     assert_eq!(ids, (0..REQUESTS).map(|i| format!("req-{i}")).collect());
 }
+
+/// A request whose route chose a cluster and whose upstream then failed:
+/// the access log line on stdout and `weft_requests_total` name the cluster,
+/// and the line names the endpoint the request went to.
+#[tokio::test]
+async fn an_upstream_failure_is_recorded_under_its_cluster_and_endpoint() {
+    let dead = refused_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.yaml");
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: public, address: 127.0.0.1:0, routes: [ {{ name: r, cluster: backend }} ] }}\nclusters:\n  - {{ name: backend, endpoints: [ {{ address: {} }} ] }}\n",
+        dead.addr
+    );
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = wait_for(&mut lines, "listening").await;
+    let addr = listening
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("address="))
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .to_string();
+    let started = wait_for(&mut lines, "weft started").await;
+    let admin = started
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("admin="))
+        .unwrap_or_else(|| panic!("no admin address in {started:?}"))
+        .to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let (status, _) = get(&h1_client(), &format!("http://{addr}/x")).await;
+    assert_eq!(status, 503);
+    let line = tokio::time::timeout(PATIENCE, stdout.next_line())
+        .await
+        .expect("no access log line")
+        .unwrap()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["status"], 503, "{line}");
+    assert_eq!(record["route"], "r", "{line}");
+    assert_eq!(record["cluster"], "backend", "{line}");
+    assert_eq!(record["endpoint"], dead.addr.to_string(), "{line}");
+    assert!(record["error"].as_str().is_some_and(|e| e.contains("ConnectFailed")), "{line}");
+    let (_, text) = get(&h1_client(), &format!("http://{admin}/metrics")).await;
+    let series = "weft_requests_total{cluster=\"backend\",listener=\"public\",protocol=\"http1\",route=\"r\",status=\"503\"}";
+    assert_eq!(metric(&text, series), 1.0);
+}

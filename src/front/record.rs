@@ -189,5 +189,11 @@ mod tests {
         assert_eq!(line["status"], 503);
         assert_eq!(line["error"], "upstream connect error");
         assert!(line.get("grpc_status").is_none());
+        let grpc = Failure {
+            grpc_status: Some(14),
+            ..failure
+        };
+        let line = serde_json::to_value(access_record(&exchange, &response, Some(&grpc), trace_id)).unwrap();
+        assert_eq!((line["status"].clone(), line["grpc_status"].clone()), (503.into(), 14.into()));
     }
 }

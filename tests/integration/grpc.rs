@@ -36,7 +36,11 @@ impl tonic::server::UnaryService<Text> for Say {
 async fn echo_server() -> Upstream {
     Upstream::start(|req: http::Request<hyper::body::Incoming>| async move {
         let mut grpc = tonic::server::Grpc::new(ProstCodec::<Text, Text>::default());
-        grpc.unary(Say, req).await.map(|body| body.map_err(Into::into).boxed())
+        let (parts, body) = grpc.unary(Say, req).await.into_parts();
+        // Whole (a unary answer is short), trailers kept: the test body
+        // type must be `Sync`, tonic's is not.
+        let whole = body.collect().await.unwrap();
+        http::Response::from_parts(parts, whole.map_err(|never| match never {}).boxed())
     })
     .await
 }
@@ -55,14 +59,15 @@ async fn resetting_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// Calls `path` through weft's listener at `addr` with a tonic client.
+/// Calls `path` through weft's listener at `addr` with tonic's gRPC
+/// client over hyper's HTTP/2 client (tonic's own transport would end a
+/// call at its `grpc-timeout` itself, racing weft's answer).
 async fn call(addr: std::net::SocketAddr, path: &'static str, timeout: Option<std::time::Duration>) -> Result<Text, Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+    let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+    let mut client = tonic::client::Grpc::with_origin(h2, origin);
     client.ready().await.unwrap();
     let mut request = tonic::Request::new(Text { text: "hi".into() });
     if let Some(timeout) = timeout {

@@ -290,7 +290,8 @@ mod tests {
                 .header("host", "api.example")
                 .body(body::empty())
                 .unwrap(),
-        ).await;
+        )
+        .await;
         assert_eq!(unrouted.status(), 404);
         assert_eq!(requests_total(&metrics, "", "", "404"), 1);
     }

@@ -42,7 +42,11 @@ pub fn rescue(
                 grpc_status: grpc.then(|| e.grpc_status()),
                 endpoint: e.endpoint(),
             };
-            let response = if grpc { e.into_grpc_response() } else { e.into_response() };
+            let response = if grpc {
+                e.into_grpc_response()
+            } else {
+                e.into_response()
+            };
             (response, Some(failure))
         }
     }
@@ -80,12 +84,16 @@ mod tests {
 
     #[test]
     fn grpc_requests_get_trailers_only_answers_with_their_grpc_status() {
-        let unavailable = ProxyError::new(ErrorKind::ConnectFailed, "100% refused").at_endpoint("127.0.0.1:9".parse().unwrap());
+        let unavailable =
+            ProxyError::new(ErrorKind::ConnectFailed, "100% refused").at_endpoint("127.0.0.1:9".parse().unwrap());
         let (response, failure) = rescue(Err(unavailable), false, true);
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/grpc");
         assert_eq!(response.headers()["grpc-status"], "14");
-        assert_eq!(response.headers()["grpc-message"], "upstream connect error: 100%25 refused");
+        assert_eq!(
+            response.headers()["grpc-message"],
+            "upstream connect error: 100%25 refused"
+        );
         let failure = failure.unwrap();
         assert_eq!((failure.status, failure.grpc_status), (503, Some(14)));
         assert_eq!(failure.endpoint, Some("127.0.0.1:9".parse().unwrap()));

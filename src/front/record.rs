@@ -194,6 +194,9 @@ mod tests {
             ..failure
         };
         let line = serde_json::to_value(access_record(&exchange, &response, Some(&grpc), trace_id)).unwrap();
-        assert_eq!((line["status"].clone(), line["grpc_status"].clone()), (503.into(), 14.into()));
+        assert_eq!(
+            (line["status"].clone(), line["grpc_status"].clone()),
+            (503.into(), 14.into())
+        );
     }
 }

@@ -62,7 +62,11 @@ async fn resetting_upstream() -> std::net::SocketAddr {
 /// Calls `path` through weft's listener at `addr` with tonic's gRPC
 /// client over hyper's HTTP/2 client (tonic's own transport would end a
 /// call at its `grpc-timeout` itself, racing weft's answer).
-async fn call(addr: std::net::SocketAddr, path: &'static str, timeout: Option<std::time::Duration>) -> Result<Text, Status> {
+async fn call(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    timeout: Option<std::time::Duration>,
+) -> Result<Text, Status> {
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<tonic::body::Body>();
@@ -110,13 +114,21 @@ async fn weft_answers_grpc_clients_with_grpc_statuses() {
     assert_eq!(unavailable.code(), Code::Unavailable, "{unavailable:?}");
     let expired = code("/test.Slow/Say", Some(std::time::Duration::from_millis(200))).await;
     assert_eq!(expired.code(), Code::DeadlineExceeded, "{expired:?}");
-    assert!(expired.message().contains("timeout"), "weft's answer, not the client's: {expired:?}");
+    assert!(
+        expired.message().contains("timeout"),
+        "weft's answer, not the client's: {expired:?}"
+    );
     let reset = code("/test.Reset/Say", None).await;
     assert_eq!(reset.code(), Code::Internal, "{reset:?}");
 
     // Metrics keep the HTTP-equivalent status.
     let text = metrics(&weft).await;
-    for (route, cluster, status) in [("", "", "404"), ("dead", "dead", "503"), ("slow", "slow", "504"), ("reset", "reset", "502")] {
+    for (route, cluster, status) in [
+        ("", "", "404"),
+        ("dead", "dead", "503"),
+        ("slow", "slow", "504"),
+        ("reset", "reset", "502"),
+    ] {
         let series = format!("weft_requests_total{{cluster=\"{cluster}\",listener=\"public\",protocol=\"http2\",route=\"{route}\",status=\"{status}\"}}");
         assert_eq!(metric(&text, &series), 1.0, "{series}");
     }

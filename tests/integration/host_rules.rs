@@ -74,7 +74,13 @@ fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
 /// of `host` arrived.
 async fn h2_get_with_two_hosts(addr: SocketAddr, authority: &str, host: &str) -> String {
     let mut block = Vec::new();
-    for (name, value) in [(":method", "GET"), (":scheme", "http"), (":path", "/x"), (":authority", authority), ("host", host)] {
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/x"),
+        (":authority", authority),
+        ("host", host),
+    ] {
         literal(&mut block, name, value);
     }
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -98,7 +104,9 @@ async fn h2_get_with_two_hosts(addr: SocketAddr, authority: &str, host: &str) ->
             }
         }
     };
-    tokio::time::timeout(PATIENCE, read).await.expect("no echo of the request");
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("no echo of the request");
     String::from_utf8_lossy(&seen).into_owned()
 }
 

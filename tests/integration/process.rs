@@ -276,8 +276,12 @@ async fn an_upstream_failure_is_recorded_under_its_cluster_and_endpoint() {
     assert_eq!(record["route"], "r", "{line}");
     assert_eq!(record["cluster"], "backend", "{line}");
     assert_eq!(record["endpoint"], dead.addr.to_string(), "{line}");
-    assert!(record["error"].as_str().is_some_and(|e| e.contains("ConnectFailed")), "{line}");
+    assert!(
+        record["error"].as_str().is_some_and(|e| e.contains("ConnectFailed")),
+        "{line}"
+    );
     let (_, text) = get(&h1_client(), &format!("http://{admin}/metrics")).await;
-    let series = "weft_requests_total{cluster=\"backend\",listener=\"public\",protocol=\"http1\",route=\"r\",status=\"503\"}";
+    let series =
+        "weft_requests_total{cluster=\"backend\",listener=\"public\",protocol=\"http1\",route=\"r\",status=\"503\"}";
     assert_eq!(metric(&text, series), 1.0);
 }

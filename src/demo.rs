@@ -5,7 +5,8 @@
 //! and back, so an outlier ejection and a zone failover can be triggered by
 //! hand. Under `/api/` it answers JSON instead, where version `v2` differs
 //! from the others in one field (`$.user.tier`), for the mirror-and-compare
-//! demo. A tcp backend echoes. The one file-discovered cluster (`pool`) gets
+//! demo. A tcp backend echoes, and so does a udp one (each datagram back to
+//! its sender). The one file-discovered cluster (`pool`) gets
 //! backends on every address it may list, and [`EndpointRotation`] rewrites
 //! its endpoints file every few seconds, so endpoints come and go.
 
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use crate::app::App;
 use crate::config::schema::{ClusterConfig, ClusterProtocol, Config};
@@ -77,6 +78,13 @@ fn backends(config: &Config) -> Vec<(&ClusterConfig, SocketAddr, Option<String>)
 
 pub async fn start_backends(config: &Config) -> Result<(), String> {
     for (cluster, address, zone) in backends(config) {
+        if cluster.protocol == ClusterProtocol::Udp {
+            let socket = UdpSocket::bind(address)
+                .await
+                .map_err(|e| format!("cannot start demo udp backend on {address}: {e}"))?;
+            tokio::spawn(udp_echo(socket));
+            continue;
+        }
         {
             let socket = TcpListener::bind(address)
                 .await
@@ -88,10 +96,10 @@ pub async fn start_backends(config: &Config) -> Result<(), String> {
                 cluster.name
             );
             match cluster.protocol {
-                ClusterProtocol::Tcp => tokio::spawn(echo(socket)),
                 ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => {
                     tokio::spawn(http_backend(socket, identity, version))
                 }
+                ClusterProtocol::Tcp | ClusterProtocol::Udp => tokio::spawn(echo(socket)),
             };
         }
     }
@@ -204,6 +212,14 @@ impl EndpointRotation {
     }
 }
 
+/// Sends every datagram back to where it came from.
+async fn udp_echo(socket: UdpSocket) {
+    let mut buf = vec![0; 65_536];
+    while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+        let _ = socket.send_to(&buf[..len], from).await;
+    }
+}
+
 pub async fn print_tour(app: &App) {
     let public = app
         .listener_addr("public")
@@ -225,6 +241,10 @@ weft demo is running. Try:
 
   # raw TCP through the echo listener
   echo hello | nc -q1 127.0.0.1 8081
+
+  # UDP through the echo listener: one session per client address
+  echo hello | nc -u -w1 127.0.0.1 8082
+  curl -s http://{admin}/metrics | grep weft_udp_
 
   # zone-aware routing: node.zone is zone-a, so web-stable stays in zone-a
   for i in $(seq 100); do curl -s http://{public}/; done | grep web-stable | cut -d' ' -f3 | sort | uniq -c

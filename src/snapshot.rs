@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::cluster::discovery::Discovery;
 use crate::cluster::Cluster;
 use crate::config::discovery::ResolverConfig;
-use crate::config::schema::{ClusterConfig, ClusterProtocol, Config, ListenerProtocol, RouteConfig};
+use crate::config::schema::{ClusterConfig, Config, ListenerProtocol, RouteConfig};
 use crate::config::{ConfigErrors, Loaded};
 use crate::core::body::Body;
 use crate::core::service::HttpService;
@@ -204,7 +204,7 @@ pub fn check(loaded: &Loaded) -> Result<(), ConfigErrors> {
     compile(loaded).map(|_| ())
 }
 
-/// Each listener's compiled routes (`None` for tcp listeners), or every
+/// Each listener's compiled routes (`None` for tcp and udp listeners), or every
 /// problem found, keyed.
 fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
     let config = &loaded.config;
@@ -219,7 +219,7 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
         .collect();
     let mut compiled = Vec::with_capacity(config.listeners.len());
     for (i, l) in config.listeners.iter().enumerate() {
-        if l.protocol == ListenerProtocol::Tcp {
+        if l.protocol.is_l4() {
             compiled.push(None);
             continue;
         }
@@ -229,13 +229,11 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
             match route::compile(r, &index) {
                 Err(e) => problems.push((format!("{key}.{}", e.key), e.message)),
                 Ok(route) => {
-                    for c in route
-                        .clusters()
-                        .filter(|&c| config.clusters[c].protocol == ClusterProtocol::Tcp)
-                    {
+                    for c in route.clusters().filter(|&c| !config.clusters[c].protocol.is_http()) {
+                        let cluster = &config.clusters[c];
                         problems.push((
                             format!("{key}.cluster"),
-                            format!("cluster {:?} speaks tcp, not HTTP", config.clusters[c].name),
+                            format!("cluster {:?} speaks {}, not HTTP", cluster.name, cluster.protocol.as_str()),
                         ));
                     }
                     routes.push(route);
@@ -256,14 +254,14 @@ fn tls_problems(config: &Config) -> Vec<(String, String)> {
     let root = Path::new("/");
     let mut problems = Vec::new();
     for (i, c) in config.clusters.iter().enumerate() {
-        if let Some(tls) = c.tls.as_ref().filter(|_| c.protocol != ClusterProtocol::Tcp) {
+        if let Some(tls) = c.tls.as_ref().filter(|_| c.protocol.is_http()) {
             if let Err(e) = tls::client_config(tls, root, &[]) {
                 problems.push((format!("clusters[{i}].tls"), e));
             }
         }
     }
     for (i, l) in config.listeners.iter().enumerate() {
-        if let Some(tls) = l.tls.as_ref().filter(|_| l.protocol != ListenerProtocol::Tcp) {
+        if let Some(tls) = l.tls.as_ref().filter(|_| !l.protocol.is_l4()) {
             let loaded =
                 tls::CertStore::load(tls, root).and_then(|store| tls::server_config(tls, Arc::new(store), root, &[]));
             if let Err(e) = loaded {

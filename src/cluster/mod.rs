@@ -98,7 +98,7 @@ pub struct Cluster {
     /// Where the endpoints come from, when they are not fixed.
     pub discovery: Option<Arc<discovery::Discovery>>,
     round_robin: AtomicU64,
-    /// `None` for tcp clusters.
+    /// `None` for tcp and udp clusters.
     pub http: Option<HttpClient>,
     pub health: ClusterHealth,
     /// Error rate and latency percentiles of recent attempts, for `/clusters`.
@@ -139,7 +139,7 @@ impl Cluster {
         endpoint_count.set(set.len() as i64);
         let overload = ClusterOverload::new(config, &metrics.overload);
         let http = match config.protocol {
-            ClusterProtocol::Tcp => None,
+            ClusterProtocol::Tcp | ClusterProtocol::Udp => None,
             // Validation loaded the same files moments ago; should they have
             // broken since, the cluster answers 503 rather than failing the reload.
             ClusterProtocol::Http1 | ClusterProtocol::Http2 | ClusterProtocol::Http3 => {

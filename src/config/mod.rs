@@ -10,6 +10,7 @@ pub mod overload;
 pub mod range;
 pub mod schema;
 pub mod trace;
+pub mod udp;
 mod validate;
 pub mod watch;
 

@@ -132,7 +132,19 @@ listeners:
       - name: d
         direct_response:
           status: 600
+  - name: u
+    address: 127.0.0.1:3
+    protocol: udp
+    cluster: uc
+    udp:
+      idle_timeout: 1000h
+      max_sessions: 2000000
+      max_datagram_bytes: 100000
 clusters:
+  - name: uc
+    protocol: udp
+    endpoints:
+      - address: 127.0.0.1:4
   - name: c
     connect_timeout: 1000h
     idle_timeout: 1000h

@@ -133,6 +133,19 @@ pub enum ListenerProtocol {
     Http,
     Http3,
     Tcp,
+    Udp,
+}
+
+impl ListenerProtocol {
+    /// Whether the listener binds a UDP socket (`http3` and `udp`).
+    pub fn uses_udp(self) -> bool {
+        matches!(self, Self::Http3 | Self::Udp)
+    }
+
+    /// Whether the listener forwards to one cluster instead of routing (`tcp`, `udp`).
+    pub fn is_l4(self) -> bool {
+        matches!(self, Self::Tcp | Self::Udp)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -142,7 +155,7 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default = "default_listener_protocol")]
     pub protocol: ListenerProtocol,
-    /// The upstream cluster of a `tcp` listener.
+    /// The upstream cluster of a `tcp` or `udp` listener.
     #[serde(default)]
     pub cluster: Option<String>,
     #[serde(default)]
@@ -159,6 +172,9 @@ pub struct ListenerConfig {
     /// QUIC transport settings of an `http3` listener.
     #[serde(default)]
     pub quic: QuicConfig,
+    /// Session settings of a `udp` listener (defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<super::udp::UdpListenerConfig>,
 }
 
 /// TLS on a listener. `cert`/`key` is the default certificate; `certificates`
@@ -378,6 +394,24 @@ pub enum ClusterProtocol {
     Http2,
     Http3,
     Tcp,
+    Udp,
+}
+
+impl ClusterProtocol {
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http1 | Self::Http2 | Self::Http3)
+    }
+
+    /// The name written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Http3 => "http3",
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]

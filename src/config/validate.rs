@@ -51,6 +51,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         problems.extend(cluster_ranges(&key, c));
+        problems.extend(super::udp::validate_cluster(&key, c));
         problems.extend(super::health::validate_cluster(&key, c));
         problems.extend(super::discovery::validate_cluster(&key, c));
         let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
@@ -77,8 +78,8 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("{key}.name"), format!("duplicate listener name {:?}", l.name)));
         }
         // Port 0 (any free port, used by tests) can never collide.
-        // An http3 listener (UDP) may share a TCP listener's port number.
-        let udp = l.protocol == ListenerProtocol::Http3;
+        // A UDP listener (http3, udp) may share a TCP listener's port number.
+        let udp = l.protocol.uses_udp();
         if l.address.port() != 0 && (!addresses.insert((l.address, udp)) || (!udp && l.address == config.admin.address))
         {
             problems.push((
@@ -87,49 +88,61 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         if l.tls.is_some() {
-            if l.protocol == ListenerProtocol::Tcp {
+            if l.protocol.is_l4() {
                 problems.push((format!("{key}.tls"), "tls is for http and http3 listeners".into()));
             }
         } else if l.protocol == ListenerProtocol::Http3 {
             problems.push((format!("{key}.tls"), "an http3 listener needs tls".into()));
         }
         problems.extend(listener_ranges(&key, l));
-        match l.protocol {
-            ListenerProtocol::Tcp => {
-                if !l.routes.is_empty() {
-                    problems.push((
-                        format!("{key}.routes"),
-                        "a tcp listener has no routes; use cluster".into(),
-                    ));
-                }
-                match l.cluster.as_deref().map(|c| (c, clusters.get(c))) {
-                    None => problems.push((format!("{key}.cluster"), "a tcp listener needs a cluster".into())),
-                    Some((name, None)) => problems.push((
-                        format!("{key}.cluster"),
-                        format!(
-                            "no cluster named {name:?}{}",
-                            super::did_you_mean(name, clusters.keys().copied())
-                        ),
-                    )),
-                    Some((name, Some(&c))) if config.clusters[c].protocol != ClusterProtocol::Tcp => problems.push((
-                        format!("{key}.cluster"),
-                        format!("cluster {name:?} must have protocol: tcp to serve a tcp listener"),
-                    )),
-                    Some(_) => {}
-                }
-            }
-            ListenerProtocol::Http | ListenerProtocol::Http3 => {
-                if l.cluster.is_some() {
-                    problems.push((
-                        format!("{key}.cluster"),
-                        "only tcp listeners take a cluster; http listeners use routes".into(),
-                    ));
-                }
-            }
+        problems.extend(super::udp::validate_listener(&key, l));
+        if l.protocol.is_l4() {
+            problems.extend(l4_listener(&key, l, config, &clusters));
+        } else if l.cluster.is_some() {
+            problems.push((
+                format!("{key}.cluster"),
+                "only tcp and udp listeners take a cluster; http listeners use routes".into(),
+            ));
         }
     }
     problems.extend(super::trace::validate(config.tracing.as_ref()));
     problems.extend(super::discovery::validate_resolver(config.resolver.as_ref()));
+    problems
+}
+
+/// A `tcp` or `udp` listener forwards to one cluster of its own protocol and has no routes.
+fn l4_listener(
+    key: &str,
+    l: &ListenerConfig,
+    config: &Config,
+    clusters: &HashMap<&str, usize>,
+) -> Vec<(String, String)> {
+    let (kind, wanted) = match l.protocol {
+        ListenerProtocol::Udp => ("udp", ClusterProtocol::Udp),
+        _ => ("tcp", ClusterProtocol::Tcp),
+    };
+    let mut problems = Vec::new();
+    if !l.routes.is_empty() {
+        problems.push((
+            format!("{key}.routes"),
+            format!("a {kind} listener has no routes; use cluster"),
+        ));
+    }
+    match l.cluster.as_deref().map(|c| (c, clusters.get(c))) {
+        None => problems.push((format!("{key}.cluster"), format!("a {kind} listener needs a cluster"))),
+        Some((name, None)) => problems.push((
+            format!("{key}.cluster"),
+            format!(
+                "no cluster named {name:?}{}",
+                super::did_you_mean(name, clusters.keys().copied())
+            ),
+        )),
+        Some((name, Some(&c))) if config.clusters[c].protocol != wanted => problems.push((
+            format!("{key}.cluster"),
+            format!("cluster {name:?} must have protocol: {kind} to serve a {kind} listener"),
+        )),
+        Some(_) => {}
+    }
     problems
 }
 

@@ -1,5 +1,5 @@
-//! Listeners: HTTP/1.1 and HTTP/2 (`http`), HTTP/3 (`h3`) and raw TCP
-//! (`tcp`) over sockets bound here, and the set of them that runs, reconciled
+//! Listeners: HTTP/1.1 and HTTP/2 (`http`), HTTP/3 (`h3`), raw TCP (`tcp`)
+//! and UDP with per-client sessions (`udp`) over sockets bound here, and the set of them that runs, reconciled
 //! against each new config (`set`). What every listener task shares lives
 //! here: its [`Phase`], how it gives its socket back for a successor, the
 //! accept loop with its connection cap, and its connection metrics.
@@ -10,6 +10,7 @@ mod preface;
 mod set;
 pub mod tcp;
 pub mod tls;
+pub mod udp;
 
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub enum Socket {
     Tcp(TcpListener),
     Quic(quinn::Endpoint),
+    Udp(tokio::net::UdpSocket),
 }
 
 /// Where a listener task puts its socket when it stops accepting: to the

@@ -4,12 +4,15 @@
 //! - A listener whose socket-level settings did not change keeps running
 //!   untouched. Routes and `advertise_http3` are read per request from the
 //!   live snapshot, so changing them changes nothing here.
-//! - A changed listener on the same address (and transport: TCP for `http`
-//!   and `tcp`, UDP for `http3`) keeps its bound socket: the old task stops
-//!   accepting and hands the socket to a new task with the new settings, so
-//!   the port never refuses a connection (they wait in the kernel's backlog
-//!   for the moment of the hand-over). New connections get the new settings;
-//!   open ones finish on the old (see [`Phase::HandedOver`]). The socket is
+//! - A changed listener on the same address (and kind of socket: TCP for
+//!   `http` and `tcp`, QUIC for `http3`, UDP for `udp`) keeps its bound
+//!   socket: the old task stops accepting and hands the socket to a new task
+//!   with the new settings, so the port never refuses a connection (they
+//!   wait in the kernel's backlog for the moment of the hand-over). New
+//!   connections get the new settings; open ones finish on the old (see
+//!   [`Phase::HandedOver`]). A `udp` listener's sessions end at the
+//!   hand-over (its datagrams wait in the socket's buffer meanwhile), so
+//!   each client's next datagram starts a session with the new settings. The socket is
 //!   found by name and address, or, for a fixed port, by address alone (a
 //!   renamed listener, two listeners swapping addresses).
 //! - Nothing is started or stopped when a bind or a certificate fails,
@@ -29,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
-use super::{h3, http, tcp, tls, Phase, Socket, SocketReturn};
+use super::{h3, http, tcp, tls, udp, Phase, Socket, SocketReturn};
 use crate::config::schema::{ListenerConfig, ListenerProtocol};
 use crate::proxy::Shared;
 
@@ -37,6 +40,7 @@ use crate::proxy::Shared;
 enum Bound {
     Tcp(TcpListener, Option<tls::TlsSetup>),
     Quic(quinn::Endpoint, tls::TlsSetup),
+    Udp(tokio::net::UdpSocket),
 }
 
 /// A listener's TLS (and QUIC server config), made before any socket is
@@ -44,10 +48,14 @@ enum Bound {
 enum Prepared {
     Tcp(Option<tls::TlsSetup>),
     Quic(tls::TlsSetup, quinn::ServerConfig),
+    Udp,
 }
 
 impl Prepared {
     fn new(config: &ListenerConfig, base: &Path) -> Result<Self, String> {
+        if config.protocol == ListenerProtocol::Udp {
+            return Ok(Self::Udp);
+        }
         if config.protocol != ListenerProtocol::Http3 {
             return Ok(Self::Tcp(tls::prepare(config, base, tls::ALPN_TCP)?));
         }
@@ -71,6 +79,12 @@ impl Prepared {
                     .map_err(|e| format!("listener {}: cannot bind udp {address}: {e}", config.name))?;
                 Ok(Bound::Quic(endpoint, tls))
             }
+            Self::Udp => {
+                let socket = tokio::net::UdpSocket::bind(address)
+                    .await
+                    .map_err(|e| format!("listener {}: cannot bind udp {address}: {e}", config.name))?;
+                Ok(Bound::Udp(socket))
+            }
         }
     }
 
@@ -85,6 +99,7 @@ impl Prepared {
                 endpoint.set_server_config(Some(server));
                 Ok(Bound::Quic(endpoint, tls))
             }
+            (Self::Udp, Socket::Udp(socket)) => Ok(Bound::Udp(socket)),
             (prepared, _) => Err(Box::new(prepared)),
         }
     }
@@ -319,6 +334,7 @@ impl ListenerSet {
                 tls::watch_certificates(tls.store.clone(), &config.name, &shared.metrics, phase.clone());
                 tokio::spawn(h3::serve(config.clone(), endpoint, shared.clone(), phase, give_back))
             }
+            Bound::Udp(socket) => tokio::spawn(udp::serve(config.clone(), socket, shared.clone(), phase, give_back)),
         };
         self.health.serving(&config.name, generation);
         let abort = serve.abort_handle();
@@ -429,15 +445,21 @@ fn same_task(a: &ListenerConfig, b: &ListenerConfig) -> bool {
     socket_level(a) == socket_level(b)
 }
 
-/// Whether both listeners use TCP sockets, or both UDP (QUIC).
+/// Whether one listener can take the other's socket: both TCP listeners,
+/// both QUIC endpoints (`http3`) or both plain UDP sockets (`udp`).
 fn same_transport(a: &ListenerConfig, b: &ListenerConfig) -> bool {
-    (a.protocol == ListenerProtocol::Http3) == (b.protocol == ListenerProtocol::Http3)
+    let kind = |c: &ListenerConfig| match c.protocol {
+        ListenerProtocol::Http | ListenerProtocol::Tcp => 0,
+        ListenerProtocol::Http3 => 1,
+        ListenerProtocol::Udp => 2,
+    };
+    kind(a) == kind(b)
 }
 
 /// Whether binding `wanted` needs the address `running` holds.
 fn conflicts(running: &Running, wanted: &ListenerConfig) -> bool {
     let (held, asked) = (running.local, wanted.address);
-    same_transport(&running.config, wanted)
+    running.config.protocol.uses_udp() == wanted.protocol.uses_udp()
         && asked.port() != 0
         && held.port() == asked.port()
         && (held.ip() == asked.ip() || held.ip().is_unspecified() || asked.ip().is_unspecified())
@@ -448,6 +470,7 @@ fn local_addr(socket: &Bound, configured: SocketAddr) -> SocketAddr {
     let local = match socket {
         Bound::Tcp(s, _) => s.local_addr(),
         Bound::Quic(e, _) => e.local_addr(),
+        Bound::Udp(s) => s.local_addr(),
     };
     local.unwrap_or(configured)
 }

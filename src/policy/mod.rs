@@ -13,4 +13,5 @@ pub mod outlier;
 pub mod retry;
 pub mod retry_budget;
 pub mod split;
+pub mod udp_session;
 pub mod zone;

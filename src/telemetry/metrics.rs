@@ -28,6 +28,7 @@ pub struct Metrics {
     pub mirror: super::mirror::MirrorMetrics,
     pub overload: OverloadFamilies,
     pub trace: super::trace::TraceMetrics,
+    pub udp: super::udp::UdpMetrics,
 }
 
 /// Families of the overload protections (adaptive concurrency, retries,
@@ -167,6 +168,7 @@ impl Metrics {
             discovery: super::discovery::DiscoveryFamilies::new(&registry)?,
             trace: super::trace::TraceMetrics::new(&registry)?,
             mirror: super::mirror::MirrorMetrics::new(&registry)?,
+            udp: super::udp::UdpMetrics::new(&registry)?,
             registry,
         })
     }

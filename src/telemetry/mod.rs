@@ -1,5 +1,5 @@
-//! Metrics, the access log and the line writer behind it, trace context and
-//! span export.
+//! Metrics (HTTP, endpoint health, mirroring, UDP listeners), the access log
+//! and the line writer behind it, trace context and span export.
 
 pub mod access_log;
 pub mod discovery;
@@ -10,3 +10,4 @@ pub mod mirror;
 pub mod otlp;
 pub mod propagation;
 pub mod trace;
+pub mod udp;

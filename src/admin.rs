@@ -1,11 +1,13 @@
 //! The admin server: `/metrics` (Prometheus text), `/ready`, `/live`,
 //! `/config` (the effective config as JSON) and `/clusters` (endpoints with
 //! zone, weight, in-flight requests, health-check verdict, ejection state and
-//! latency estimate, plus each cluster's zone routing state), `/stats`
+//! latency estimate, plus each cluster's zone routing state, and for udp
+//! clusters the UDP listeners that feed them with their sessions), `/stats`
 //! (request and error counters per listener, route and cluster), `/compare`
 //! (per mirrored route: comparison counts and the last few mismatches) and
 //! `/`, the live admin page built on those.
 
+mod clusters;
 mod page;
 mod stats;
 
@@ -102,11 +104,7 @@ fn respond(shared: &Shared, health: &crate::listener::Health, req: &Request<Inco
         "/stats" => json(&stats::collect(&shared.metrics)),
         "/live" => plain_response(StatusCode::OK, Bytes::from_static(b"live\n")),
         "/config" => json(&shared.snapshot.load().loaded.config),
-        "/clusters" => {
-            let snapshot = shared.snapshot.load();
-            let clusters: Vec<_> = snapshot.clusters.iter().map(|c| c.status()).collect();
-            json(&clusters)
-        }
+        "/clusters" => json(&clusters::collect(shared)),
         "/compare" => json(&shared.metrics.mirror.report()),
         _ => plain_response(
             StatusCode::NOT_FOUND,

@@ -30,3 +30,4 @@ mod support;
 mod tcp;
 mod tls;
 mod trace;
+mod udp;

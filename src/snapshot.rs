@@ -233,7 +233,11 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
                         let cluster = &config.clusters[c];
                         problems.push((
                             format!("{key}.cluster"),
-                            format!("cluster {:?} speaks {}, not HTTP", cluster.name, cluster.protocol.as_str()),
+                            format!(
+                                "cluster {:?} speaks {}, not HTTP",
+                                cluster.name,
+                                cluster.protocol.as_str()
+                            ),
                         ));
                     }
                     routes.push(route);
@@ -367,6 +371,15 @@ clusters:
             vec![
                 r#"weft.yaml:6: listeners[0].routes[0].cluster: no cluster named "web-canery" (did you mean "web-canary"?)"#
             ]
+        );
+    }
+
+    #[test]
+    fn routes_cannot_send_to_a_udp_cluster() {
+        let text = BASE.replace("    endpoints:", "    protocol: udp\n    endpoints:");
+        assert_eq!(
+            errors(&text),
+            [r#"weft.yaml:6: listeners[0].routes[0].cluster: cluster "web-canary" speaks udp, not HTTP"#]
         );
     }
 

@@ -106,6 +106,50 @@ mod tests {
         found
     }
 
+    /// What `weft check` prints for a config, one line per error.
+    fn check(text: &str) -> Vec<String> {
+        let loaded = crate::config::parse(std::path::Path::new("weft.yaml"), text).unwrap();
+        let found = crate::config::problems(&loaded.config);
+        loaded.errors(found).0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn udp_listeners_need_a_udp_cluster_and_no_routes() {
+        let errors = check(
+            "listeners:
+  - name: dns
+    address: 127.0.0.1:5353
+    protocol: udp
+    cluster: web
+  - name: statsd
+    address: 127.0.0.1:5353
+    protocol: udp
+    cluster: metrics
+    routes: [ { name: r, cluster: web } ]
+  - { name: dns-tcp, address: 127.0.0.1:5353, protocol: tcp, cluster: db }
+  - { name: lost, address: 127.0.0.1:5354, protocol: udp, cluster: metric }
+clusters:
+  - name: web
+    endpoints: [ { address: 127.0.0.1:9001 } ]
+  - name: metrics
+    protocol: udp
+    tls: {}
+    endpoints: [ { address: 127.0.0.1:8125 } ]
+  - { name: db, protocol: tcp, endpoints: [ { address: 127.0.0.1:5432 } ] }
+",
+        );
+        assert_eq!(
+            errors,
+            [
+                r#"weft.yaml:5: listeners[0].cluster: cluster "web" must have protocol: udp to serve a udp listener"#,
+                "weft.yaml:7: listeners[1].address: address 127.0.0.1:5353 is already in use by another listener or admin",
+                "weft.yaml:10: listeners[1].routes: a udp listener has no routes; use cluster",
+                r#"weft.yaml:12: listeners[3].cluster: no cluster named "metric" (did you mean "metrics"?)"#,
+                "weft.yaml:18: clusters[1].tls: tls is for http1, http2 and http3 clusters",
+            ]
+        );
+    }
+
     #[test]
     fn defaults_are_the_documented_ones() {
         let udp = UdpListenerConfig::default();

@@ -162,7 +162,11 @@ impl Listener {
             return;
         }
         let now = Instant::now();
-        let known = relay.sessions.lock().get(&client, now).map(|s| (s.id, s.upstream.clone()));
+        let known = relay
+            .sessions
+            .lock()
+            .get(&client, now)
+            .map(|s| (s.id, s.upstream.clone()));
         let Some((id, upstream)) = known.or_else(|| self.open(client, now)) else {
             counters.dropped.inc();
             return;

@@ -63,7 +63,10 @@ pub struct UdpListenerMetrics {
 impl UdpMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let sessions_active = IntGaugeVec::new(
-            Opts::new("weft_udp_sessions_active", "Open UDP sessions (one per client address)."),
+            Opts::new(
+                "weft_udp_sessions_active",
+                "Open UDP sessions (one per client address).",
+            ),
             &["listener"],
         )?;
         let sessions_total = IntCounterVec::new(
@@ -78,7 +81,10 @@ impl UdpMetrics {
             &["listener", "direction", "result"],
         )?;
         let bytes = IntCounterVec::new(
-            Opts::new("weft_udp_bytes_total", "Bytes of UDP datagrams forwarded, by where they came from."),
+            Opts::new(
+                "weft_udp_bytes_total",
+                "Bytes of UDP datagrams forwarded, by where they came from.",
+            ),
             &["listener", "direction"],
         )?;
         registry.register(Box::new(sessions_active.clone()))?;

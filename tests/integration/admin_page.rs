@@ -6,18 +6,21 @@
 use std::time::Duration;
 
 use crate::support::*;
+use crate::udp::{Client as UdpClient, UdpEndpoint};
 
-async fn weft_with_traffic() -> (Weft, Upstream) {
+async fn weft_with_traffic() -> (Weft, Upstream, UdpEndpoint) {
     let upstream = Upstream::text("hello").await;
+    let echo = UdpEndpoint::echo().await;
     let yaml = config(
         "  - name: public
     address: 127.0.0.1:0
     routes:
       - { name: api, match: { path_prefix: /api }, cluster: web }
-      - { name: teapot, match: { path_exact: /tea }, direct_response: { status: 503 } }",
+      - { name: teapot, match: { path_exact: /tea }, direct_response: { status: 503 } }
+  - { name: dns, address: 127.0.0.1:0, protocol: udp, cluster: dns }",
         &format!(
-            "  - {{ name: web, endpoints: [ {{ address: {}, zone: zone-a }} ], adaptive_concurrency: {{}}, circuit_breaker: {{ max_requests: 100 }} }}\n",
-            upstream.addr
+            "  - {{ name: web, endpoints: [ {{ address: {}, zone: zone-a }} ], adaptive_concurrency: {{}}, circuit_breaker: {{ max_requests: 100 }} }}\n  - {{ name: dns, protocol: udp, endpoints: [ {{ address: {} }} ] }}\n",
+            upstream.addr, echo.addr
         ),
     );
     let weft = Weft::start(&yaml).await;
@@ -27,12 +30,14 @@ async fn weft_with_traffic() -> (Weft, Upstream) {
     }
     assert_eq!(get(&client, &weft.url("public", "/tea").await).await.0, 503);
     assert_eq!(get(&client, &weft.url("public", "/nothing").await).await.0, 404);
-    (weft, upstream)
+    let udp_client = UdpClient::new(weft.addr("dns").await).await;
+    assert_eq!(udp_client.ask(b"hello").await, b"hello");
+    (weft, upstream, echo)
 }
 
 #[tokio::test]
 async fn stats_json_counts_requests_and_errors() {
-    let (weft, _upstream) = weft_with_traffic().await;
+    let (weft, _upstream, _echo) = weft_with_traffic().await;
     let (status, body) = get(&h1_client(), &weft.admin("/stats")).await;
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -72,7 +77,7 @@ async fn admin_page_renders_in_headless_chromium() {
         println!("SKIPPED admin_page_renders_in_headless_chromium: {missing}");
         return;
     };
-    let (weft, upstream) = weft_with_traffic().await;
+    let (weft, upstream, _echo) = weft_with_traffic().await;
     let profile = tempfile::tempdir().unwrap();
     let run = tokio::process::Command::new(browser)
         .args([
@@ -116,6 +121,9 @@ async fn admin_page_renders_in_headless_chromium() {
         "healthy",
         "concurrency limit ",
         "max_requests <b><span class=\"ok\">0/100, 0 refused</span></b>",
+        // The UDP listener, in the listeners table and under its cluster.
+        "<td>udp</td><td class=\"num\">1 sessions</td>",
+        "udp listener dns <b>1/10000 sessions, 1 in, 1 back, 0 dropped</b>",
         "updated ",
     ] {
         assert!(dom.contains(expected), "{expected:?} not rendered in:\n{dom}");

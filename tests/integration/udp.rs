@@ -18,8 +18,8 @@ use crate::support::*;
 
 /// A UDP endpoint answering each datagram with `reply(datagram, sender)`;
 /// stops on drop.
-struct UdpEndpoint {
-    addr: SocketAddr,
+pub struct UdpEndpoint {
+    pub addr: SocketAddr,
     /// Datagrams received so far.
     received: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -47,7 +47,7 @@ impl UdpEndpoint {
         Self { addr, received, task }
     }
 
-    async fn echo() -> Self {
+    pub async fn echo() -> Self {
         Self::start(|datagram, _| datagram.to_vec()).await
     }
 
@@ -84,12 +84,12 @@ fn named(reply: &[u8]) -> Named {
 }
 
 /// A UDP client with an address of its own (so a session of its own).
-struct Client {
+pub struct Client {
     socket: UdpSocket,
 }
 
 impl Client {
-    async fn new(to: SocketAddr) -> Self {
+    pub async fn new(to: SocketAddr) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         socket.connect(to).await.unwrap();
         Self { socket }
@@ -109,7 +109,7 @@ impl Client {
     }
 
     /// Sends `datagram` and waits for the reply.
-    async fn ask(&self, datagram: &[u8]) -> Vec<u8> {
+    pub async fn ask(&self, datagram: &[u8]) -> Vec<u8> {
         self.send(datagram).await;
         self.recv_within(PATIENCE).await.expect("no reply through weft")
     }
@@ -216,7 +216,9 @@ async fn datagrams_of_60_kb_pass_byte_exact_and_oversized_ones_are_dropped() {
     let weft = Weft::start(&yaml).await;
     let client = Client::new(weft.addr("big").await).await;
     for i in 0..4u32 {
-        let datagram: Vec<u8> = (0..60_000u32).map(|j| (j.wrapping_mul(7).wrapping_add(i)) as u8).collect();
+        let datagram: Vec<u8> = (0..60_000u32)
+            .map(|j| (j.wrapping_mul(7).wrapping_add(i)) as u8)
+            .collect();
         assert!(client.ask(&datagram).await == datagram, "60 KB datagram {i} changed");
     }
     // Too big from the client: dropped, not truncated, and counted.
@@ -232,7 +234,11 @@ async fn datagrams_of_60_kb_pass_byte_exact_and_oversized_ones_are_dropped() {
     })
     .await;
     assert_eq!(client.ask(b"small").await, b"small");
-    assert_eq!(endpoint.received.load(Ordering::SeqCst), 6, "the oversized datagram reached the endpoint");
+    assert_eq!(
+        endpoint.received.load(Ordering::SeqCst),
+        6,
+        "the oversized datagram reached the endpoint"
+    );
     let text = metrics(&weft).await;
     assert_eq!(metric(&text, &datagrams("big", "downstream", "forwarded")), 6.0);
     assert_eq!(
@@ -347,12 +353,19 @@ async fn max_sessions_drops_datagrams_from_new_clients_only() {
     .await;
     // The clients with sessions are still served.
     for (c, client) in clients.iter().enumerate() {
-        assert_eq!(client.ask(format!("again {c}").as_bytes()).await, format!("again {c}").as_bytes());
+        assert_eq!(
+            client.ask(format!("again {c}").as_bytes()).await,
+            format!("again {c}").as_bytes()
+        );
     }
     let text = metrics(&weft).await;
     assert_eq!(metric(&text, &sessions_active("capped")), 3.0);
     assert_eq!(metric(&text, &sessions_total("capped")), 3.0);
-    assert_eq!(echo.received.load(Ordering::SeqCst), 6, "the fourth client's datagram reached the endpoint");
+    assert_eq!(
+        echo.received.load(Ordering::SeqCst),
+        6,
+        "the fourth client's datagram reached the endpoint"
+    );
 }
 
 /// A loopback UDP address that answers ICMP port unreachable: a socket bound
@@ -398,7 +411,10 @@ async fn an_endpoint_answering_port_unreachable_is_ejected() {
         assert!(["a", "b"].contains(&reply.endpoint.as_str()), "{reply:?}");
         let clusters = clusters_json(&weft).await;
         let endpoints = clusters[0]["endpoints"].as_array().unwrap().clone();
-        let status = endpoints.iter().find(|e| e["address"] == dead_address.as_str()).unwrap();
+        let status = endpoints
+            .iter()
+            .find(|e| e["address"] == dead_address.as_str())
+            .unwrap();
         if status["ejected"] == true {
             Ok(())
         } else {
@@ -417,7 +433,12 @@ async fn an_endpoint_answering_port_unreachable_is_ejected() {
     // From now on every new client needs exactly one session.
     let before = metric(&text, &sessions_total("dns"));
     for c in 0..10 {
-        let reply = named(&Client::new(addr).await.ask_until_answered(format!("{c}").as_bytes()).await);
+        let reply = named(
+            &Client::new(addr)
+                .await
+                .ask_until_answered(format!("{c}").as_bytes())
+                .await,
+        );
         assert_eq!(reply.payload, format!("{c}"));
     }
     assert_eq!(udp_metric(&weft, &sessions_total("dns")).await - before, 10.0);

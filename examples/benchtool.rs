@@ -5,6 +5,8 @@
 //! benchtool upstream ADDR                      # fast upstream: 200 "ok" on HTTP/1.1 and h2c, one thread
 //! benchtool idle ADDR N SECS                   # open N keep-alive connections, one request each, then hold them
 //! benchtool h3load ADDR CA_PEM CONNS STREAMS SECS   # HTTP/3 closed-loop load, prints JSON
+//! benchtool udp-echo ADDR                      # UDP upstream: each datagram back to its sender, one thread
+//! benchtool udpload ADDR CLIENTS WINDOW BYTES SECS   # UDP closed-loop load, prints JSON
 //! benchtool report RAW_TSV                     # Markdown tables from the script's raw figures
 //! ```
 
@@ -40,6 +42,14 @@ fn main() -> Result<(), Error> {
         "h3load" => rt.block_on(h3load(
             arg(1)?.parse()?,
             arg(2)?,
+            arg(3)?.parse()?,
+            arg(4)?.parse()?,
+            arg(5)?.parse()?,
+        )),
+        "udp-echo" => udp_echo(arg(1)?.parse()?),
+        "udpload" => rt.block_on(udpload(
+            arg(1)?.parse()?,
+            arg(2)?.parse()?,
             arg(3)?.parse()?,
             arg(4)?.parse()?,
             arg(5)?.parse()?,
@@ -174,6 +184,61 @@ async fn h3load(addr: SocketAddr, ca: &str, conns: usize, streams: usize, secs: 
     Ok(())
 }
 
+/// A UDP upstream: sends every datagram back to its sender, with blocking
+/// calls on one thread (the cheapest loop, so the proxy is what is measured).
+fn udp_echo(addr: SocketAddr) -> Result<(), Error> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    println!("udp echo on {addr}");
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (len, from) = socket.recv_from(&mut buf)?;
+        let _ = socket.send_to(&buf[..len], from);
+    }
+}
+
+/// Closed-loop UDP load: `clients` sockets (so as many sessions through a
+/// proxy), each keeping `window` datagrams of `bytes` bytes in flight and
+/// sending one more per reply, for `secs` seconds. A datagram lost (no
+/// reply within 200 ms) is replaced and counted. Prints one JSON object.
+async fn udpload(addr: SocketAddr, clients: usize, window: usize, bytes: usize, secs: u64) -> Result<(), Error> {
+    let done = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        socket.connect(addr).await?;
+        let (done, lost) = (done.clone(), lost.clone());
+        tasks.push(tokio::spawn(async move {
+            let payload = vec![b'x'; bytes];
+            let mut buf = vec![0u8; 65_536];
+            for _ in 0..window {
+                let _ = socket.send(&payload).await;
+            }
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf)).await {
+                    Ok(Ok(_)) => done.fetch_add(1, Ordering::Relaxed),
+                    // Refused (nothing listens yet) or no reply: replace the datagram.
+                    Ok(Err(_)) | Err(_) => lost.fetch_add(1, Ordering::Relaxed),
+                };
+                let _ = socket.send(&payload).await;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let done = done.load(Ordering::Relaxed);
+    println!(
+        "{{\"round_trips\":{done},\"lost\":{},\"seconds\":{elapsed:.3},\"rps\":{:.1}}}",
+        lost.load(Ordering::Relaxed),
+        done as f64 / elapsed
+    );
+    Ok(())
+}
+
 /// One scenario's section of the report.
 struct Section {
     id: &'static str,
@@ -218,12 +283,20 @@ const SECTIONS: &[Section] = &[
         title: "6. weft: outlier detection + adaptive concurrency + zone-aware routing vs a plain route (HTTP/1.1, 64 connections)",
         ratios: &[("weft-health", &["weft-plain"], "health/plain")],
     },
+    Section {
+        id: "s7",
+        title: "7. UDP echo, 16 client sessions x 8 datagrams in flight, 64-byte datagrams (benchtool udpload; nginx stream module `listen ... udp`)",
+        ratios: &[("weft", &["direct"], "weft/direct"), ("weft", PEERS, "weft/best peer")],
+    },
 ];
 
 fn metric_name(metric: &str) -> (&str, bool) {
     // (label, higher is better)
     match metric {
         "rps" => ("req/s", true),
+        "udp_rtps" => ("round trips/s (a datagram each way)", true),
+        "udp_cpu_us_per_datagram" => ("proxy CPU us per datagram forwarded", false),
+        "udp_lost" => ("datagrams lost (replaced after 200 ms)", false),
         "cpu_s_per_100k" => ("proxy CPU s per 100k requests", false),
         "p50_us" => ("p50 latency, us", false),
         "p99_us" => ("p99 latency, us", false),

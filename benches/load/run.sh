@@ -4,7 +4,7 @@
 #
 #   bash benches/load/run.sh                 # 3 alternating repeats of 10 s (the default)
 #   REPS=1 DUR=3 bash benches/load/run.sh     # quick look while developing
-#   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s6)
+#   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s7)
 #
 # Each proxy runs one worker pinned to CPU 0 (taskset -c 0); the upstream and
 # the load generators are pinned to CPU 1. Candidates run alternately
@@ -17,7 +17,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10}
 REPS=${REPS:-3}
 RATE=${RATE:-2000}
-ONLY=${ONLY:-"s1 s2 s3 s4 s5 s6"}
+ONLY=${ONLY:-"s1 s2 s3 s4 s5 s6 s7"}
 OUT=${OUT:-$ROOT/benches/results}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -30,6 +30,7 @@ P_WEFT_HEALTH=18083              # weft, outlier detection + zone-aware (scenari
 P_WEFT_TLS=18443                 # weft: TLS (h2 via ALPN) on TCP, HTTP/3 on UDP
 P_NGINX=18090 P_NGINX_H2=18091   # nginx 1.22 serves h2c prior knowledge on an `http2` listener only
 P_HAPROXY=18100 P_HAPROXY_H2=18101
+P_UDP_UP=18201 P_WEFT_UDP=18202 P_NGINX_UDP=18203   # scenario 7 (UDP)
 
 WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
 PIDS=()
@@ -65,6 +66,12 @@ ensure_apt h2load nghttp2-client || { say "h2load is required (apt-get install n
 HAVE_NGINX=1 HAVE_HAPROXY=1 HAVE_OHA=1
 ensure_apt nginx nginx || { say "nginx unavailable: skipped"; HAVE_NGINX=0; }
 ensure_apt haproxy haproxy || { say "HAProxy unavailable: skipped"; HAVE_HAPROXY=0; }
+# nginx's stream module (UDP proxying, scenario 7) is a package of its own.
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+if want s7 && [[ $HAVE_NGINX == 1 && ! -e $NGINX_STREAM && $(id -u) -eq 0 ]]; then
+  say "installing libnginx-mod-stream with apt (missing)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnginx-mod-stream >&2 || true
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
 if want s3 && ! command -v oha >/dev/null 2>&1; then
   say "installing oha from crates.io (cargo install oha; cached in ~/.cargo/bin)"
@@ -79,6 +86,15 @@ TOOL="$ROOT/target/release/examples/benchtool"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # ---------------------------------------------------------------- helpers
+wait_udp_port() { # port: until a UDP socket is bound there
+  local i
+  for i in $(seq 100); do
+    ss -Huln "sport = :$1" | grep -q . && return 0
+    sleep 0.1
+  done
+  say "nothing is bound to udp 127.0.0.1:$1"
+  return 1
+}
 wait_port() { # port
   local i
   for i in $(seq 100); do
@@ -232,7 +248,7 @@ say "candidates: ${CANDIDATES[*]} (proxies on CPU $PROXY_CPU, upstream and load 
 
 # Idle memory, before any request.
 sleep 1
-for c in "${PROXIES[@]}"; do record s4 "$c" rss_idle_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"; done
+want s4 && for c in "${PROXIES[@]}"; do record s4 "$c" rss_idle_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"; done
 
 load() { taskset -c "$LOAD_CPU" "$@"; }
 # Runs a load command for candidate $c and records the proxy's CPU for it.
@@ -394,6 +410,80 @@ if want s6; then
   for r in $(seq "$REPS"); do
     for c in weft-plain weft-health; do
       wrk_run s6 "$c"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- scenario 7: UDP
+if want s7; then
+  say "s7: UDP echo through direct, weft and nginx (stream module), 16 sessions x 8 in flight, 64-byte datagrams, ${REPS}x${DUR}s"
+  taskset -c "$LOAD_CPU" "$TOOL" udp-echo "127.0.0.1:$P_UDP_UP" >"$WORK/udp-echo.log" 2>&1 &
+  PIDS+=($!)
+  wait_udp_port "$P_UDP_UP"
+  declare -A UDP_PORT=([direct]=$P_UDP_UP)
+  UDP_CANDIDATES=(direct)
+  cat >"$WORK/weft-udp.yaml" <<EOF
+admin: { address: 127.0.0.1:0 }
+runtime: { worker_threads: 1 }
+access_log: { enabled: false }
+listeners:
+  - { name: udp, address: 127.0.0.1:$P_WEFT_UDP, protocol: udp, cluster: echo, udp: { idle_timeout: 30s } }
+clusters:
+  - { name: echo, protocol: udp, endpoints: [ { address: 127.0.0.1:$P_UDP_UP } ] }
+EOF
+  taskset -c "$PROXY_CPU" "$WEFT" run --config "$WORK/weft-udp.yaml" >"$WORK/weft-udp.log" 2>&1 &
+  PID[weft-udp]=$!
+  PIDS+=($!)
+  if wait_udp_port "$P_WEFT_UDP"; then
+    UDP_CANDIDATES+=(weft)
+    UDP_PORT[weft]=$P_WEFT_UDP
+  fi
+  if [[ $HAVE_NGINX == 1 && -e $NGINX_STREAM ]]; then
+    mkdir -p "$WORK/nginx-udp"
+    cat >"$WORK/nginx-udp/nginx.conf" <<EOF
+load_module $NGINX_STREAM;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $WORK/nginx-udp/nginx.pid;
+error_log $WORK/nginx-udp/error.log warn;
+events { worker_connections 16384; }
+stream {
+  upstream echo { server 127.0.0.1:$P_UDP_UP; }
+  server { listen 127.0.0.1:$P_NGINX_UDP udp; proxy_pass echo; proxy_timeout 30s; }
+}
+EOF
+    taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx-udp" -c "$WORK/nginx-udp/nginx.conf" >"$WORK/nginx-udp.log" 2>&1 &
+    PID[nginx-udp]=$!
+    PIDS+=($!)
+    if wait_udp_port "$P_NGINX_UDP"; then
+      UDP_CANDIDATES+=(nginx)
+      UDP_PORT[nginx]=$P_NGINX_UDP
+    else
+      say "nginx (stream) did not start: skipped ($(cat "$WORK/nginx-udp.log"))"
+    fi
+  else
+    say "nginx's stream module unavailable (apt-get install libnginx-mod-stream): nginx skipped in s7"
+  fi
+  udp_run() { # candidate seconds -> sets N, RPS, LOST
+    local out
+    out=$(load "$TOOL" udpload "127.0.0.1:${UDP_PORT[$1]}" 16 8 64 "$2")
+    N=$(jq -r .round_trips <<<"$out") RPS=$(jq -r '.rps | floor' <<<"$out") LOST=$(jq -r .lost <<<"$out")
+  }
+  for c in "${UDP_CANDIDATES[@]}"; do udp_run "$c" 1; done # warm-up
+  for r in $(seq "$REPS"); do
+    for c in "${UDP_CANDIDATES[@]}"; do
+      [[ $c != direct ]] && CPU0=$(cpu_ticks "${PID[$c-udp]}")
+      udp_run "$c" "$DUR"
+      if [[ $c != direct && $N -gt 0 ]]; then
+        used=$(( $(cpu_ticks "${PID[$c-udp]}") - CPU0 ))
+        # Each round trip is two datagrams through the proxy.
+        record s7 "$c" udp_cpu_us_per_datagram "$(awk -v t="$used" -v hz="$HZ" -v n="$N" 'BEGIN{printf "%.3f", t/hz/(2*n)*1e6}')"
+      fi
+      record s7 "$c" udp_rtps "$RPS"
+      record s7 "$c" udp_lost "$LOST"
+      say "  $c: $RPS round trips/s, $LOST lost"
     done
   done
 fi

@@ -493,7 +493,9 @@ mkdir -p "$OUT"
 cp "$RAW" "$OUT/latest.tsv"
 {
   echo "Machine: $(nproc) CPUs, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
-  echo "Command: \`REPS=$REPS DUR=$DUR bash benches/load/run.sh\` ($(date -u +%Y-%m-%dT%H:%MZ), weft $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))."
+  only=""
+  [[ $ONLY != "s1 s2 s3 s4 s5 s6 s7" ]] && only="ONLY=\"$ONLY\" "
+  echo "Command: \`REPS=$REPS DUR=$DUR ${only}bash benches/load/run.sh\` ($(date -u +%Y-%m-%dT%H:%MZ), weft $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))."
   echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //' || true), HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), h2load $(h2load --version | awk '{print $2}'), $(oha --version 2>/dev/null || echo 'oha missing')."
   echo
   "$TOOL" report "$RAW"

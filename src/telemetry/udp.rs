@@ -116,8 +116,6 @@ impl UdpMetrics {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn every_series_of_a_listener_exists_at_zero() {
         let metrics = crate::telemetry::metrics::Metrics::new().unwrap();

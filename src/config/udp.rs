@@ -62,9 +62,21 @@ pub fn validate_listener(key: &str, listener: &ListenerConfig) -> Vec<(String, S
     }
     let key = format!("{key}.udp");
     within(&mut problems, format!("{key}.idle_timeout"), udp.idle_timeout, MS, HOUR);
-    count(&mut problems, format!("{key}.max_sessions"), udp.max_sessions, 1, MILLION);
+    count(
+        &mut problems,
+        format!("{key}.max_sessions"),
+        udp.max_sessions,
+        1,
+        MILLION,
+    );
     let most = MAX_DATAGRAM_BYTES as u64;
-    count(&mut problems, format!("{key}.max_datagram_bytes"), udp.max_datagram_bytes, 1, most);
+    count(
+        &mut problems,
+        format!("{key}.max_datagram_bytes"),
+        udp.max_datagram_bytes,
+        1,
+        most,
+    );
     problems
 }
 

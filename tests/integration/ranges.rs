@@ -1,6 +1,6 @@
 //! What `weft check` accepts, `weft run` runs: every numeric and duration key
 //! at the top of its range (docs/config.md, Ranges) starts, serves mirrored,
-//! retried, split and timed requests, and drains.
+//! retried, split and timed requests and UDP datagrams, and drains.
 
 use crate::support::*;
 
@@ -8,6 +8,7 @@ use crate::support::*;
 async fn every_key_at_the_top_of_its_range_runs() {
     let primary = Upstream::text("app").await;
     let shadow = Upstream::text("app").await;
+    let echo = crate::udp::UdpEndpoint::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "admin: {{ address: 127.0.0.1:0 }}
@@ -33,6 +34,11 @@ listeners:
           max_body_bytes: 67108864
           max_in_flight: 10000
           compare: {{ log: {{ path: mismatches.log, sample_per_second: 10000 }} }}
+  - name: datagrams
+    address: 127.0.0.1:0
+    protocol: udp
+    cluster: echo
+    udp: {{ idle_timeout: 1h, max_sessions: 1000000, max_datagram_bytes: 65527 }}
 clusters:
   - name: app
     connect_timeout: 1h
@@ -52,9 +58,13 @@ clusters:
     circuit_breaker: {{ max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000 }}
   - name: shadow
     endpoints: [ {{ address: {shadow} }} ]
+  - name: echo
+    protocol: udp
+    endpoints: [ {{ address: {echo}, weight: 1000000 }} ]
 ",
         app = primary.addr,
-        shadow = shadow.addr
+        shadow = shadow.addr,
+        echo = echo.addr
     );
     let app = start_in(dir.path(), &yaml).await;
     let weft = Weft {
@@ -78,6 +88,9 @@ clusters:
         metrics(&weft).await.contains(compared)
     })
     .await;
+    let udp = crate::udp::Client::new(weft.addr("datagrams").await).await;
+    let largest_ipv4 = vec![7u8; 65_507];
+    assert!(udp.ask(&largest_ipv4).await == largest_ipv4);
     drop(client);
     weft.app.shutdown().await;
 }

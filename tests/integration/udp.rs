@@ -462,21 +462,27 @@ async fn reload_keeps_the_sessions_of_unchanged_udp_listeners() {
         )
     };
     let weft = Weft::start(&yaml("60s")).await;
-    let kept_addr = weft.addr("kept").await;
+    let (kept_addr, changed_addr) = (weft.addr("kept").await, weft.addr("changed").await);
     let kept_client = Client::new(kept_addr).await;
-    let changed_client = Client::new(weft.addr("changed").await).await;
-    let before = named(&kept_client.ask(b"1").await);
-    assert_eq!(named(&changed_client.ask(b"1").await).payload, "1");
+    let changed_client = Client::new(changed_addr).await;
+    let kept_before = named(&kept_client.ask(b"1").await);
+    let changed_before = named(&changed_client.ask(b"1").await);
 
     weft.write(&yaml("59s"));
     assert!(weft.app.reload(false).await.unwrap());
     // The unchanged listener kept its socket and its session (same upstream socket).
     assert_eq!(weft.addr("kept").await, kept_addr);
-    let after = named(&kept_client.ask(b"2").await);
-    assert_eq!((after.endpoint, after.from), (before.endpoint, before.from));
-    // The changed one was bound anew: its old session ended, a new client address starts one.
-    let changed_client = Client::new(weft.addr("changed").await).await;
-    assert_eq!(named(&changed_client.ask(b"2").await).payload, "2");
+    let kept_after = named(&kept_client.ask(b"2").await);
+    assert_eq!(
+        (kept_after.endpoint, kept_after.from),
+        (kept_before.endpoint, kept_before.from)
+    );
+    // The changed one took its predecessor's socket over (same address, no
+    // datagram refused) and ended its sessions: the same client now has a new one.
+    assert_eq!(weft.addr("changed").await, changed_addr);
+    let changed_after = named(&changed_client.ask(b"2").await);
+    assert_eq!(changed_after.payload, "2");
+    assert_eq!(changed_after.endpoint, changed_before.endpoint);
     let text = metrics(&weft).await;
     assert_eq!(metric(&text, &sessions_total("kept")), 1.0);
     assert_eq!(metric(&text, &sessions_active("kept")), 1.0);

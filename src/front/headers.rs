@@ -137,13 +137,17 @@ pub fn set_forwarding(
     client_cert: Option<&str>,
 ) -> HeaderValue {
     let present = scan(headers);
-    let xff = match headers
-        .get(&X_FORWARDED_FOR)
-        .filter(|_| present.forwarded_for)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => HeaderValue::try_from(format!("{prev}, {client}")),
-        None => Ok(client_value(client)),
+    let xff = if present.forwarded_for {
+        // Several lines are one list (RFC 9110 section 5.3): keep every hop.
+        let mut list = String::new();
+        for prev in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+            list.push_str(prev);
+            list.push_str(", ");
+        }
+        list.push_str(&client.to_string());
+        HeaderValue::try_from(list)
+    } else {
+        Ok(client_value(client))
     };
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -307,6 +311,19 @@ mod tests {
         }));
         let mut given = map(&[("x-request-id", "abc")]);
         assert_eq!(set_forwarding(&mut given, "::1".parse().unwrap(), "http", None), "abc");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ]);
+        set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
@@ -171,6 +172,14 @@ impl TcpClient {
             if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
                 req.headers_mut().insert(header::HOST, host);
             }
+        }
+        // hyper sends a GET, HEAD or CONNECT body of unknown length (one that
+        // came chunked; its `Transfer-Encoding` is hop-by-hop and gone) as no
+        // body at all unless the request says chunked.
+        let unsized_body = !req.body().is_end_stream() && req.body().size_hint().exact().is_none();
+        if unsized_body && !req.headers().contains_key(header::CONTENT_LENGTH) {
+            req.headers_mut()
+                .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         }
         let pool = &endpoint.pool;
         // Each turn takes one idle connection off the stack, so this ends.

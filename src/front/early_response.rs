@@ -5,6 +5,13 @@
 //! `connection: close`, as Envoy's does, so the client does not send its
 //! next request onto a closing connection. HTTP/2 and HTTP/3 end only the
 //! stream and are left alone, as are upgrades.
+//!
+//! An HTTP/1.x request whose body ends in trailers ends the connection too:
+//! hyper ends a trailer section only at a CRLF line and takes a bare LF as
+//! part of a trailer, so the bytes after one may be a request to a parser in
+//! front of weft (which ends lines at LF) and part of the trailers to weft.
+//! Reading nothing more from such a connection keeps the two from answering
+//! different requests.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +38,14 @@ pub fn track(req: Request<Body>) -> (Request<Body>, RequestEnd) {
     }
     let ended = Arc::new(AtomicBool::new(false));
     let flag = ended.clone();
-    let req = req.map(|inner| EndWatch { inner, ended: flag }.boxed());
+    let req = req.map(|inner| {
+        EndWatch {
+            inner,
+            ended: flag,
+            trailers: false,
+        }
+        .boxed()
+    });
     (req, RequestEnd(Some(ended)))
 }
 
@@ -50,6 +64,8 @@ impl RequestEnd {
 struct EndWatch {
     inner: Body,
     ended: Arc<AtomicBool>,
+    /// The body had trailers: it never counts as read (see the module doc).
+    trailers: bool,
 }
 
 impl HttpBody for EndWatch {
@@ -61,10 +77,13 @@ impl HttpBody for EndWatch {
         // A sized body is done with its last byte; a chunked one when it says so.
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.trailers |= frame.is_trailers();
+                self.inner.is_end_stream()
+            }
             _ => false,
         };
-        if ended {
+        if ended && !self.trailers {
             self.ended.store(true, Ordering::Release);
         }
         polled
@@ -106,5 +125,16 @@ mod tests {
         assert!(!closes(&end));
         let (_req, end) = track(Request::new(body::empty()));
         assert!(!closes(&end));
+    }
+
+    #[tokio::test]
+    async fn a_body_with_trailers_ends_the_connection() {
+        let frames = [Frame::data(Bytes::from("abc")), Frame::trailers(http::HeaderMap::new())];
+        let stream = futures_util::stream::iter(frames.map(Ok::<_, BoxError>));
+        let mut req = Request::new(body::boxed(http_body_util::StreamBody::new(stream)));
+        *req.version_mut() = Version::HTTP_11;
+        let (req, end) = track(req);
+        req.into_body().collect().await.unwrap();
+        assert!(closes(&end));
     }
 }

@@ -16,6 +16,8 @@ pub struct LineIndex {
     values: Vec<(String, String, usize)>,
     /// The line each YAML document of the stream starts on.
     documents: Vec<usize>,
+    /// Where the text stops being YAML, if it does.
+    syntax_error: Option<usize>,
 }
 
 impl LineIndex {
@@ -25,12 +27,19 @@ impl LineIndex {
         // A syntax error is reported by the deserializer with its own line;
         // here a partial index is all we need. Every document is read so
         // that a second one can be refused at its line.
-        let _ = parser.load(&mut builder, true);
+        let syntax_error = parser.load(&mut builder, true).err().map(|e| e.marker().line());
         Self {
             lines: builder.lines,
             values: builder.values,
             documents: builder.documents,
+            syntax_error,
         }
+    }
+
+    /// The line of the first syntax error, for deserializer errors that
+    /// come without a place.
+    pub fn syntax_error_line(&self) -> Option<usize> {
+        self.syntax_error
     }
 
     /// Where a second document starts (after a `---`), if the text has one.

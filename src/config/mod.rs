@@ -225,7 +225,7 @@ fn yaml_error(path: &Path, e: &serde_yaml_ng::Error, index: &LineIndex) -> Confi
     }
     ConfigError {
         file: path.to_path_buf(),
-        line: e.location().map(|l| l.line()),
+        line: e.location().map(|l| l.line()).or(index.syntax_error_line()),
         key,
         message,
     }

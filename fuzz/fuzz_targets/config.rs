@@ -7,11 +7,9 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    // `config::load` refuses text that is not UTF-8 before parsing.
-    let Ok(text) = std::str::from_utf8(data) else { return };
     // Relative paths in the text resolve into a directory that does not exist.
     let path = Path::new("/nonexistent/weft.yaml");
-    let errors = match weft::config::parse(path, text) {
+    let errors = match weft::config::parse_bytes(path, data) {
         Err(errors) => errors,
         Ok(loaded) => {
             let problems = weft::config::problems(&loaded.config);

@@ -221,8 +221,8 @@ fn apply(text: &str, edits: &[Edit]) -> String {
 
 /// What `weft check` runs: schema, problems, then the checks needing the
 /// compiled modules. Every error must say where (a key or a line) and what.
-fn check(path: &Path, text: &str) -> Result<(), String> {
-    let errors = match weft::config::parse(path, text) {
+fn check(path: &Path, text: &[u8]) -> Result<(), String> {
+    let errors = match weft::config::parse_bytes(path, text) {
         Err(errors) => errors,
         Ok(loaded) => {
             let problems = weft::config::problems(&loaded.config);
@@ -260,7 +260,15 @@ fn prop_assert_ok(holds: bool, what: &str) -> Result<(), String> {
 #[test]
 fn the_examples_check_clean() {
     for (path, text) in examples() {
-        assert_eq!(check(&path, &text), Ok(()), "{}", path.display());
+        assert_eq!(check(&path, text.as_bytes()), Ok(()), "{}", path.display());
+    }
+}
+
+/// Inputs coverage-guided fuzzing (`fuzz/`, target `config`) found.
+#[test]
+fn what_fuzzing_found_loads_or_says_where_it_is_wrong() {
+    for input in [&b"!!WWW }\n        direct_responsec 252.0.0.1:<port>0"[..]] {
+        assert_eq!(check(Path::new("/nonexistent/weft.yaml"), input), Ok(()));
     }
 }
 
@@ -274,18 +282,23 @@ proptest! {
     ) {
         let (path, text) = &examples()[example];
         let edited = apply(text, &edits);
-        check(path, &edited).map_err(|e| TestCaseError::fail(format!("{e}\n--- config:\n{edited}")))?;
+        check(path, edited.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n--- config:\n{edited}")))?;
     }
 
     #[test]
     fn any_text_loads_or_says_where_it_is_wrong(text in "(?s).{0,200}") {
-        check(Path::new("/nonexistent/weft.yaml"), &text).map_err(TestCaseError::fail)?;
+        check(Path::new("/nonexistent/weft.yaml"), text.as_bytes()).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn any_bytes_load_or_say_where_they_are_wrong(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        check(Path::new("/nonexistent/weft.yaml"), &bytes).map_err(TestCaseError::fail)?;
     }
 
     #[test]
     fn yaml_shaped_text_loads_or_says_where_it_is_wrong(
         text in r"([ ]{0,6}(- )?([a-z_]{1,12}|\[|\{|\}|\]|,|'|&a|\*a|!!str)?(: ?)?([a-z0-9_./:\[\]{}, -]{0,16})?\n){0,12}"
     ) {
-        check(Path::new("/nonexistent/weft.yaml"), &text).map_err(TestCaseError::fail)?;
+        check(Path::new("/nonexistent/weft.yaml"), text.as_bytes()).map_err(TestCaseError::fail)?;
     }
 }

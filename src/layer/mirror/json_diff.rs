@@ -2,7 +2,7 @@
 //!
 //! Guarantees: objects compare by key regardless of order, arrays by index,
 //! numbers by value (`1.0` and `1` are equal, as JSON does not tell them
-//! apart); values under an ignored path are never reported; at most `limit`
+//! apart; two integers exactly, also past 2^53 where doubles lose them); values under an ignored path are never reported; at most `limit`
 //! differences are collected (the caller learns whether more existed), so a
 //! completely different document costs bounded memory.
 //!
@@ -132,7 +132,7 @@ impl Walk<'_> {
                     self.path.pop();
                 }
             }
-            (Some(Value::Number(x)), Some(Value::Number(y))) if x.as_f64() == y.as_f64() => {}
+            (Some(Value::Number(x)), Some(Value::Number(y))) if same_number(x, y) => {}
             (a, b) if a == b => {}
             (a, b) => {
                 if self.out.len() >= self.limit {
@@ -146,6 +146,16 @@ impl Walk<'_> {
                 });
             }
         }
+    }
+}
+
+/// Integers compare exactly (64-bit ids differ past 2^53); a pair with a
+/// fraction or exponent compares as doubles.
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+        (Some(x), Some(y), ..) => x == y,
+        (.., Some(x), Some(y)) => x == y,
+        _ => (x.is_f64() || y.is_f64()) && x.as_f64() == y.as_f64(),
     }
 }
 

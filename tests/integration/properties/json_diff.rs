@@ -52,10 +52,14 @@ fn document() -> impl Strategy<Value = Value> {
 }
 
 /// Two documents that often share most of their structure: the second is
-/// the first with some values replaced.
+/// the first with some values replaced, or with every integer one higher.
 fn pair() -> impl Strategy<Value = (Value, Value)> {
     prop_oneof![
         (document(), document()),
+        document().prop_map(|a| {
+            let b = bump(&a);
+            (a, b)
+        }),
         (
             document(),
             prop::collection::vec((any::<prop::sample::Index>(), document()), 1..3)
@@ -68,6 +72,20 @@ fn pair() -> impl Strategy<Value = (Value, Value)> {
                 (a, b)
             }),
     ]
+}
+
+/// `v` with each integer one higher (one lower at the top of the range).
+fn bump(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::from(u.checked_add(1).unwrap_or(u64::MAX - 1)),
+            (None, Some(i)) => Value::from(i + 1),
+            _ => v.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(bump).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), bump(v))).collect()),
+        _ => v.clone(),
+    }
 }
 
 fn count(v: &Value) -> usize {
@@ -153,4 +171,17 @@ proptest! {
             let _ = diff(&doc, &serde_json::json!([]), &[pattern], 10);
         }
     }
+}
+
+/// 64-bit ids differ past 2^53, where doubles no longer tell integers apart
+/// (they compared equal).
+#[test]
+fn integers_past_two_to_the_53_differ() {
+    let (a, b) = (
+        serde_json::json!({"id": 9_007_199_254_740_993u64}),
+        serde_json::json!({"id": 9_007_199_254_740_992u64}),
+    );
+    assert_eq!(diff(&a, &b, &[], 10).0.len(), 1);
+    let (a, b) = (serde_json::json!([1]), serde_json::json!([1.0]));
+    assert!(diff(&a, &b, &[], 10).0.is_empty());
 }

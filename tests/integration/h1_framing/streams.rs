@@ -265,8 +265,9 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 /// One request: its bytes and whether its framing is plain.
 fn request(index: usize) -> impl Strategy<Value = (Vec<u8>, bool)> {
     let method = prop::sample::select(vec!["GET", "POST", "PUT"]);
+    let version = prop_oneof![9 => Just("1.1"), 1 => Just("1.0")];
     (
-        method,
+        (method, version),
         framing(),
         body(),
         extra(),
@@ -274,9 +275,10 @@ fn request(index: usize) -> impl Strategy<Value = (Vec<u8>, bool)> {
         prop::bool::weighted(0.1),
     )
         .prop_map(
-            move |(method, framing, body, (extra, extra_plain), extra_first, bare_lf)| {
+            move |((method, version), framing, body, (extra, extra_plain), extra_first, bare_lf)| {
                 let mut fields: Vec<String> = vec!["Host: x".into()];
-                let mut plain = extra_plain && !bare_lf;
+                // HTTP/1.0 closes after its response unless asked to keep alive.
+                let mut plain = extra_plain && !bare_lf && version == "1.1";
                 let mut content = Vec::new();
                 match &framing {
                     Framing::None => {}
@@ -312,7 +314,7 @@ fn request(index: usize) -> impl Strategy<Value = (Vec<u8>, bool)> {
                     fields.insert(at, extra.to_string());
                 }
                 let end = if bare_lf { "\n" } else { "\r\n" };
-                let mut bytes = format!("{method} /{CASE}/r{index} HTTP/1.1{end}").into_bytes();
+                let mut bytes = format!("{method} /{CASE}/r{index} HTTP/{version}{end}").into_bytes();
                 for field in fields {
                     bytes.extend_from_slice(field.as_bytes());
                     bytes.extend_from_slice(end.as_bytes());

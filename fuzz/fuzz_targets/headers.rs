@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use arbitrary::Arbitrary;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use weft::proxy::headers::{is_upgrade, set_forwarding, strip_hop_by_hop};
+use weft::front::headers::{is_upgrade, set_forwarding, strip_hop_by_hop};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -1,12 +1,12 @@
 //! Header rewriting at the proxy boundary, on arbitrary header maps: what
-//! `weft::proxy::headers` promises about hop-by-hop headers, forwarding
+//! `weft::front::headers` promises about hop-by-hop headers, forwarding
 //! headers and the request id holds for every input.
 
 use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
-use weft::proxy::headers::{is_upgrade, set_forwarding, strip_hop_by_hop};
+use weft::front::headers::{is_upgrade, set_forwarding, strip_hop_by_hop};
 
 use super::cases;
 

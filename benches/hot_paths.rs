@@ -36,7 +36,16 @@ fn route_matching(c: &mut Criterion) {
         h.insert("x-tenant", HeaderValue::try_from(format!("t{last}")).expect("header"));
         let path = format!("/svc{last}/items/42");
         c.bench_function(&format!("route_match_last_of_{n}"), |b| {
-            b.iter(|| route::find(black_box(&table), &Method::GET, black_box(&path), &h, None))
+            b.iter(|| {
+                route::find(
+                    black_box(&table),
+                    &Method::GET,
+                    black_box(&path),
+                    &h,
+                    None,
+                    &route::no_original_destination,
+                )
+            })
         });
     }
 }

@@ -1,5 +1,6 @@
 //! A running weft: shared state, admin server, listeners, and the reload and
-//! drain procedures. `main` and the integration tests both drive this.
+//! shutdown procedures (drain delay, then inbound before outbound listeners).
+//! `main` and the integration tests both drive this.
 //!
 //! Reload reads the config file only when asked (SIGHUP) or when the file
 //! watcher says it may have changed, and applies it only when its bytes
@@ -12,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::time::Duration;
 
+use crate::config::schema::TrafficDirection;
 use crate::config::{self, Digest, Loaded};
 use crate::listener::{Health, ListenerSet};
 use crate::proxy::Shared;
@@ -46,6 +49,8 @@ pub struct App {
     watch_checks: parking_lot::Mutex<Option<Arc<AtomicU64>>>,
     /// The one writer of log lines (started here, flushed on shutdown).
     lines: LineWriter,
+    /// Ends a shutdown's drain delay early.
+    delay_cut: Notify,
 }
 
 impl App {
@@ -100,6 +105,7 @@ impl App {
             reads: AtomicU64::new(0),
             watch_checks: parking_lot::Mutex::new(None),
             lines,
+            delay_cut: Notify::new(),
         }))
     }
 
@@ -195,6 +201,11 @@ impl App {
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
+    /// Ends the drain delay of a shutdown at once (or of the next one).
+    pub fn end_drain_delay(&self) {
+        self.delay_cut.notify_one();
+    }
+
     /// Listeners whose task died (see `/ready`).
     pub fn listeners_down(&self) -> Vec<String> {
         self.health.down()
@@ -207,14 +218,37 @@ impl App {
         self.listeners.lock().await.kill(name)
     }
 
-    /// Turns `/ready` to 503, stops accepting, waits up to the drain timeout
-    /// for in-flight requests to finish, then for their log lines.
+    /// Turns `/ready` to 503 and drains at once (SIGINT).
     pub async fn shutdown(&self) {
+        self.shutdown_after(Duration::ZERO).await;
+    }
+
+    /// Turns `/ready` to 503 at once, keeps every listener accepting for
+    /// `delay` (while the pod is taken out of its Services' endpoints; ended
+    /// early by [`App::end_drain_delay`]), then drains: inbound listeners
+    /// (all but `traffic_direction: outbound`) stop accepting and their
+    /// requests finish, then the outbound ones do, so connections the app
+    /// opens while it shuts down are proxied to the end. The drain takes at
+    /// most the drain timeout; then log lines still queued are written.
+    pub async fn shutdown_after(&self, delay: Duration) {
         self.shared.ready.store(false, Ordering::Relaxed);
+        if !delay.is_zero() {
+            tracing::info!(delay = %humantime::format_duration(delay), "not ready; accepting until the drain delay is over");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.delay_cut.notified() => tracing::info!("drain delay ended early"),
+            }
+        }
         let timeout = self.shared.snapshot.load().loaded.config.drain_timeout;
         tracing::info!(timeout = %humantime::format_duration(timeout), "draining");
         let mut listeners = self.listeners.lock().await;
-        if tokio::time::timeout(timeout, listeners.drain()).await.is_err() {
+        let drain = async {
+            listeners
+                .drain_where(|l| l.traffic_direction != TrafficDirection::Outbound)
+                .await;
+            listeners.drain().await;
+        };
+        if tokio::time::timeout(timeout, drain).await.is_err() {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
         if tokio::time::timeout(LINES_FLUSH_TIMEOUT, self.lines.flush())

@@ -184,15 +184,26 @@ async fn serve_until_signal(app: std::sync::Arc<App>, signals: Signals) -> ExitC
         mut int,
     } = signals;
     let watcher = app.spawn_watcher(tokio::time::Duration::from_secs(2));
-    loop {
+    // SIGTERM (the kubelet's) keeps accepting for drain_delay; SIGINT (a
+    // person's Ctrl-C) drains at once.
+    let delay = loop {
         tokio::select! {
             _ = hup.recv() => { let _ = app.reload(true).await; }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break app.shared.snapshot.load().loaded.config.drain_delay,
+            _ = int.recv() => break tokio::time::Duration::ZERO,
+        }
+    };
+    watcher.abort();
+    let shutdown = app.shutdown_after(delay);
+    tokio::pin!(shutdown);
+    // A further SIGTERM or SIGINT ends the drain delay at once.
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = term.recv() => app.end_drain_delay(),
+            _ = int.recv() => app.end_drain_delay(),
         }
     }
-    watcher.abort();
-    app.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

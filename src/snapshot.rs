@@ -10,9 +10,10 @@ use std::path::Path;
 use crate::cluster::discovery::Discovery;
 use crate::cluster::Cluster;
 use crate::config::discovery::ResolverConfig;
-use crate::config::schema::{ClusterConfig, Config, ListenerProtocol, RouteConfig};
+use crate::config::schema::{ClusterConfig, Config, ListenerConfig, ListenerProtocol, RouteConfig};
 use crate::config::{ConfigErrors, Loaded};
 use crate::core::body::Body;
+use crate::core::extensions::OriginalDestination;
 use crate::core::service::HttpService;
 use crate::front::{Picked, RouteTable};
 use crate::route::{self, Action, Route, WeightedSplit};
@@ -66,11 +67,18 @@ pub struct ListenerRoutes {
     pub alt_svc: Option<http::HeaderValue>,
     /// Metrics for requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
+    /// The snapshot's clusters, for routes that match the original
+    /// destination against a cluster's endpoints.
+    clusters: Vec<Arc<Cluster>>,
 }
 
 impl RouteTable for ListenerRoutes {
     fn pick(&self, req: &http::Request<Body>, identity: Option<&str>) -> Option<Picked<'_>> {
-        let entry = route::find(&self.routes, req.method(), req.uri().path(), req.headers(), identity)?;
+        let destination = req.extensions().get::<OriginalDestination>().map(|d| d.0);
+        let endpoint_of =
+            |c: usize| destination.is_some_and(|d| self.clusters.get(c).is_some_and(|c| c.has_endpoint(d)));
+        let (method, path, headers) = (req.method(), req.uri().path(), req.headers());
+        let entry = route::find(&self.routes, method, path, headers, identity, &endpoint_of)?;
         let target = entry.target(req.headers())?;
         Some(Picked {
             route: &entry.route.name,
@@ -144,6 +152,7 @@ impl Snapshot {
                     routes: entries,
                     alt_svc,
                     unmatched,
+                    clusters: clusters.clone(),
                 },
             );
         }
@@ -229,17 +238,7 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
             match route::compile(r, &index) {
                 Err(e) => problems.push((format!("{key}.{}", e.key), e.message)),
                 Ok(route) => {
-                    for c in route.clusters().filter(|&c| !config.clusters[c].protocol.is_http()) {
-                        let cluster = &config.clusters[c];
-                        problems.push((
-                            format!("{key}.cluster"),
-                            format!(
-                                "cluster {:?} speaks {}, not HTTP",
-                                cluster.name,
-                                cluster.protocol.as_str()
-                            ),
-                        ));
-                    }
+                    problems.extend(route_problems(&key, l, &route, config));
                     routes.push(route);
                 }
             }
@@ -251,6 +250,42 @@ fn compile(loaded: &Loaded) -> Result<Vec<Option<Vec<Route>>>, ConfigErrors> {
     } else {
         Err(loaded.errors(problems))
     }
+}
+
+/// Problems of a compiled route's clusters on listener `l`: each must speak
+/// HTTP, and original destinations (a cluster of that type, a match on one)
+/// need a listener that reads them.
+fn route_problems(key: &str, l: &ListenerConfig, route: &Route, config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for cluster in route.clusters().map(|c| &config.clusters[c]) {
+        if !cluster.protocol.is_http() {
+            problems.push((
+                format!("{key}.cluster"),
+                format!(
+                    "cluster {:?} speaks {}, not HTTP",
+                    cluster.name,
+                    cluster.protocol.as_str()
+                ),
+            ));
+        }
+        if let Some(why) = crate::config::original_destination::reachable(l, cluster) {
+            problems.push((format!("{key}.cluster"), why));
+        }
+    }
+    if let Some(c) = route.matches_endpoints_of() {
+        let key = format!("{key}.match.original_destination");
+        if !l.original_destination {
+            problems.push((key.clone(), "needs original_destination: true on the listener".into()));
+        }
+        if config.clusters[c].is_original_destination() {
+            let name = &config.clusters[c].name;
+            problems.push((
+                format!("{key}.endpoint_of"),
+                format!("cluster {name:?} is of type original_destination and has no endpoints"),
+            ));
+        }
+    }
+    problems
 }
 
 /// Certificates and keys of listeners and clusters that do not load.
@@ -426,7 +461,7 @@ resolver: { servers: [] }
             ":7: clusters[1].discovery.dns.refresh: must be at least min_refresh",
             ":9: clusters[2].discovery.file.path: /nonexistent/eps.yaml: cannot read",
             ":11: clusters[3].discovery.kubernetes: kubernetes discovery is not supported yet",
-            ":12: clusters[4].endpoints: a cluster needs endpoints or a discovery block",
+            ":12: clusters[4].endpoints: a cluster needs endpoints, a discovery block or type: original_destination",
             ":13: resolver.servers: needs at least one ip:port",
         ];
         for want in expected {
@@ -448,6 +483,60 @@ resolver: { servers: [] }
         assert!(
             err.contains("eps.yaml:2: endpoints[0].weight: must be at least 1"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn original_destination_keys_are_checked_with_line_and_key() {
+        let text = "listeners:
+  - { name: plain, address: 127.0.0.1:1, routes: [ { name: r, cluster: passthrough } ] }
+  - { name: tcp, address: 127.0.0.1:2, protocol: tcp, cluster: passthrough }
+  - { name: h, address: 127.0.0.1:3, cluster: db, opaque_ports: [3306] }
+  - name: captured
+    address: 127.0.0.1:4
+    original_destination: true
+    cluster: web
+    routes: [ { name: m, match: { original_destination: { endpoint_of: passthrough } }, cluster: web } ]
+  - { name: q, address: 127.0.0.1:5, protocol: http3, original_destination: true, tls: { cert: c, key: k } }
+  - { name: fine, address: 127.0.0.1:6, original_destination: true, cluster: passthrough, opaque_ports: [3306],
+      routes: [ { name: known, match: { authority: { exact: web }, original_destination: { endpoint_of: web } }, cluster: web },
+                { name: rest, cluster: passthrough } ] }
+  - { name: fine-tcp, address: 127.0.0.1:7, protocol: tcp, original_destination: true, cluster: passthrough }
+clusters:
+  - { name: passthrough, type: original_destination }
+  - { name: web, endpoints: [ { address: 127.0.0.1:9 } ], address_override: 127.0.0.1 }
+  - { name: db, protocol: tcp, endpoints: [ { address: 127.0.0.1:10 } ] }
+  - { name: both, type: original_destination, endpoints: [ { address: 127.0.0.1:11 } ], port_override: 0,
+      health_check: { path: / } }
+  - { name: found, type: original_destination, discovery: { dns: { name: web.local, port: 80 } } }
+";
+        let errs = errors(text);
+        let expected = [
+            ":2: listeners[0].routes[0].cluster: cluster \"passthrough\" is of type original_destination; its listener needs original_destination: true",
+            ":3: listeners[1].cluster: cluster \"passthrough\" is of type original_destination; its listener needs original_destination: true",
+            ":4: listeners[2].cluster: only tcp and udp listeners, and http listeners with original_destination: true",
+            ":4: listeners[2].opaque_ports: opaque_ports apply to http listeners with original_destination: true",
+            ":8: listeners[3].cluster: cluster \"web\" must have protocol: tcp (or type: original_destination) to take the connections that are not HTTP",
+            ":9: listeners[3].routes[0].match.original_destination.endpoint_of: cluster \"passthrough\" is of type original_destination and has no endpoints",
+            ":10: listeners[4].original_destination: original_destination is for tcp and http listeners",
+            ":10: listeners[4].tls: ",
+            ":17: clusters[1].address_override: only clusters of type original_destination take overrides",
+            ":19: clusters[3].endpoints: a cluster of type original_destination has no endpoints: it connects to each",
+            ":19: clusters[3].port_override: must be between 1 and 65535",
+            ":20: clusters[3].health_check: a cluster of type original_destination has no endpoints, so no health_check",
+            ":21: clusters[4].discovery: a cluster of type original_destination has no discovery",
+        ];
+        for want in expected {
+            assert!(errs.iter().any(|e| e.contains(want)), "missing {want:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+        let plain_match = BASE.replace(
+            "        cluster: web-canary",
+            "        match: { original_destination: { endpoint_of: web-canary } }\n        cluster: web-canary",
+        );
+        assert_eq!(
+            errors(&plain_match),
+            ["weft.yaml:6: listeners[0].routes[0].match.original_destination: needs original_destination: true on the listener"]
         );
     }
 

@@ -58,6 +58,7 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
     let (mut req, request_end) = early_response::track(req);
     let host = headers::settle_host(&mut req);
     let grpc = is_grpc(req.headers());
+    downstream.tag_original_destination(&mut req);
     let downstream_upgrade = upgrade::prepare(&mut req);
     let client_cert = identity.map(|i| i.xfcc.as_str());
     let request_id = headers::set_forwarding(req.headers_mut(), downstream.peer.ip(), downstream.scheme, client_cert);
@@ -241,6 +242,7 @@ mod tests {
             peer: "127.0.0.1:4000".parse().unwrap(),
             scheme: "http",
             identity: None,
+            original_destination: None,
         }
     }
 

@@ -2,7 +2,9 @@
 //! upstream client that speaks the cluster's protocol to them, and the
 //! endpoints' health (latency EWMA, outlier ejection, active health checks,
 //! zone-aware routing; see `health.rs`). The set is fixed (`endpoints`) or
-//! discovered (`discovery/`), and replaced whole on each change.
+//! discovered (`discovery/`), and replaced whole on each change. A cluster
+//! of `type: original_destination` has no endpoints: it sends each request
+//! to its own original destination (see `original_destination.rs`).
 //!
 //! Guarantees: [`Cluster::pick`] only returns an endpoint that is usable
 //! (neither ejected nor failing health checks) unless the cluster is in panic
@@ -18,6 +20,7 @@ pub mod endpoints;
 pub mod health;
 pub mod health_check;
 pub mod monitor;
+pub mod original_destination;
 pub mod overload;
 pub mod recent;
 pub mod service;
@@ -107,6 +110,9 @@ pub struct Cluster {
     monitor: OnceLock<monitor::Monitor>,
     /// Overload protection state, shared by every route to this cluster.
     pub overload: ClusterOverload,
+    /// `Some` for `type: original_destination`: no endpoints; each request
+    /// goes to its own original destination.
+    pub original_destination: Option<original_destination::OriginalDestinations>,
 }
 
 impl Cluster {
@@ -152,11 +158,17 @@ impl Cluster {
                 }
             }
         };
+        let health_config = config
+            .is_original_destination()
+            .then(|| original_destination::health_config(config));
+        let original_destination = config
+            .is_original_destination()
+            .then(|| original_destination::OriginalDestinations::new(config, overload.connection_limits()));
         Arc::new(Self {
             name: factory.cluster.clone(),
             config: config.clone(),
             node: node.clone(),
-            health: ClusterHealth::new(config, node, &metrics.health, &set),
+            health: ClusterHealth::new(health_config.as_ref().unwrap_or(config), node, &metrics.health, &set),
             endpoints: ArcSwap::from_pointee(set),
             factory,
             updating: parking_lot::Mutex::new(()),
@@ -168,6 +180,7 @@ impl Cluster {
             recent: recent::RecentRequests::default(),
             monitor: OnceLock::new(),
             overload,
+            original_destination,
         })
     }
 
@@ -191,6 +204,11 @@ impl Cluster {
         self.config == *config
             && self.node == *node
             && self.discovery.as_ref().is_none_or(|d| d.serves(config, resolver))
+    }
+
+    /// Whether `address` is one of the cluster's endpoints now.
+    pub fn has_endpoint(&self, address: std::net::SocketAddr) -> bool {
+        self.endpoints().iter().any(|e| e.target.address == address)
     }
 
     pub fn lb(&self) -> LbPolicy {

@@ -2,6 +2,9 @@
 //! request over the cluster's pooled client, count the result and feed it to
 //! the endpoint's latency estimate and the cluster's outlier detector (a
 //! failure that is the client's, a bad request body, is counted nowhere).
+//! An original-destination cluster picks nothing: it sends each request to
+//! the request's original destination (see `original_destination`), over
+//! that destination's pool, and keeps no endpoint health.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +16,7 @@ use tower::Service;
 use super::Cluster;
 use crate::core::body::Body;
 use crate::core::error::{ErrorKind, ProxyError};
-use crate::core::extensions::{EndpointHint, ServedBy};
+use crate::core::extensions::{EndpointHint, OriginalDestination, ServedBy};
 use crate::core::service::ResponseFuture;
 
 #[derive(Clone)]
@@ -38,6 +41,9 @@ impl Service<Request<Body>> for ClusterService {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let cluster = self.cluster.clone();
+        if cluster.original_destination.is_some() {
+            return Box::pin(send_to_original_destination(cluster, req));
+        }
         let hint = req.extensions().get::<EndpointHint>().cloned();
         Box::pin(async move {
             let Some(http) = cluster.http.as_ref() else {
@@ -83,4 +89,22 @@ impl Service<Request<Body>> for ClusterService {
             }
         })
     }
+}
+
+/// Sends `req` to its original destination (the request extension the
+/// listener set), with the cluster's overrides.
+async fn send_to_original_destination(cluster: Arc<Cluster>, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let no_endpoint = |why: &str| ProxyError::new(ErrorKind::NoEndpoint, format!("cluster {}: {why}", cluster.name));
+    let (Some(http), Some(destinations)) = (cluster.http.as_ref(), cluster.original_destination.as_ref()) else {
+        return Err(no_endpoint("does not speak HTTP"));
+    };
+    let Some(&OriginalDestination(original)) = req.extensions().get::<OriginalDestination>() else {
+        return Err(no_endpoint("the request has no original destination"));
+    };
+    let target = destinations.target(original);
+    let http = destinations.client_for(req.version()).unwrap_or(http);
+    let mut response = http.send(&target, req).await?;
+    response.extensions_mut().insert(ServedBy(target.address));
+    // The target (its pool) counts as in use until the body is done.
+    Ok(response.map(|body| crate::core::body::hold_until_dropped(body, target)))
 }

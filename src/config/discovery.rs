@@ -92,13 +92,18 @@ fn default_min_refresh() -> Duration {
 }
 
 /// Semantic checks of cluster `key`'s endpoint source (`clusters[i]`): exactly
-/// one of `endpoints` and `discovery`, and a well-formed discovery block.
+/// one of `endpoints` and `discovery` (neither for an original-destination
+/// cluster), and a well-formed discovery block.
 pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut problem = |k: &str, message: String| problems.push((format!("{key}.{k}"), message));
     let Some(discovery) = &cluster.discovery else {
-        if cluster.endpoints.is_empty() {
-            problem("endpoints", "a cluster needs endpoints or a discovery block".into());
+        // An original-destination cluster has neither (see `original_destination`).
+        if cluster.endpoints.is_empty() && !cluster.is_original_destination() {
+            problem(
+                "endpoints",
+                "a cluster needs endpoints, a discovery block or type: original_destination".into(),
+            );
         }
         return problems;
     };

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod health;
 pub mod lines;
 pub mod mirror;
+pub mod original_destination;
 pub mod overload;
 pub mod range;
 pub mod schema;
@@ -289,6 +290,7 @@ clusters:
         let config = parse(Path::new("weft.yaml"), BASE).unwrap().config;
         assert_eq!(config.admin.address.port(), 9901);
         assert_eq!(config.drain_timeout.as_secs(), 15);
+        assert_eq!(config.drain_delay.as_secs(), 5);
         assert_eq!(config.clusters[0].endpoints[0].weight, 1);
     }
 

@@ -89,6 +89,7 @@ mod tests {
     const ALL_TOO_LARGE: &str = "runtime:
   worker_threads: 100000
 drain_timeout: 1000h
+drain_delay: 1000h
 node:
   callers:
     zone-a: 2000000
@@ -105,6 +106,10 @@ listeners:
     quic:
       idle_timeout: 1000h
       max_concurrent_streams: 100000
+    original_destination: true
+    opaque_ports:
+      - 70000
+    protocol_detection_timeout: 1000h
     routes:
       - name: r
         cluster: c
@@ -196,6 +201,9 @@ clusters:
         port: 0
         refresh: 1000h
         min_refresh: 1000h
+  - name: o
+    type: original_destination
+    port_override: 70000
 ";
 
     /// `listeners[0].limits.max_connections` -> `listeners[].limits.max_connections`.

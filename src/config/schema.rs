@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
 use super::health::{HealthCheckConfig, OutlierDetectionConfig, ZoneAwareSection};
+pub use super::original_destination::{ClusterType, OriginalDestinationMatch};
 pub use super::overload::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, RetryBudgetConfig, RetryConfig};
 
 /// The whole file.
@@ -29,6 +30,10 @@ pub struct Config {
     /// How long in-flight requests may run after SIGTERM before weft exits.
     #[serde(default = "default_drain_timeout", with = "duration")]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long listeners keep accepting (while `/ready`
+    /// answers 503 and endpoints stop listing the pod) before the drain.
+    #[serde(default = "default_drain_delay", with = "duration")]
+    pub drain_delay: Duration,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -175,6 +180,31 @@ pub struct ListenerConfig {
     /// Session settings of a `udp` listener (defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<super::udp::UdpListenerConfig>,
+    /// Read each connection's destination before a nat redirect and route by it.
+    #[serde(default)]
+    pub original_destination: bool,
+    /// With `original_destination` on an `http` listener: destination ports
+    /// forwarded as opaque TCP at once (server-first protocols).
+    #[serde(default)]
+    pub opaque_ports: Vec<u32>,
+    /// With `original_destination` on an `http` listener: how long to wait
+    /// for a connection's first bytes before forwarding it as opaque TCP.
+    #[serde(default = "default_protocol_detection_timeout", with = "duration")]
+    pub protocol_detection_timeout: Duration,
+    /// `outbound` listeners (the app's own connections) accept until weft exits.
+    #[serde(default)]
+    pub traffic_direction: TrafficDirection,
+}
+
+/// Which way a listener's traffic flows, as Envoy's `traffic_direction`:
+/// on shutdown, `outbound` listeners are the last to stop accepting.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficDirection {
+    #[default]
+    Unspecified,
+    Inbound,
+    Outbound,
 }
 
 /// TLS on a listener. `cert`/`key` is the default certificate; `certificates`
@@ -335,6 +365,12 @@ pub struct MatchConfig {
     /// The verified client certificate identity (mTLS listeners).
     #[serde(default)]
     pub client_identity: Option<StringMatchConfig>,
+    /// The request's host (`:authority` or `Host`) without its port.
+    #[serde(default)]
+    pub authority: Option<StringMatchConfig>,
+    /// The connection's original destination (listeners with `original_destination`).
+    #[serde(default)]
+    pub original_destination: Option<OriginalDestinationMatch>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -429,6 +465,16 @@ pub enum LbPolicy {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     pub name: String,
+    /// `original_destination`: no endpoints; each connection goes where it
+    /// was going before the nat redirect.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ClusterType>,
+    /// `original_destination` clusters: connect to this IP instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_override: Option<std::net::IpAddr>,
+    /// `original_destination` clusters: connect to this port instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_override: Option<u32>,
     #[serde(default = "default_cluster_protocol")]
     pub protocol: ClusterProtocol,
     #[serde(default)]
@@ -479,6 +525,12 @@ fn default_weight() -> u32 {
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(15)
+}
+fn default_drain_delay() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_protocol_detection_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_listener_protocol() -> ListenerProtocol {
     ListenerProtocol::Http

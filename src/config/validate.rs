@@ -28,6 +28,13 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         Duration::ZERO,
         HOUR,
     );
+    within(
+        &mut problems,
+        "drain_delay".into(),
+        config.drain_delay,
+        Duration::ZERO,
+        HOUR,
+    );
     for (zone, callers) in &config.node.callers {
         count(&mut problems, format!("node.callers.{zone}"), *callers, 0, MILLION);
     }
@@ -54,6 +61,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         problems.extend(super::udp::validate_cluster(&key, c));
         problems.extend(super::health::validate_cluster(&key, c));
         problems.extend(super::discovery::validate_cluster(&key, c));
+        problems.extend(super::original_destination::validate_cluster(&key, c));
         let guarded = c.adaptive_concurrency.is_some() || c.retry_budget.is_some() || c.circuit_breaker.is_some();
         if guarded && c.protocol == ClusterProtocol::Tcp {
             problems.push((
@@ -96,12 +104,14 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         }
         problems.extend(listener_ranges(&key, l));
         problems.extend(super::udp::validate_listener(&key, l));
-        if l.protocol.is_l4() {
-            problems.extend(l4_listener(&key, l, config, &clusters));
+        problems.extend(super::original_destination::validate_listener(&key, l));
+        let forwards = l.protocol.is_l4() || (l.protocol == ListenerProtocol::Http && l.original_destination);
+        if forwards {
+            problems.extend(forwarding_listener(&key, l, config, &clusters));
         } else if l.cluster.is_some() {
             problems.push((
                 format!("{key}.cluster"),
-                "only tcp and udp listeners take a cluster; http listeners use routes".into(),
+                "only tcp and udp listeners, and http listeners with original_destination: true (for connections that are not HTTP), take a cluster; http listeners use routes".into(),
             ));
         }
     }
@@ -110,8 +120,11 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     problems
 }
 
-/// A `tcp` or `udp` listener forwards to one cluster of its own protocol and has no routes.
-fn l4_listener(
+/// A `tcp` or `udp` listener forwards to one cluster of its own protocol (for
+/// `tcp`, or an original-destination cluster) and has no routes; an `http`
+/// listener with `original_destination` may forward connections that are
+/// not HTTP to such a cluster.
+fn forwarding_listener(
     key: &str,
     l: &ListenerConfig,
     config: &Config,
@@ -122,14 +135,18 @@ fn l4_listener(
         _ => ("tcp", ClusterProtocol::Tcp),
     };
     let mut problems = Vec::new();
-    if !l.routes.is_empty() {
+    let is_l4 = l.protocol.is_l4();
+    if is_l4 && !l.routes.is_empty() {
         problems.push((
             format!("{key}.routes"),
             format!("a {kind} listener has no routes; use cluster"),
         ));
     }
+    let forwards =
+        |c: &ClusterConfig| c.protocol == wanted || (wanted == ClusterProtocol::Tcp && c.is_original_destination());
     match l.cluster.as_deref().map(|c| (c, clusters.get(c))) {
-        None => problems.push((format!("{key}.cluster"), format!("a {kind} listener needs a cluster"))),
+        None if is_l4 => problems.push((format!("{key}.cluster"), format!("a {kind} listener needs a cluster"))),
+        None => {}
         Some((name, None)) => problems.push((
             format!("{key}.cluster"),
             format!(
@@ -137,11 +154,24 @@ fn l4_listener(
                 super::did_you_mean(name, clusters.keys().copied())
             ),
         )),
-        Some((name, Some(&c))) if config.clusters[c].protocol != wanted => problems.push((
-            format!("{key}.cluster"),
-            format!("cluster {name:?} must have protocol: {kind} to serve a {kind} listener"),
-        )),
-        Some(_) => {}
+        Some((name, Some(&c))) if !forwards(&config.clusters[c]) => {
+            let or_original = if kind == "tcp" {
+                " (or type: original_destination)"
+            } else {
+                ""
+            };
+            problems.push((
+                format!("{key}.cluster"),
+                match is_l4 {
+                    true => format!("cluster {name:?} must have protocol: {kind}{or_original} to serve a {kind} listener"),
+                    false => format!("cluster {name:?} must have protocol: tcp{or_original} to take the connections that are not HTTP"),
+                },
+            ))
+        }
+        Some((_, Some(&c))) => {
+            let why = super::original_destination::reachable(l, &config.clusters[c]);
+            problems.extend(why.map(|why| (format!("{key}.cluster"), why)));
+        }
     }
     problems
 }

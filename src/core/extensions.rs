@@ -22,3 +22,9 @@ pub struct EndpointHint {
 /// response (absent or 0 for a first try).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryAttempt(pub u32);
+
+/// Request extension from listeners with `original_destination`: where the
+/// client's connection was going before the nat redirect sent it to weft.
+/// Routes may match on it; an original-destination cluster sends there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalDestination(pub SocketAddr);

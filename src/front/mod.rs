@@ -6,6 +6,7 @@
 //! 2. `headers::settle_host`: `Host` from the request's authority, which
 //!    wins over a `Host` header; an HTTP/1.1 request without exactly one
 //!    `Host` is answered 400 at step 7 without a route;
+//!    and [`Downstream::tag_original_destination`];
 //! 3. `upgrade::prepare`: hop-by-hop headers out (an HTTP/1.1 upgrade keeps
 //!    its handshake) and the downstream connection's upgrade taken;
 //! 4. `headers::set_forwarding`: `x-forwarded-*`, `x-request-id`;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Request};
 
 use crate::core::body::Body;
+use crate::core::extensions::OriginalDestination;
 use crate::core::service::HttpService;
 use crate::telemetry::metrics::RouteMetrics;
 use crate::tls::PeerIdentity;
@@ -52,6 +54,19 @@ pub struct Downstream {
     pub scheme: &'static str,
     /// The verified client certificate, on mTLS listeners.
     pub identity: Option<PeerIdentity>,
+    /// Where the connection was going before a nat redirect, on listeners
+    /// with `original_destination`.
+    pub original_destination: Option<SocketAddr>,
+}
+
+impl Downstream {
+    /// Tells routing and the original-destination cluster where the
+    /// connection was going (the [`OriginalDestination`] extension).
+    pub fn tag_original_destination(&self, req: &mut Request<Body>) {
+        if let Some(destination) = self.original_destination {
+            req.extensions_mut().insert(OriginalDestination(destination));
+        }
+    }
 }
 
 /// What routing chose for one request.

@@ -124,6 +124,7 @@ mod tests {
             peer: "127.0.0.1:4000".parse().unwrap(),
             scheme: "http",
             identity: None,
+            original_destination: None,
         }
     }
 

@@ -101,6 +101,7 @@ async fn serve_connection(
         peer,
         scheme: "https",
         identity,
+        original_destination: None,
     });
     let mut h3 = match h3::server::builder()
         .max_field_section_size(header_bytes)

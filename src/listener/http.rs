@@ -15,6 +15,12 @@
 //! connection that has not sent its request yet (or is still in its TLS
 //! handshake) gets that one request served, on the old settings; when
 //! closing ([`Phase::Closing`]) it is closed at once.
+//!
+//! With `original_destination` (captured connections, which may speak
+//! anything): a connection to one of the `opaque_ports` is forwarded as TCP
+//! at once; any other is served as HTTP when its first bytes are HTTP/1 or
+//! the HTTP/2 preface within `protocol_detection_timeout`, else forwarded as
+//! TCP (TLS, other protocols, silence) to the listener's `cluster`.
 
 use std::sync::Arc;
 
@@ -22,13 +28,16 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Duration;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::schema::ListenerConfig;
 use crate::front::Downstream;
-use crate::listener::preface::{sniff, Protocol};
+use crate::listener::original_destination::Capture;
+use crate::listener::preface::{detect, sniff, Detected, Prefixed, Protocol};
+use crate::listener::tcp::forward;
 use crate::listener::tls::TlsSetup;
 use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::{Proxy, Shared};
@@ -85,56 +94,43 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let name: Arc<str> = Arc::from(config.name.as_str());
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
-    let handshake_timeout = config.limits.header_read_timeout;
+    let capture = Capture::new(&config, &shared.metrics).map(Arc::new);
     while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &name).await {
+        let original_destination = match &capture {
+            None => None,
+            Some(capture) => match capture.destination(&stream, &name) {
+                Some(destination) => Some(destination),
+                None => continue,
+            },
+        };
         let _ = stream.set_nodelay(true);
         let open = counters.open();
-        let (shared, servers, name, acceptor) = (shared.clone(), servers.clone(), name.clone(), acceptor.clone());
+        let (shared, servers, acceptor, capture) = (shared.clone(), servers.clone(), acceptor.clone(), capture.clone());
+        let downstream = Downstream {
+            listener: name.clone(),
+            peer,
+            scheme: "http",
+            identity: None,
+            original_destination,
+        };
         // Taken before the handshake so a drain waits for it too.
         let (draining, alive) = (phase.clone(), alive_rx.clone());
         tokio::spawn(async move {
             let _alive = alive;
-            match acceptor {
-                None => {
-                    let downstream = Arc::new(Downstream {
-                        listener: name,
-                        peer,
-                        scheme: "http",
-                        identity: None,
-                    });
-                    serve_connection(&servers, stream, downstream, shared, draining).await;
+            let opaque = capture
+                .as_ref()
+                .zip(original_destination)
+                .is_some_and(|(c, d)| c.is_opaque(d));
+            // Boxed but for plain HTTP: the state of TLS, of protocol detection
+            // and of TCP forwarding is large, and plain connections need not carry its size.
+            match (acceptor, capture) {
+                (_, Some(capture)) if opaque => Box::pin(forward_opaque(stream, &capture, &downstream, &shared)).await,
+                (None, None) => serve_connection(&servers, stream, Arc::new(downstream), shared, draining).await,
+                (None, Some(capture)) => {
+                    Box::pin(serve_captured(&servers, &capture, stream, downstream, shared, draining)).await
                 }
-                // Boxed: the TLS state is large and plain connections need not carry its size.
-                Some(acceptor) => {
-                    Box::pin(async move {
-                        let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                        let mut stopping = draining.clone();
-                        let result = tokio::select! {
-                            result = handshake => result,
-                            // Closing does not wait for handshakes still under way.
-                            _ = reached(&mut stopping, Phase::Closing) => return,
-                        };
-                        match result {
-                            Ok(Ok(tls)) => {
-                                let identity = tls
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(|c| PeerIdentity::from_der(c));
-                                let downstream = Arc::new(Downstream {
-                                    listener: name,
-                                    peer,
-                                    scheme: "https",
-                                    identity,
-                                });
-                                serve_connection(&servers, tls, downstream, shared, draining).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    })
-                    .await
+                (Some(acceptor), _) => {
+                    Box::pin(serve_tls(&servers, &acceptor, stream, downstream, shared, draining)).await
                 }
             }
             drop((open, permit));
@@ -143,6 +139,84 @@ pub async fn serve(
     give_back.give(Socket::Tcp(listener));
     drop(alive_rx);
     alive.closed().await;
+}
+
+/// Serves one connection over TLS: the handshake (bounded by the header
+/// read timeout; closing does not wait for it), then as [`serve_connection`].
+async fn serve_tls(
+    servers: &Servers,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    mut downstream: Downstream,
+    shared: Arc<Shared>,
+    draining: watch::Receiver<Phase>,
+) {
+    let peer = downstream.peer;
+    let handshake = tokio::time::timeout(servers.header_read_timeout, acceptor.accept(stream));
+    let mut stopping = draining.clone();
+    let result = tokio::select! {
+        result = handshake => result,
+        _ = reached(&mut stopping, Phase::Closing) => return,
+    };
+    match result {
+        Ok(Ok(tls)) => {
+            downstream.scheme = "https";
+            downstream.identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| PeerIdentity::from_der(c));
+            serve_connection(servers, tls, Arc::new(downstream), shared, draining).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves a captured connection by what its first bytes are (within the
+/// listener's `protocol_detection_timeout`): HTTP through the routes,
+/// anything else (TLS included, which is the app's own) as opaque TCP.
+async fn serve_captured(
+    servers: &Servers,
+    capture: &Capture,
+    stream: TcpStream,
+    downstream: Downstream,
+    shared: Arc<Shared>,
+    mut draining: watch::Receiver<Phase>,
+) {
+    let peer = downstream.peer;
+    let detected = tokio::select! {
+        detected = detect(stream, capture.detection_timeout) => detected,
+        _ = reached(&mut draining, Phase::Closing) => return,
+    };
+    match detected {
+        Ok((Detected::Http(protocol), io)) => {
+            serve_http(servers, protocol, io, Arc::new(downstream), shared, draining).await
+        }
+        Ok((_, io)) => forward_opaque(io, capture, &downstream, &shared).await,
+        Err(e) => tracing::debug!(%peer, error = %e, "connection failed before its first bytes"),
+    }
+}
+
+/// Forwards a captured connection that is not HTTP to the listener's
+/// `cluster`, as a `tcp` listener would; without one it is closed.
+async fn forward_opaque<I>(io: I, capture: &Capture, downstream: &Downstream, shared: &Shared)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let cluster = capture
+        .cluster
+        .as_deref()
+        .and_then(|c| shared.snapshot.load().cluster(c).cloned());
+    let peer = downstream.peer;
+    let result = match cluster {
+        Some(cluster) => forward(io, Some(cluster), downstream.original_destination).await,
+        None => Err("not HTTP, and the listener has no cluster for TCP"),
+    };
+    if let Err(why) = result {
+        tracing::debug!(%peer, why, "captured connection ended");
+    }
 }
 
 /// Serves one connection in the protocol its first bytes show (over TLS
@@ -170,6 +244,22 @@ async fn serve_connection<I>(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "connection failed before a request"),
         Err(_) => return tracing::debug!(%peer, "no request within the header read timeout"),
     };
+    serve_http(servers, protocol, io, downstream, shared, draining).await
+}
+
+/// Serves a connection whose protocol its first bytes told (and which
+/// [`Prefixed`] hands back) with hyper, until it ends or drains.
+async fn serve_http<I>(
+    servers: &Servers,
+    protocol: Protocol,
+    io: Prefixed<I>,
+    downstream: Arc<Downstream>,
+    shared: Arc<Shared>,
+    mut draining: watch::Receiver<Phase>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = downstream.peer;
     let service = TowerToHyperService::new(Proxy::new(shared, downstream));
     let io = TokioIo::new(io);
     let result = match protocol {

@@ -2,16 +2,20 @@
 //! and UDP with per-client sessions (`udp`) over sockets bound here, and the set of them that runs, reconciled
 //! against each new config (`set`). What every listener task shares lives
 //! here: its [`Phase`], how it gives its socket back for a successor, the
-//! accept loop with its connection cap, and its connection metrics.
+//! accept loop with its connection cap, and its connection metrics. Listeners
+//! with `original_destination` read each connection's address from before
+//! the capture redirect (`original_destination`).
 
 pub mod h3;
 pub mod http;
+pub mod original_destination;
 mod preface;
 mod set;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -64,7 +68,7 @@ impl SocketReturn {
 /// Waits for a free connection slot, then for a connection; `None` once the
 /// listener leaves [`Phase::Serving`] (checked first, so nothing is accepted
 /// after that has been seen). Accept errors (usually EMFILE) back off briefly
-/// instead of spinning.
+/// instead of spinning. The peer address is in its plain form.
 pub async fn accept_tcp(
     listener: &TcpListener,
     slots: &Arc<tokio::sync::Semaphore>,
@@ -85,7 +89,9 @@ pub async fn accept_tcp(
             biased;
             _ = reached(phase, Phase::HandedOver) => return None,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => return Some((stream, peer, permit)),
+                // An IPv4 client of a `[::]` listener in its plain form
+                // (`x-forwarded-for`, logs), not IPv4-mapped.
+                Ok((stream, peer)) => return Some((stream, SocketAddr::new(peer.ip().to_canonical(), peer.port()), permit)),
                 Err(e) => {
                     tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;

@@ -383,7 +383,19 @@ impl ListenerSet {
 
     /// Stops every listener and waits for their connections to finish.
     pub async fn drain(&mut self) {
-        let names: Vec<String> = self.running.keys().cloned().collect();
+        self.drain_where(|_| true).await;
+    }
+
+    /// Stops the listeners `which` picks and waits for their connections
+    /// to finish (and for those of listeners stopped earlier); the others
+    /// keep serving.
+    pub async fn drain_where(&mut self, which: impl Fn(&ListenerConfig) -> bool) {
+        let names: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| which(&r.config))
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in names {
             self.stop(&name);
         }

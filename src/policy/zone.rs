@@ -17,8 +17,8 @@
 //!
 //! Preconditions, checked in this order (as Envoy's `hostsToUse` does):
 //! 1. Panic: `healthy * 100 < panic_threshold_percent * total` (or no
-//!    endpoints at all): every pick is [`ZoneChoice::Any`] and health is
-//!    ignored ([`ZoneRouting::Panic`]).
+//!    endpoints at all), unless the threshold is 0 (panic mode off): every
+//!    pick is [`ZoneChoice::Any`] and health is ignored ([`ZoneRouting::Panic`]).
 //! 2. [`ZoneRouting::Unzoned`] — any pick is [`ZoneChoice::Any`] among
 //!    *healthy* endpoints — when routing is disabled, `local_zone` is empty,
 //!    nothing is healthy, fewer than `min_cluster_size` endpoints are
@@ -183,7 +183,7 @@ impl ZonePlan {
         let total = endpoints.len() as u64;
         let healthy = endpoints.iter().filter(|(_, ok)| *ok).count() as u64;
         let panic_threshold = u64::from(config.panic_threshold_percent.min(100));
-        if total == 0 || healthy * 100 < panic_threshold * total {
+        if panic_threshold > 0 && (total == 0 || healthy * 100 < panic_threshold * total) {
             return Self::without_zones(ZoneRouting::Panic);
         }
         if !config.enabled || local_zone.is_empty() || healthy == 0 || healthy < u64::from(config.min_cluster_size) {
@@ -405,6 +405,15 @@ mod tests {
         let empty: &[(&str, bool)] = &[];
         let plan = ZonePlan::compute("a", NO_CALLERS, empty, &ZoneAwareConfig::default());
         assert_eq!(plan.routing(), ZoneRouting::Panic);
+        // A threshold of 0 turns panic mode off, for an empty set too.
+        let off = ZoneAwareConfig {
+            panic_threshold_percent: 0,
+            ..ZoneAwareConfig::default()
+        };
+        assert_eq!(
+            ZonePlan::compute("a", NO_CALLERS, empty, &off).routing(),
+            ZoneRouting::Unzoned
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Request matching: path (prefix, exact or whole-path regex), method and
-//! headers, compiled once per config so a request costs string compares only.
+//! Request matching: path (prefix, exact or whole-path regex), method,
+//! headers, client identity, host (`authority`) and the connection's
+//! original destination, compiled once per config so a request costs string
+//! compares only (and, for `original_destination`, a look at one cluster's
+//! endpoints).
 
-use http::{HeaderMap, HeaderName, Method};
+use http::{header, HeaderMap, HeaderName, Method};
 use regex::Regex;
 
 use crate::config::schema::{HeaderMatchConfig, MatchConfig, StringMatchConfig};
@@ -49,6 +52,19 @@ pub struct Matcher {
     method: Option<Method>,
     headers: Vec<HeaderMatch>,
     client_identity: Option<ValueMatch>,
+    /// Against the host, lowercased, without its port.
+    authority: Option<ValueMatch>,
+    /// The cluster (index) whose endpoints the original destination must be among.
+    pub(super) endpoint_of: Option<usize>,
+}
+
+/// Whether the connection's original destination is an endpoint of the
+/// cluster with this index (false for connections without one).
+pub type EndpointOf<'a> = &'a dyn Fn(usize) -> bool;
+
+/// For requests on connections without an original destination.
+pub fn no_original_destination(_: usize) -> bool {
+    false
 }
 
 /// Anchors a regex so it must match the whole input, as Envoy's `safe_regex` does.
@@ -90,16 +106,37 @@ impl Matcher {
                     .map_err(|e| err(format!("client_identity.{}", e.key), e.message))?,
             ),
         };
+        let authority = match &config.authority {
+            None => None,
+            Some(StringMatchConfig { exact, prefix, regex }) => Some(
+                compile_value(
+                    &exact.as_ref().map(|e| e.to_ascii_lowercase()),
+                    &prefix.as_ref().map(|p| p.to_ascii_lowercase()),
+                    regex,
+                    None,
+                )
+                .map_err(|e| err(format!("authority.{}", e.key), e.message))?,
+            ),
+        };
         Ok(Self {
             path,
             method,
             headers,
             client_identity,
+            authority,
+            endpoint_of: None,
         })
     }
 
     /// `identity` is the verified client certificate identity, if any.
-    pub fn matches(&self, method: &Method, path: &str, headers: &HeaderMap, identity: Option<&str>) -> bool {
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        identity: Option<&str>,
+        endpoint_of: EndpointOf,
+    ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Any => true,
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
@@ -113,7 +150,24 @@ impl Matcher {
                 .client_identity
                 .as_ref()
                 .is_none_or(|m| identity.is_some_and(|id| m.matches_str(id)))
+            && self
+                .authority
+                .as_ref()
+                .is_none_or(|m| host(headers).is_some_and(|h| m.matches_str(&h)))
+            && self.endpoint_of.is_none_or(endpoint_of)
     }
+}
+
+/// The request's host, lowercased and without its port: from `Host`,
+/// which the front sets from `:authority` for HTTP/2 and HTTP/3.
+fn host(headers: &HeaderMap) -> Option<String> {
+    let authority = headers.get(header::HOST)?.to_str().ok()?;
+    let host = match authority.rsplit_once(':') {
+        // A port follows the last colon, unless that colon is inside an IPv6 literal.
+        Some((host, port)) if !port.contains(']') && (!host.contains(':') || host.ends_with(']')) => host,
+        _ => authority,
+    };
+    Some(host.to_ascii_lowercase())
 }
 
 fn compile_header(config: &HeaderMatchConfig) -> Result<HeaderMatch, MatchError> {
@@ -187,42 +241,117 @@ mod tests {
     fn path_kinds() {
         let none = HeaderMap::new();
         let prefix = m("path_prefix: /api").unwrap();
-        assert!(prefix.matches(&Method::GET, "/api/x", &none, None));
-        assert!(!prefix.matches(&Method::GET, "/ap", &none, None));
+        assert!(prefix.matches(&Method::GET, "/api/x", &none, None, &no_original_destination));
+        assert!(!prefix.matches(&Method::GET, "/ap", &none, None, &no_original_destination));
         let exact = m("path_exact: /health").unwrap();
-        assert!(exact.matches(&Method::GET, "/health", &none, None));
-        assert!(!exact.matches(&Method::GET, "/health/x", &none, None));
+        assert!(exact.matches(&Method::GET, "/health", &none, None, &no_original_destination));
+        assert!(!exact.matches(&Method::GET, "/health/x", &none, None, &no_original_destination));
         let regex = m("path_regex: /users/[0-9]+").unwrap();
-        assert!(regex.matches(&Method::GET, "/users/42", &none, None));
+        assert!(regex.matches(&Method::GET, "/users/42", &none, None, &no_original_destination));
         // The regex must match the whole path, not a part of it.
-        assert!(!regex.matches(&Method::GET, "/users/42/edit", &none, None));
-        assert!(!regex.matches(&Method::GET, "/x/users/42", &none, None));
+        assert!(!regex.matches(&Method::GET, "/users/42/edit", &none, None, &no_original_destination));
+        assert!(!regex.matches(&Method::GET, "/x/users/42", &none, None, &no_original_destination));
         let any = m("{}").unwrap();
-        assert!(any.matches(&Method::DELETE, "/anything", &none, None));
+        assert!(any.matches(&Method::DELETE, "/anything", &none, None, &no_original_destination));
     }
 
     #[test]
     fn method_and_headers() {
         let matcher = m("{ method: get, headers: [ { name: x-canary, exact: '1' }, { name: x-user, prefix: adm }, { name: x-debug, present: false } ] }").unwrap();
         let good = headers(&[("x-canary", "1"), ("x-user", "admin")]);
-        assert!(matcher.matches(&Method::GET, "/", &good, None));
-        assert!(!matcher.matches(&Method::POST, "/", &good, None));
-        assert!(!matcher.matches(&Method::GET, "/", &headers(&[("x-canary", "1")]), None));
+        assert!(matcher.matches(&Method::GET, "/", &good, None, &no_original_destination));
+        assert!(!matcher.matches(&Method::POST, "/", &good, None, &no_original_destination));
+        assert!(!matcher.matches(
+            &Method::GET,
+            "/",
+            &headers(&[("x-canary", "1")]),
+            None,
+            &no_original_destination
+        ));
         let debug = headers(&[("x-canary", "1"), ("x-user", "admin"), ("x-debug", "")]);
-        assert!(!matcher.matches(&Method::GET, "/", &debug, None));
+        assert!(!matcher.matches(&Method::GET, "/", &debug, None, &no_original_destination));
         let regex = m("{ headers: [ { name: x-v, regex: 'v[12]' } ] }").unwrap();
-        assert!(regex.matches(&Method::GET, "/", &headers(&[("x-v", "v2")]), None));
-        assert!(!regex.matches(&Method::GET, "/", &headers(&[("x-v", "v22")]), None));
+        assert!(regex.matches(
+            &Method::GET,
+            "/",
+            &headers(&[("x-v", "v2")]),
+            None,
+            &no_original_destination
+        ));
+        assert!(!regex.matches(
+            &Method::GET,
+            "/",
+            &headers(&[("x-v", "v22")]),
+            None,
+            &no_original_destination
+        ));
     }
 
     #[test]
     fn client_identity() {
         let matcher = m("{ client_identity: { prefix: 'spiffe://cluster.local/ns/x/' } }").unwrap();
         let h = HeaderMap::new();
-        assert!(matcher.matches(&Method::GET, "/", &h, Some("spiffe://cluster.local/ns/x/sa/y")));
-        assert!(!matcher.matches(&Method::GET, "/", &h, Some("spiffe://cluster.local/ns/z/sa/y")));
-        assert!(!matcher.matches(&Method::GET, "/", &h, None));
+        assert!(matcher.matches(
+            &Method::GET,
+            "/",
+            &h,
+            Some("spiffe://cluster.local/ns/x/sa/y"),
+            &no_original_destination
+        ));
+        assert!(!matcher.matches(
+            &Method::GET,
+            "/",
+            &h,
+            Some("spiffe://cluster.local/ns/z/sa/y"),
+            &no_original_destination
+        ));
+        assert!(!matcher.matches(&Method::GET, "/", &h, None, &no_original_destination));
         assert_eq!(m("{ client_identity: {} }").unwrap_err().key, "client_identity.exact");
+    }
+
+    #[test]
+    fn authority_is_the_host_without_its_port_in_any_case() {
+        let exact = m("{ authority: { exact: Payments.Default } }").unwrap();
+        let with_host = |host: &str| headers(&[("host", host)]);
+        for (host, expected) in [
+            ("payments.default", true),
+            ("PAYMENTS.default:8080", true),
+            ("payments.default.svc", false),
+            ("other", false),
+        ] {
+            let found = exact.matches(&Method::GET, "/", &with_host(host), None, &no_original_destination);
+            assert_eq!(found, expected, "{host}");
+        }
+        assert!(!exact.matches(&Method::GET, "/", &HeaderMap::new(), None, &no_original_destination));
+        let v6 = m("{ authority: { exact: '[fd00::1]' } }").unwrap();
+        assert!(v6.matches(
+            &Method::GET,
+            "/",
+            &with_host("[fd00::1]:80"),
+            None,
+            &no_original_destination
+        ));
+        assert!(v6.matches(
+            &Method::GET,
+            "/",
+            &with_host("[FD00::1]"),
+            None,
+            &no_original_destination
+        ));
+        let suffix = m("{ authority: { regex: '.*[.]svc[.]cluster[.]local' } }").unwrap();
+        let svc = with_host("web.ns.svc.cluster.local:80");
+        assert!(suffix.matches(&Method::GET, "/", &svc, None, &no_original_destination));
+        assert_eq!(m("{ authority: {} }").unwrap_err().key, "authority.exact");
+    }
+
+    #[test]
+    fn original_destination_asks_about_its_cluster() {
+        let mut matcher = m("{}").unwrap();
+        matcher.endpoint_of = Some(3);
+        let h = HeaderMap::new();
+        assert!(matcher.matches(&Method::GET, "/", &h, None, &|c| c == 3));
+        assert!(!matcher.matches(&Method::GET, "/", &h, None, &|c| c == 2));
+        assert!(!matcher.matches(&Method::GET, "/", &h, None, &no_original_destination));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::Duration;
 
 pub use crate::policy::split::WeightedSplit;
 use matcher::err;
-pub use matcher::{MatchError, Matcher};
+pub use matcher::{no_original_destination, EndpointOf, MatchError, Matcher};
 
 use crate::config::mirror::MirrorConfig;
 use crate::config::schema::RouteConfig;
@@ -55,13 +55,17 @@ pub struct MirrorTargets {
 /// Compiles one route; `clusters` maps names to indices. Errors name the key
 /// below the route that is wrong.
 pub fn compile(config: &RouteConfig, clusters: &HashMap<&str, usize>) -> Result<Route, MatchError> {
-    let matcher = Matcher::compile(&config.matcher).map_err(|e| err(format!("match.{}", e.key), e.message))?;
+    let mut matcher = Matcher::compile(&config.matcher).map_err(|e| err(format!("match.{}", e.key), e.message))?;
     let lookup = |name: &str, key: String| {
         clusters.get(name).copied().ok_or_else(|| {
             let hint = crate::config::did_you_mean(name, clusters.keys().copied());
             err(key, format!("no cluster named {name:?}{hint}"))
         })
     };
+    if let Some(destination) = &config.matcher.original_destination {
+        let key = "match.original_destination.endpoint_of".to_string();
+        matcher.endpoint_of = Some(lookup(&destination.endpoint_of, key)?);
+    }
     let action = compile_action(config, &lookup)?;
     let sticky = match (&config.sticky, &action) {
         (None, _) => None,
@@ -148,10 +152,18 @@ pub fn find<'a, T: AsRef<Route>>(
     path: &str,
     headers: &HeaderMap,
     identity: Option<&str>,
+    endpoint_of: EndpointOf,
 ) -> Option<&'a T> {
     routes
         .iter()
-        .find(|r| r.as_ref().matcher.matches(method, path, headers, identity))
+        .find(|r| r.as_ref().matcher.matches(method, path, headers, identity, endpoint_of))
+}
+
+impl Route {
+    /// The cluster whose endpoints `match.original_destination` names.
+    pub fn matches_endpoints_of(&self) -> Option<usize> {
+        self.matcher.endpoint_of
+    }
 }
 
 impl Route {
@@ -178,8 +190,13 @@ mod tests {
         let clusters = HashMap::from([("x", 0), ("y", 1)]);
         let routes: Vec<_> = configs.iter().map(|c| compile(c, &clusters).unwrap()).collect();
         let h = HeaderMap::new();
-        assert_eq!(&*find(&routes, &Method::GET, "/api/v1", &h, None).unwrap().name, "a");
-        assert_eq!(&*find(&routes, &Method::GET, "/other", &h, None).unwrap().name, "b");
+        let found = |path| {
+            &*find(&routes, &Method::GET, path, &h, None, &no_original_destination)
+                .unwrap()
+                .name
+        };
+        assert_eq!(found("/api/v1"), "a");
+        assert_eq!(found("/other"), "b");
         let bad: RouteConfig = serde_yaml_ng::from_str("{ name: z, cluster: nope }").unwrap();
         assert_eq!(compile(&bad, &clusters).unwrap_err().key, "cluster");
         let both: RouteConfig =

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub tls_certificate_reloads: IntCounterVec,
     /// Access log lines dropped because the line writer's queue was full.
     pub access_log_dropped: IntCounter,
+    /// Connections closed because their original destination was the
+    /// listener itself: not redirected, so forwarding would loop back.
+    pub original_destination_loops: IntCounterVec,
     pub health: super::health::HealthMetrics,
     pub discovery: super::discovery::DiscoveryFamilies,
     pub mirror: super::mirror::MirrorMetrics,
@@ -157,6 +160,12 @@ impl Metrics {
                 &["listener", "result"],
             )?,
             downstream_connections_active,
+            original_destination_loops: counter(
+                &registry,
+                "weft_original_destination_loops_total",
+                "Connections closed because their original destination was the listener itself (not redirected).",
+                &["listener"],
+            )?,
             downstream_connections: counter(
                 &registry,
                 "weft_downstream_connections_total",

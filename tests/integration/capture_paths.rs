@@ -28,7 +28,7 @@ const POD6: &str = "fd00:199::1";
 const NODE6: &str = "fd00:199::2";
 
 /// Listeners made in `ns`, each with the name a test expects to see.
-fn listen(ns: &NetNs, specs: &[(&'static str, &'static str)]) -> Vec<(&'static str, TcpListener)> {
+pub fn listen(ns: &NetNs, specs: &[(&'static str, &'static str)]) -> Vec<(&'static str, TcpListener)> {
     let specs: Vec<(&'static str, &'static str)> = specs.to_vec();
     let std_listeners = ns.enter(move || {
         specs

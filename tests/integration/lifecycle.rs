@@ -247,6 +247,22 @@ fn check_command_accepts_shipped_configs_and_names_broken_keys() {
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} config files found");
+    // The sidecar's config ships inside a ConfigMap (data."weft.yaml").
+    let config_map = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sidecar/weft-config.yaml");
+    let config_map: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(config_map).unwrap()).unwrap();
+    let sidecar = scratch.path().join("sidecar.yaml");
+    std::fs::write(&sidecar, config_map["data"]["weft.yaml"].as_str().unwrap()).unwrap();
+    let out = std::process::Command::new(weft)
+        .args(["check", "--config"])
+        .arg(&sidecar)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy/sidecar/weft-config.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
     let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.yaml")).unwrap();

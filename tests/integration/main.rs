@@ -5,6 +5,7 @@ mod await_ready;
 mod bad_input;
 mod capture;
 mod capture_paths;
+mod capture_weft;
 mod cli;
 mod client_fault;
 mod config_watch;

@@ -85,7 +85,11 @@ pub fn link(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
     ip(&[
         "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
     ]);
+    // Up before the addresses: an IPv6 address added to a link that is down
+    // answers no neighbour solicitation at first, so the first connection
+    // to it waits for a SYN retransmit (a second).
     for (ns, dev, addrs) in [(a, &a_if, a_addrs), (b, &b_if, b_addrs)] {
+        ns.run(&["ip", "link", "set", dev, "up"]);
         for addr in addrs {
             let mut args = vec!["ip", "addr", "add", addr, "dev", dev];
             if addr.contains(':') {
@@ -93,7 +97,6 @@ pub fn link(a: &NetNs, a_addrs: &[&str], b: &NetNs, b_addrs: &[&str]) {
             }
             ns.run(&args);
         }
-        ns.run(&["ip", "link", "set", dev, "up"]);
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::process::{ChildStderr, Command};
 
 use crate::support::*;
 
-fn signal(pid: u32, name: &str) {
+pub fn signal(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
@@ -31,7 +31,7 @@ fn catches_sighup(pid: u32) -> bool {
 }
 
 /// Waits (bounded) for the next stderr line containing `needle`.
-async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
+pub async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let found = async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if line.contains(needle) {
@@ -49,7 +49,7 @@ async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> St
 async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weft.yaml");
-    let yaml = "admin: { address: 127.0.0.1:0 }\naccess_log: { enabled: false }\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: v1 } } ] }\n";
+    let yaml = "admin: { address: 127.0.0.1:0 }\naccess_log: { enabled: false }\ndrain_delay: 0s\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: v1 } } ] }\n";
     std::fs::write(&path, yaml).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["run", "--config"])
@@ -95,7 +95,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     std::fs::write(&path, yaml.replace("routes:", "rutes:")).unwrap();
     signal(pid, "HUP");
     let refused = wait_for(&mut lines, "config reload refused").await;
-    assert!(refused.contains("weft.yaml:4"), "{refused}");
+    assert!(refused.contains("weft.yaml:5"), "{refused}");
     assert_eq!(effective_body().await, "v1");
     std::fs::write(&path, yaml.replace("v1", "v2")).unwrap();
     signal(pid, "HUP");

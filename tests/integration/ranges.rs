@@ -14,6 +14,7 @@ async fn every_key_at_the_top_of_its_range_runs() {
         "admin: {{ address: 127.0.0.1:0 }}
 access_log: {{ enabled: false }}
 drain_timeout: 1h
+drain_delay: 1h
 node: {{ zone: a, callers: {{ a: 1000000 }} }}
 listeners:
   - name: public
@@ -39,7 +40,15 @@ listeners:
     protocol: udp
     cluster: echo
     udp: {{ idle_timeout: 1h, max_sessions: 1000000, max_datagram_bytes: 65527 }}
+  - name: captured
+    address: 127.0.0.1:0
+    original_destination: true
+    opaque_ports: [ 65535 ]
+    protocol_detection_timeout: 1h
+    cluster: passthrough
+    routes: [ {{ name: passthrough, cluster: passthrough }} ]
 clusters:
+  - {{ name: passthrough, type: original_destination, port_override: 65535 }}
   - name: app
     connect_timeout: 1h
     idle_timeout: 1h

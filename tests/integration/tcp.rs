@@ -46,3 +46,23 @@ async fn tcp_listener_streams_both_ways_with_half_close() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_to_an_original_destination_listener_that_was_not_redirected_is_closed_and_counted() {
+    let yaml = config(
+        "  - { name: captured-tcp, address: 127.0.0.1:0, protocol: tcp, original_destination: true, cluster: passthrough }
+  - { name: captured-http, address: 127.0.0.1:0, original_destination: true, routes: [ { name: all, cluster: passthrough } ] }",
+        "  - { name: passthrough, type: original_destination }",
+    );
+    let weft = Weft::start(&yaml).await;
+    for listener in ["captured-tcp", "captured-http"] {
+        // Its original destination is the listener itself: forwarding would loop.
+        let mut direct = tokio::net::TcpStream::connect(weft.addr(listener).await).await.unwrap();
+        let _ = direct.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, direct.read_to_end(&mut answer)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{listener} served it: {answer:?}");
+        let series = format!("weft_original_destination_loops_total{{listener=\"{listener}\"}}");
+        assert_eq!(metric(&metrics(&weft).await, &series), 1.0, "{listener}");
+    }
+}

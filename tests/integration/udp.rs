@@ -84,6 +84,9 @@ fn named(reply: &[u8]) -> Named {
 }
 
 /// A UDP client with an address of its own (so a session of its own).
+/// Tests keep every client open while they count sessions: a closed
+/// client's port may be given to the next one, which would then find the
+/// closed one's session.
 pub struct Client {
     socket: UdpSocket,
 }
@@ -171,20 +174,27 @@ async fn many_clients_each_get_their_own_replies_and_no_one_elses() {
     let weft = Weft::start(&yaml).await;
     let addr = weft.addr("dns").await;
     let (clients, rounds) = (40, 25);
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
+    let mut sockets = Vec::new();
+    for _ in 0..clients {
+        sockets.push(Client::new(addr).await);
+    }
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(c, client)| {
             tokio::spawn(async move {
-                let client = Client::new(addr).await;
                 for r in 0..rounds {
                     let datagram = format!("client {c} datagram {r}");
                     let reply = client.ask(datagram.as_bytes()).await;
                     assert_eq!(String::from_utf8_lossy(&reply), datagram);
                 }
+                client
             })
         })
         .collect();
+    let mut open = Vec::new();
     for task in tasks {
-        task.await.unwrap();
+        open.push(task.await.unwrap());
     }
     let text = metrics(&weft).await;
     assert_eq!(metric(&text, &sessions_total("dns")), clients as f64);
@@ -262,6 +272,7 @@ async fn sessions_spread_over_endpoints_by_the_balancer_and_stick_to_theirs() {
     let weft = Weft::start(&yaml).await;
     let addr = weft.addr("spread").await;
     let mut sessions_per_endpoint: HashMap<String, usize> = HashMap::new();
+    let mut clients = Vec::new();
     for c in 0..30 {
         let client = Client::new(addr).await;
         let first = named(&client.ask(format!("{c}-0").as_bytes()).await);
@@ -272,6 +283,7 @@ async fn sessions_spread_over_endpoints_by_the_balancer_and_stick_to_theirs() {
             assert_eq!(reply.payload, format!("{c}-{d}"));
         }
         *sessions_per_endpoint.entry(first.endpoint).or_default() += 1;
+        clients.push(client);
     }
     let expected: HashMap<String, usize> = ["a", "b", "c"].map(|e| (e.to_string(), 10)).into();
     assert_eq!(sessions_per_endpoint, expected);
@@ -301,9 +313,11 @@ async fn sessions_stay_in_the_local_zone() {
     );
     let weft = Weft::start(&yaml).await;
     let addr = weft.addr("zoned").await;
+    let mut clients = Vec::new();
     for c in 0..20 {
-        let reply = named(&Client::new(addr).await.ask(format!("{c}").as_bytes()).await);
-        assert_eq!(reply.endpoint, "local");
+        let client = Client::new(addr).await;
+        assert_eq!(named(&client.ask(format!("{c}").as_bytes()).await).endpoint, "local");
+        clients.push(client);
     }
     assert_eq!(remote.received.load(Ordering::SeqCst), 0);
 }
@@ -406,9 +420,12 @@ async fn an_endpoint_answering_port_unreachable_is_ejected() {
     // New clients until the refusing endpoint is ejected; each gets its
     // reply from a live endpoint, after a new session where the first
     // landed on the refusing one.
+    let mut clients = Vec::new();
     eventually("the refusing endpoint is ejected", async || {
-        let reply = named(&Client::new(addr).await.ask_until_answered(b"q").await);
+        let client = Client::new(addr).await;
+        let reply = named(&client.ask_until_answered(b"q").await);
         assert!(["a", "b"].contains(&reply.endpoint.as_str()), "{reply:?}");
+        clients.push(client);
         let clusters = clusters_json(&weft).await;
         let endpoints = clusters[0]["endpoints"].as_array().unwrap().clone();
         let status = endpoints
@@ -433,13 +450,10 @@ async fn an_endpoint_answering_port_unreachable_is_ejected() {
     // From now on every new client needs exactly one session.
     let before = metric(&text, &sessions_total("dns"));
     for c in 0..10 {
-        let reply = named(
-            &Client::new(addr)
-                .await
-                .ask_until_answered(format!("{c}").as_bytes())
-                .await,
-        );
+        let client = Client::new(addr).await;
+        let reply = named(&client.ask_until_answered(format!("{c}").as_bytes()).await);
         assert_eq!(reply.payload, format!("{c}"));
+        clients.push(client);
     }
     assert_eq!(udp_metric(&weft, &sessions_total("dns")).await - before, 10.0);
 }

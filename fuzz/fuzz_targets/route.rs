@@ -138,7 +138,14 @@ fuzz_target!(|input: Input| {
             continue;
         };
         let headers = request_headers(&req.headers);
-        let Some(found) = route::find(&routes, &method, &req.path, &headers, req.identity.as_deref()) else {
+        let Some(found) = route::find(
+            &routes,
+            &method,
+            &req.path,
+            &headers,
+            req.identity.as_deref(),
+            &route::no_original_destination,
+        ) else {
             continue;
         };
         if let (Some(sticky), Action::Split(split)) = (&found.sticky, &found.action) {

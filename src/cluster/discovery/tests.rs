@@ -1,3 +1,5 @@
+//! Unit tests of discovery, compiled only under `#[cfg(test)]` (see `mod tests` in mod.rs).
+//!
 //! The reporting every source shares: a failure keeps the last set, each
 //! look is counted by result, the status says what happened last.
 

@@ -178,7 +178,7 @@ fn chunk_style() -> impl Strategy<Value = ChunkStyle> {
 impl ChunkStyle {
     fn plain(self) -> bool {
         use ChunkStyle::*;
-        // weft ends the connection after trailers (see `proxy::early_response`).
+        // weft ends the connection after trailers (see `front::early_response`).
         matches!(
             self,
             Plain | Upper | LeadingZeros | Extension | LastChunkExtension | SizeOff(0)

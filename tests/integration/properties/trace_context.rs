@@ -23,18 +23,33 @@ const TRACE_HEADERS: &[&str] = &[
     "x-app",
 ];
 
+/// `digits` lowercase hex digits; one time in ten, one of them replaced by
+/// a byte that is not one (uppercase, a dash, a letter past f).
 fn hex(digits: usize) -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![8 => prop::sample::select(b"0123456789abcdef".to_vec()), 1 => prop::sample::select(b"AF-g0".to_vec())],
-        digits..=digits,
-    )
-    .prop_map(|d| String::from_utf8(d).unwrap())
+    let valid = prop::collection::vec(prop::sample::select(b"0123456789abcdef".to_vec()), digits..=digits);
+    let bad = (any::<prop::sample::Index>(), prop::sample::select(b"AF-g ".to_vec()));
+    (valid, prop::option::weighted(0.1, bad)).prop_map(|(mut d, bad)| {
+        if let Some((at, byte)) = bad {
+            let at = at.index(d.len());
+            d[at] = byte;
+        }
+        String::from_utf8(d).unwrap()
+    })
 }
 
 /// Values shaped like trace headers (right lengths, mostly hex, sometimes
 /// one byte off), and arbitrary bytes.
 fn value() -> impl Strategy<Value = Vec<u8>> {
-    let traceparent = (hex(2), hex(32), hex(16), hex(2), prop::option::of("-[ -~]{0,3}"))
+    // The versions and ids the spec singles out: 00, a later one, the
+    // forbidden ff; all-zero ids.
+    let version = prop_oneof![
+        prop::sample::select(vec!["00", "01", "ff"]).prop_map(str::to_string),
+        hex(2)
+    ];
+    let zeros = |n: usize| "0".repeat(n);
+    let trace = prop_oneof![4 => hex(32), 1 => Just(zeros(32))];
+    let span = prop_oneof![4 => hex(16), 1 => Just(zeros(16))];
+    let traceparent = (version, trace, span, hex(2), prop::option::of("-[ -~]{0,3}"))
         .prop_map(|(v, t, s, f, tail)| format!("{v}-{t}-{s}-{f}{}", tail.unwrap_or_default()));
     let b3 = (
         prop_oneof![hex(32), hex(16), hex(8)],

@@ -377,26 +377,12 @@ fn alt_svc(config: &Config, listener: &crate::config::schema::ListenerConfig) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::fixture::{messages, BASE};
 
     fn errors(text: &str) -> Vec<String> {
         let checked = crate::config::parse(Path::new("weft.yaml"), text).and_then(|loaded| check(&loaded));
-        match checked {
-            Ok(()) => vec![],
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
+        messages(checked)
     }
-
-    const BASE: &str = "listeners:
-  - name: public
-    address: 127.0.0.1:8080
-    routes:
-      - name: r0
-        cluster: web-canary
-clusters:
-  - name: web-canary
-    endpoints:
-      - { address: 127.0.0.1:9001 }
-";
 
     #[test]
     fn missing_cluster_names_line_key_and_suggestion() {

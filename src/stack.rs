@@ -236,16 +236,6 @@ mod tests {
         }))
     }
 
-    fn downstream() -> Downstream {
-        Downstream {
-            listener: "public".into(),
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            scheme: "http",
-            identity: None,
-            original_destination: None,
-        }
-    }
-
     fn requests_total(metrics: &Metrics, route: &str, cluster: &str, status: &str) -> u64 {
         metrics
             .requests
@@ -258,7 +248,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let tracing = Tracing::new(metrics.trace.clone());
         let table = Table::new(&metrics, reflecting());
-        let downstream = downstream();
+        let downstream = Downstream::example();
         let context = || Front {
             downstream: &downstream,
             routes: Some(&table),
@@ -306,7 +296,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().unwrap());
         let tracing = Arc::new(Tracing::new(metrics.trace.clone()));
         let table = Arc::new(Table::new(&metrics, reflecting()));
-        let downstream = Arc::new(downstream());
+        let downstream = Arc::new(Downstream::example());
         // Room for every line: none may be dropped here.
         let (lines, writer) = lines::channel(REQUESTS);
         let stdout = Captured::default();

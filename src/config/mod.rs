@@ -258,22 +258,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// What the config and snapshot tests start from.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn errors(text: &str) -> Vec<String> {
-        let checked = parse(Path::new("weft.yaml"), text).and_then(|loaded| match problems(&loaded.config) {
-            found if found.is_empty() => Ok(loaded),
-            found => Err(loaded.errors(found)),
-        });
-        match checked {
-            Ok(_) => vec![],
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    const BASE: &str = "listeners:
+pub(crate) mod fixture {
+    /// One listener routing to one cluster with one endpoint.
+    pub const BASE: &str = "listeners:
   - name: public
     address: 127.0.0.1:8080
     routes:
@@ -284,6 +273,28 @@ clusters:
     endpoints:
       - { address: 127.0.0.1:9001 }
 ";
+
+    /// Each error of `checked` as printed (`file:line: key: message`); none if it passed.
+    pub fn messages<T>(checked: Result<T, super::ConfigErrors>) -> Vec<String> {
+        match checked {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{messages, BASE};
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let checked = parse(Path::new("weft.yaml"), text).and_then(|loaded| match problems(&loaded.config) {
+            found if found.is_empty() => Ok(loaded),
+            found => Err(loaded.errors(found)),
+        });
+        messages(checked)
+    }
 
     #[test]
     fn valid_config_parses_with_defaults() {

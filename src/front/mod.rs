@@ -67,6 +67,18 @@ impl Downstream {
             req.extensions_mut().insert(OriginalDestination(destination));
         }
     }
+
+    /// A plain-HTTP client of listener `public`, for tests.
+    #[cfg(test)]
+    pub(crate) fn example() -> Self {
+        Downstream {
+            listener: "public".into(),
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            scheme: "http",
+            identity: None,
+            original_destination: None,
+        }
+    }
 }
 
 /// What routing chose for one request.

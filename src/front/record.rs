@@ -118,16 +118,6 @@ mod tests {
     use crate::core::body;
     use crate::core::error::ErrorKind;
 
-    fn downstream() -> Downstream {
-        Downstream {
-            listener: "public".into(),
-            peer: "127.0.0.1:4000".parse().unwrap(),
-            scheme: "http",
-            identity: None,
-            original_destination: None,
-        }
-    }
-
     fn served(status: u16) -> Response<Body> {
         let mut response = Response::new(body::empty());
         *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -140,7 +130,7 @@ mod tests {
 
     #[test]
     fn span_and_log_name_the_route_cluster_endpoint_and_error() {
-        let downstream = downstream();
+        let downstream = Downstream::example();
         let id = HeaderValue::from_static("req-1");
         let exchange = Exchange {
             downstream: &downstream,

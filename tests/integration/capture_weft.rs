@@ -19,7 +19,6 @@
 //! config shipped in `deploy/sidecar/` carries a pod's traffic the same way.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -30,13 +29,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::capture_paths::listen;
 use crate::cli::{have_tool, into_run};
 use crate::netns::{self, link, NetNs};
-use crate::process::{signal, wait_for};
+use crate::process::{signal, wait_for, weft_run};
 use crate::support::*;
 use crate::tls::Ca;
 
@@ -122,18 +121,9 @@ impl Pod {
         for (file, mode) in [(dir.path(), 0o755), (path.as_path(), 0o644)] {
             std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
         }
-        let mut weft = Command::new("ip")
-            .args(["netns", "exec", &pod.name])
-            .args(["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups"])
-            .args([env!("CARGO_BIN_EXE_weft"), "run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let as_proxy_user = ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups"];
+        let prefix = [&["ip", "netns", "exec", pod.name.as_str()][..], &as_proxy_user[..]].concat();
+        let mut weft = weft_run(&prefix, &path).spawn().unwrap();
         let mut log = BufReader::new(weft.stderr.take().unwrap()).lines();
         wait_for(&mut log, "weft started").await;
         Some(Pod {

@@ -30,6 +30,25 @@ fn catches_sighup(pid: u32) -> bool {
     caught & 1 == 1
 }
 
+/// `weft run --config CONFIG` as these tests start it: info logs without
+/// colour on a piped stderr, stdout discarded unless the caller pipes it,
+/// killed when dropped. `prefix` runs it under another command
+/// (`ip netns exec NS ...`).
+pub fn weft_run(prefix: &[&str], config: &std::path::Path) -> Command {
+    let weft = env!("CARGO_BIN_EXE_weft");
+    let mut words = prefix.iter().copied().chain([weft, "run", "--config"]);
+    let mut command = Command::new(words.next().unwrap_or(weft));
+    command
+        .args(words)
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 /// Waits (bounded) for the next stderr line containing `needle`.
 pub async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -> String {
     let found = async {
@@ -51,16 +70,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let path = dir.path().join("weft.yaml");
     let yaml = "admin: { address: 127.0.0.1:0 }\naccess_log: { enabled: false }\ndrain_delay: 0s\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: v1 } } ] }\n";
     std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = weft_run(&[], &path).spawn().unwrap();
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let started = wait_for(&mut lines, "weft started").await;
@@ -158,16 +168,7 @@ async fn every_request_leaves_one_whole_access_log_line_on_stdout() {
     let path = dir.path().join("weft.yaml");
     let yaml = "admin: { address: 127.0.0.1:0 }\nruntime: { worker_threads: 4 }\nlisteners:\n  - { name: public, address: 127.0.0.1:0, routes: [ { name: r, direct_response: { status: 200, body: ok } } ] }\n";
     std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = weft_run(&[], &path).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let access_log = tokio::spawn(async move {
@@ -238,16 +239,7 @@ async fn an_upstream_failure_is_recorded_under_its_cluster_and_endpoint() {
         dead.addr
     );
     std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = weft_run(&[], &path).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let listening = wait_for(&mut lines, "listening").await;

@@ -362,15 +362,9 @@ fn route_entry(
     Ok(RouteEntry { route, targets, split })
 }
 
-/// `h3=":PORT"` for the HTTP/3 listener serving the same routes as
-/// `listener` (or, failing that, the first HTTP/3 listener).
+/// `h3=":PORT"` for the HTTP/3 listener that `listener` advertises.
 fn alt_svc(config: &Config, listener: &crate::config::schema::ListenerConfig) -> Option<http::HeaderValue> {
-    let h3: Vec<_> = config
-        .listeners
-        .iter()
-        .filter(|l| l.protocol == ListenerProtocol::Http3)
-        .collect();
-    let chosen = h3.iter().find(|l| l.routes == listener.routes).or(h3.first())?;
+    let chosen = crate::config::advertised_http3(config, listener)?;
     http::HeaderValue::try_from(format!("h3=\":{}\"; ma=86400", chosen.address.port())).ok()
 }
 

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod trace;
 pub mod udp;
 mod validate;
+pub use validate::advertised_http3;
 pub mod watch;
 
 use std::fmt;
@@ -413,6 +414,20 @@ mod tests {
         let (errs, loaded) = load_bytes(format!("---\n{BASE}...\n").as_bytes());
         assert_eq!(errs, Vec::<String>::new());
         assert!(loaded.is_some());
+    }
+
+    #[test]
+    fn advertising_http3_needs_an_http3_listener_on_a_fixed_port() {
+        let advertising = BASE.replace("    routes:\n", "    advertise_http3: true\n    routes:\n");
+        let expected = "weft.yaml:4: listeners[0].advertise_http3: there is no http3 listener to advertise";
+        assert_eq!(errors(&advertising), [expected]);
+        let quic = |port: u16| {
+            let listener = format!("  - {{ name: quic, address: 127.0.0.1:{port}, protocol: http3, tls: {{ cert: c.pem, key: c.key }}, routes: [] }}\nclusters:");
+            advertising.replace("clusters:", &listener)
+        };
+        assert_eq!(errors(&quic(4433)), Vec::<String>::new());
+        let expected = "weft.yaml:4: listeners[0].advertise_http3: http3 listener \"quic\" has port 0; alt-svc needs the fixed port clients will reach";
+        assert_eq!(errors(&quic(0)), [expected]);
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             problems.push((format!("{key}.tls"), "an http3 listener needs tls".into()));
         }
         problems.extend(listener_ranges(&key, l));
+        problems.extend(advertising(&key, l, config));
         problems.extend(super::udp::validate_listener(&key, l));
         problems.extend(super::original_destination::validate_listener(&key, l));
         let forwards = l.protocol.is_l4() || (l.protocol == ListenerProtocol::Http && l.original_destination);
@@ -118,6 +119,34 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
     problems.extend(super::trace::validate(config.tracing.as_ref()));
     problems.extend(super::discovery::validate_resolver(config.resolver.as_ref()));
     problems
+}
+
+/// The `http3` listener that `listener`'s `alt-svc` names: the one serving
+/// the same routes, else the first.
+pub fn advertised_http3<'a>(config: &'a Config, listener: &ListenerConfig) -> Option<&'a ListenerConfig> {
+    let mut h3 = config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::Http3);
+    let first = h3.clone().next();
+    h3.find(|l| l.routes == listener.routes).or(first)
+}
+
+/// `advertise_http3` needs an `http3` listener on a fixed port: `alt-svc`
+/// carries the port to clients, and port 0 is not one they can reach.
+fn advertising(key: &str, l: &ListenerConfig, config: &Config) -> Option<(String, String)> {
+    if !l.advertise_http3 {
+        return None;
+    }
+    let message = match advertised_http3(config, l) {
+        None => "there is no http3 listener to advertise".to_string(),
+        Some(h3) if h3.address.port() == 0 => format!(
+            "http3 listener {:?} has port 0; alt-svc needs the fixed port clients will reach",
+            h3.name
+        ),
+        Some(_) => return None,
+    };
+    Some((format!("{key}.advertise_http3"), message))
 }
 
 /// A `tcp` or `udp` listener forwards to one cluster of its own protocol (for

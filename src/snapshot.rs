@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::cluster::discovery::Discovery;
 use crate::cluster::Cluster;
 use crate::config::discovery::ResolverConfig;
-use crate::config::schema::{ClusterConfig, Config, ListenerConfig, ListenerProtocol, RouteConfig};
+use crate::config::schema::{ClusterConfig, Config, ListenerConfig, RouteConfig};
 use crate::config::{ConfigErrors, Loaded};
 use crate::core::body::Body;
 use crate::core::extensions::OriginalDestination;
@@ -363,7 +363,7 @@ fn route_entry(
 }
 
 /// `h3=":PORT"` for the HTTP/3 listener that `listener` advertises.
-fn alt_svc(config: &Config, listener: &crate::config::schema::ListenerConfig) -> Option<http::HeaderValue> {
+fn alt_svc(config: &Config, listener: &ListenerConfig) -> Option<http::HeaderValue> {
     let chosen = crate::config::advertised_http3(config, listener)?;
     http::HeaderValue::try_from(format!("h3=\":{}\"; ma=86400", chosen.address.port())).ok()
 }

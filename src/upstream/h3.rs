@@ -30,6 +30,16 @@ pub struct H3Client {
     connections: Mutex<HashMap<SocketAddr, Sender>>,
 }
 
+/// One local UDP socket per cluster that reaches IPv4 and IPv6 endpoints
+/// alike, since discovery may bring either family at any time: quinn makes
+/// `[::]:0` dual-stack (IPv4 as v4-mapped addresses). IPv4 only where the
+/// host has no IPv6.
+fn client_endpoint() -> std::io::Result<quinn::Endpoint> {
+    let any = |ip: std::net::IpAddr| SocketAddr::new(ip, 0);
+    quinn::Endpoint::client(any(std::net::Ipv6Addr::UNSPECIFIED.into()))
+        .or_else(|_| quinn::Endpoint::client(any(std::net::Ipv4Addr::UNSPECIFIED.into())))
+}
+
 impl H3Client {
     pub fn new(config: &ClusterConfig) -> Result<Self, String> {
         let settings = config.tls.clone().unwrap_or_default();
@@ -39,12 +49,7 @@ impl H3Client {
         let mut transport = quinn::TransportConfig::default();
         transport.max_idle_timeout(quinn::IdleTimeout::try_from(config.idle_timeout).ok());
         client_config.transport_config(Arc::new(transport));
-        // One local UDP socket per cluster, of the endpoints' address family.
-        let v6 = config.endpoints.first().is_some_and(|e| e.address.is_ipv6());
-        let local: SocketAddr = if v6 { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|_| "local address")?;
-        let endpoint = quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        let endpoint = client_endpoint().map_err(|e| format!("cannot open a UDP socket: {e}"))?;
         Ok(Self {
             endpoint,
             client_config,

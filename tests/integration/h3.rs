@@ -265,6 +265,43 @@ async fn http1_client_to_http3_cluster_bridges_bodies() {
     );
 }
 
+/// An http3 cluster's endpoints may arrive by discovery in either address
+/// family: one local socket reaches both.
+#[tokio::test]
+async fn http3_cluster_reaches_discovered_ipv4_and_ipv6_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("families-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    ca.write(dir.path(), "ca.pem");
+    let h3_listener = |name: &str, address: &str| {
+        format!("  - {{ name: {name}, address: \"{address}\", protocol: http3, tls: {{ cert: server.pem, key: server.key }}, routes: [ {{ name: {name}, direct_response: {{ status: 200, body: {name} }} }} ] }}")
+    };
+    let listeners = [h3_listener("v4", "127.0.0.1:0"), h3_listener("v6", "[::1]:0")].join("\n");
+    let back = start_in(dir.path(), &config(&listeners, "  []")).await;
+    let mut endpoints = String::from("endpoints:\n");
+    for name in ["v4", "v6"] {
+        let address = back.listener_addr(name).await.unwrap();
+        endpoints.push_str(&format!("  - {{ address: \"{address}\" }}\n"));
+    }
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints).unwrap();
+    let front = start_in(
+        dir.path(),
+        &config(
+            "  - { name: plain, address: 127.0.0.1:0, routes: [ { name: over-h3, cluster: via-h3 } ] }",
+            "  - { name: via-h3, protocol: http3, lb: round_robin, tls: { ca: ca.pem, sni: localhost }, discovery: { file: { path: endpoints.yaml } } }",
+        ),
+    )
+    .await;
+    let url = format!("http://{}/", front.listener_addr("plain").await.unwrap());
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(get(&h1_client(), &url).await);
+    }
+    answers.sort();
+    answers.dedup();
+    assert_eq!(answers, [(200, "v4".to_string()), (200, "v6".to_string())]);
+}
+
 #[tokio::test]
 async fn http3_requests_get_trace_context() {
     let dir = tempfile::tempdir().unwrap();

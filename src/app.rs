@@ -167,6 +167,10 @@ impl App {
             self.shared.snapshot.store(previous);
             return Err(e);
         }
+        let current = self.shared.snapshot.load();
+        for gone in previous.clusters.iter().filter(|c| current.cluster(&c.name).is_none()) {
+            self.shared.metrics.discovery.forget_cluster(&gone.name);
+        }
         self.shared
             .tracing
             .configure(self.shared.snapshot.load().loaded.config.tracing.as_ref());

@@ -430,7 +430,7 @@ clusters:
   - name: missing
     discovery: { file: { path: /nonexistent/eps.yaml } }
   - name: k8s
-    discovery: { kubernetes: { service: payments } }
+    discovery: { kubernetes: { service: Payments, namespace: prod, port: 70000 } }
   - name: none
 resolver: { servers: [] }
 ";
@@ -440,7 +440,8 @@ resolver: { servers: [] }
             ":7: clusters[1].discovery.dns.name: \"web..local\": each label must be 1 to 63 characters",
             ":7: clusters[1].discovery.dns.refresh: must be at least min_refresh",
             ":9: clusters[2].discovery.file.path: /nonexistent/eps.yaml: cannot read",
-            ":11: clusters[3].discovery.kubernetes: kubernetes discovery is not supported yet",
+            ":11: clusters[3].discovery.kubernetes.service: a Service name must be a DNS-1035 label: \"Payments\" has 'P'",
+            ":11: clusters[3].discovery.kubernetes.port: must be between 1 and 65535",
             ":12: clusters[4].endpoints: a cluster needs endpoints, a discovery block or type: original_destination",
             ":13: resolver.servers: needs at least one ip:port",
         ];

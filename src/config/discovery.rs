@@ -1,13 +1,14 @@
 //! Schema and checks of service discovery: a cluster's `discovery` block
-//! (`dns` or `file`), the top-level `resolver` section, and the format of an
+//! (`dns`, `file` or `kubernetes`), the top-level `resolver` section, and the format of an
 //! endpoints file (`endpoints: [ { address, zone, weight } ]`, YAML or JSON).
 //!
 //! Guarantees: every struct denies unknown keys; [`validate_cluster`] returns
 //! (key path, message) pairs like `validate.rs`; [`parse_endpoints_file`]
 //! names the endpoints file, line and key of what is wrong in it, and
-//! refuses what a static cluster's `endpoints` would refuse (a weight of 0).
-//! A `kubernetes` block is accepted by the schema but refused by
-//! [`validate_cluster`] as not supported yet.
+//! refuses what a static cluster's `endpoints` would refuse (a weight of 0);
+//! a `kubernetes` block names a valid Service (DNS-1035 label), namespace
+//! (DNS-1123 label) and port (a DNS-1123 label or 1 to 65535), as the API
+//! server itself would require.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,9 +29,8 @@ pub struct DiscoveryConfig {
     pub dns: Option<DnsDiscovery>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileDiscovery>,
-    /// Reserved for EndpointSlice discovery; refused by `weft check` for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubernetes: Option<serde_yaml_ng::Value>,
+    pub kubernetes: Option<KubernetesDiscovery>,
 }
 
 impl DiscoveryConfig {
@@ -40,6 +40,38 @@ impl DiscoveryConfig {
             (Some(_), _) => "dns",
             (None, Some(_)) => "file",
             (None, None) => "kubernetes",
+        }
+    }
+}
+
+/// `discovery.kubernetes`: the ready endpoints of a Service's EndpointSlices.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// The Service: slices labelled `kubernetes.io/service-name: <service>`.
+    pub service: String,
+    /// Default: the pod's own namespace (the service-account mount), or the
+    /// kubeconfig context's outside a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub port: KubernetesPort,
+}
+
+/// The port of a Service's endpoints: a port name from the slices, or a number.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum KubernetesPort {
+    /// The endpoints' port number itself (the Service's `targetPort`).
+    Number(u32),
+    /// The slices' port of this name (the Service's `ports[].name`).
+    Name(String),
+}
+
+impl std::fmt::Display for KubernetesPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubernetesPort::Number(n) => write!(f, "{n}"),
+            KubernetesPort::Name(name) => f.write_str(name),
         }
     }
 }
@@ -116,15 +148,14 @@ pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, Stri
         discovery.kubernetes.is_some(),
     ];
     match kinds.iter().filter(|k| **k).count() {
-        0 => problem("discovery", "needs one of dns or file".into()),
+        0 => problem("discovery", "needs one of dns, file or kubernetes".into()),
         1 => {}
-        _ => problem("discovery", "takes exactly one of dns or file".into()),
+        _ => problem("discovery", "takes exactly one of dns, file or kubernetes".into()),
     }
-    if discovery.kubernetes.is_some() {
-        problem(
-            "discovery.kubernetes",
-            "kubernetes discovery is not supported yet; use dns or file".into(),
-        );
+    if let Some(kubernetes) = &discovery.kubernetes {
+        for (k, e) in kubernetes_problems(kubernetes) {
+            problem(&format!("discovery.kubernetes.{k}"), e);
+        }
     }
     if let Some(dns) = &discovery.dns {
         if let Err(e) = check_dns_name(&dns.name) {
@@ -138,6 +169,9 @@ pub fn validate_cluster(key: &str, cluster: &ClusterConfig) -> Vec<(String, Stri
         within(&mut problems, dns_key("refresh"), dns.refresh, MS, HOUR);
         within(&mut problems, dns_key("min_refresh"), dns.min_refresh, MS, HOUR);
     }
+    if let Some(KubernetesPort::Number(n)) = discovery.kubernetes.as_ref().map(|k| &k.port) {
+        count(&mut problems, format!("{key}.discovery.kubernetes.port"), *n, 1, 65_535);
+    }
     problems
 }
 
@@ -150,6 +184,53 @@ pub fn validate_resolver(resolver: Option<&ResolverConfig>) -> Vec<(String, Stri
         )],
         _ => Vec::new(),
     }
+}
+
+/// What is wrong in a `kubernetes` block, as (key, message).
+fn kubernetes_problems(config: &KubernetesDiscovery) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if let Err(e) = check_k8s_label(&config.service, true) {
+        problems.push(("service", format!("a Service name {e}")));
+    }
+    if let Some(Err(e)) = config.namespace.as_deref().map(|n| check_k8s_label(n, false)) {
+        problems.push(("namespace", format!("a namespace {e}")));
+    }
+    match &config.port {
+        // A number's range is checked with every other range (`validate_cluster`).
+        KubernetesPort::Number(_) => {}
+        KubernetesPort::Name(name) => {
+            if let Err(e) = check_k8s_label(name, false) {
+                problems.push(("port", format!("a port name {e}")));
+            }
+        }
+    }
+    problems
+}
+
+/// Checks a Kubernetes name: a DNS-1123 label (1 to 63 lowercase letters,
+/// digits or `-`, starting and ending with a letter or digit), which must
+/// also start with a letter when `dns_1035` (a DNS-1035 label, as Service
+/// names are).
+pub fn check_k8s_label(name: &str, dns_1035: bool) -> Result<(), String> {
+    let kind = if dns_1035 { "DNS-1035" } else { "DNS-1123" };
+    let fail = |why: &str| Err(format!("must be a {kind} label: {name:?} {why}"));
+    if name.is_empty() || name.len() > 63 {
+        return fail("is not 1 to 63 characters");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return fail(&format!("has {c:?}; only lowercase letters, digits and '-' are allowed"));
+    }
+    let first = name.chars().next().unwrap_or('-');
+    if dns_1035 && !first.is_ascii_lowercase() {
+        return fail("does not start with a letter");
+    }
+    if first == '-' || name.ends_with('-') {
+        return fail("starts or ends with '-'");
+    }
+    Ok(())
 }
 
 /// Checks `name` is a DNS name weft can ask for: dot-separated labels of
@@ -253,6 +334,28 @@ mod tests {
         }
         assert!(check_dns_name(&format!("{}.local", "a".repeat(64))).is_err());
         assert!(check_dns_name(&["abc"; 70].join(".")).is_err());
+    }
+
+    #[test]
+    fn kubernetes_names_are_checked_as_the_api_server_does() {
+        for good in ["payments", "a", "web-2", &"a".repeat(63)] {
+            assert_eq!(check_k8s_label(good, true), Ok(()), "{good}");
+        }
+        for bad in ["", "2web", "-web", "web-", "Web", "web.prod", "we_b", &"a".repeat(64)] {
+            assert!(check_k8s_label(bad, true).is_err(), "{bad}");
+        }
+        // DNS-1123 (namespaces, port names) allows a leading digit.
+        assert_eq!(check_k8s_label("2web", false), Ok(()));
+        assert!(check_k8s_label("2web-", false).is_err());
+
+        let block = |yaml: &str| serde_yaml_ng::from_str::<KubernetesDiscovery>(yaml).unwrap();
+        let ok = block("{ service: payments, namespace: prod, port: http }");
+        assert_eq!(ok.port, KubernetesPort::Name("http".into()));
+        assert!(kubernetes_problems(&ok).is_empty());
+        assert_eq!(block("{ service: p, port: 8080 }").port, KubernetesPort::Number(8080));
+        let bad = block("{ service: Payments, namespace: prod_1, port: Http }");
+        let keys: Vec<&str> = kubernetes_problems(&bad).iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["service", "namespace", "port"]);
     }
 
     #[test]

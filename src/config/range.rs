@@ -201,6 +201,11 @@ clusters:
         port: 0
         refresh: 1000h
         min_refresh: 1000h
+  - name: k
+    discovery:
+      kubernetes:
+        service: web
+        port: 70000
   - name: o
     type: original_destination
     port_override: 70000

@@ -2,7 +2,9 @@
 //! endpoints each cluster has, and when its discovery last succeeded.
 //!
 //! Handles are resolved once per cluster when its discovery (or the cluster)
-//! is built; an update only moves pre-resolved series.
+//! is built; an update only moves pre-resolved series. A cluster deleted by
+//! a reload loses its gauges ([`DiscoveryFamilies::forget_cluster`]), so
+//! `weft_cluster_endpoints` never reports a cluster that no longer exists.
 
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -49,6 +51,14 @@ impl DiscoveryFamilies {
     /// The gauge of how many endpoints `cluster` has.
     pub fn endpoints(&self, cluster: &str) -> IntGauge {
         self.endpoints.with_label_values(&[cluster])
+    }
+
+    /// Removes the gauges of a cluster that no longer exists (its counters
+    /// stay, as counters do). Handles still held by the old cluster keep
+    /// working but are no longer exported.
+    pub fn forget_cluster(&self, cluster: &str) {
+        let _ = self.endpoints.remove_label_values(&[cluster]);
+        let _ = self.last_success.remove_label_values(&[cluster]);
     }
 
     /// The series a cluster's discovery moves; every result starts at zero.

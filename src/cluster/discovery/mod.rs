@@ -1,18 +1,19 @@
-//! Service discovery: a cluster's endpoints found in DNS (`dns.rs`) or in a
-//! watched file (`file.rs`) instead of the config.
+//! Service discovery: a cluster's endpoints found in DNS (`dns.rs`), in a
+//! watched file (`file.rs`) or in a Service's Kubernetes EndpointSlices
+//! (`kubernetes.rs`) instead of the config.
 //!
 //! A [`Discovery`] is one source for one cluster. Its task looks (resolves,
 //! reads), publishes each new good set on a `watch` channel, and the
 //! cluster's monitor applies it as a diff (`Cluster::update_endpoints`). A
 //! source only reports whole sets of [`EndpointSpec`]s (address, zone,
-//! weight), so any source that can list its endpoints fits, e.g. one
-//! watching Kubernetes EndpointSlices, which would report the endpoints that
-//! are ready and not terminating (a terminating endpoint leaves the set: it
-//! gets no new requests and finishes the ones it has).
+//! weight), so any source that can list its endpoints fits; the Kubernetes
+//! one reports the endpoints that are ready and not terminating (a
+//! terminating endpoint leaves the set: it gets no new requests and
+//! finishes the ones it has).
 //!
 //! Guarantees:
 //! - A failed look (resolution error, no records, unreadable or invalid
-//!   file) never replaces the last good set: the cluster keeps serving it.
+//!   file, lost EndpointSlice watch) never replaces the last good set: the cluster keeps serving it.
 //!   The source retries with backoff (`policy::discovery`), logs once per
 //!   change of state (starting, ok, failing) and counts every look in
 //!   `weft_discovery_updates_total{result}`.
@@ -24,6 +25,7 @@
 
 mod dns;
 mod file;
+mod kubernetes;
 
 use std::sync::Arc;
 
@@ -51,7 +53,7 @@ pub struct Published {
 /// `/clusters`' view of a cluster's discovery.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DiscoveryStatus {
-    /// `static`, `dns` or `file`.
+    /// `static`, `dns`, `file` or `kubernetes`.
     pub kind: &'static str,
     pub source: String,
     /// `starting`, `ok` or `failing` (`static` clusters: `ok`).
@@ -118,10 +120,14 @@ impl Discovery {
         resolver: Option<&ResolverConfig>,
         metrics: &Metrics,
     ) -> Arc<Self> {
-        let source: Arc<str> = match (&config.dns, &config.file) {
-            (Some(dns), _) => Arc::from(format!("dns:{}:{}", dns.name, dns.port)),
-            (None, Some(file)) => Arc::from(format!("file:{}", file.path.display())),
-            (None, None) => Arc::from(config.kind()),
+        let source: Arc<str> = match (&config.dns, &config.file, &config.kubernetes) {
+            (Some(dns), _, _) => Arc::from(format!("dns:{}:{}", dns.name, dns.port)),
+            (None, Some(file), _) => Arc::from(format!("file:{}", file.path.display())),
+            (None, None, Some(k8s)) => {
+                let namespace = k8s.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+                Arc::from(format!("kubernetes:{namespace}{}:{}", k8s.service, k8s.port))
+            }
+            (None, None, None) => Arc::from(config.kind()),
         };
         let (published, _) = watch::channel(Published {
             endpoints: None,
@@ -155,14 +161,15 @@ impl Discovery {
             return;
         }
         let shared = self.shared.clone();
-        let handle = match (&self.config.dns, &self.config.file) {
-            (Some(dns), _) => {
+        let handle = match (&self.config.dns, &self.config.file, &self.config.kubernetes) {
+            (Some(dns), _, _) => {
                 let servers = self.resolver.as_ref().map(|r| r.servers.clone()).unwrap_or_default();
                 tokio::spawn(dns::run(shared, dns.clone(), servers))
             }
-            (None, Some(file)) => tokio::spawn(file::run(shared, file.path.clone())),
-            // `weft check` refuses other kinds; nothing to look at.
-            (None, None) => return,
+            (None, Some(file), _) => tokio::spawn(file::run(shared, file.path.clone())),
+            (None, None, Some(k8s)) => tokio::spawn(kubernetes::run(shared, k8s.clone())),
+            // `weft check` refuses a block naming no kind; nothing to look at.
+            (None, None, None) => return,
         };
         *task = Some(Aborting(handle));
     }

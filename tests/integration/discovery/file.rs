@@ -169,3 +169,31 @@ async fn health_checks_follow_the_endpoint_set() {
     .await;
     assert_eq!(health_of(sick.addr).await, None);
 }
+
+#[tokio::test]
+async fn a_cluster_deleted_by_a_reload_loses_its_gauges() {
+    let u1 = Upstream::text("u1").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints_yaml(&[&u1])).unwrap();
+    let listeners = |cluster: &str| {
+        format!("  - {{ name: public, address: 127.0.0.1:0, routes: [ {{ name: all, match: {{ path_prefix: / }}, cluster: {cluster} }} ] }}")
+    };
+    let kept = format!("  - {{ name: kept, endpoints: [ {{ address: {} }} ] }}", u1.addr);
+    let web = "  - { name: web, discovery: { file: { path: endpoints.yaml } } }";
+    let app = start_in(dir.path(), &config(&listeners("web"), &format!("{kept}\n{web}"))).await;
+    let exported = async || get(&h1_client(), &format!("http://{}/metrics", app.admin_addr())).await.1;
+    let text = exported().await;
+    assert_eq!(metric(&text, "weft_cluster_endpoints{cluster=\"web\"} "), 1.0);
+    metric(&text, "weft_discovery_last_success_timestamp_seconds{cluster=\"web\"} ");
+
+    std::fs::write(dir.path().join("weft.yaml"), config(&listeners("kept"), &kept)).unwrap();
+    assert!(app.reload(true).await.unwrap());
+    let text = exported().await;
+    assert_eq!(metric(&text, "weft_cluster_endpoints{cluster=\"kept\"} "), 1.0);
+    for gone in [
+        "weft_cluster_endpoints{cluster=\"web\"}",
+        "weft_discovery_last_success_timestamp_seconds{cluster=\"web\"}",
+    ] {
+        assert!(!text.contains(gone), "{gone} is still exported:\n{text}");
+    }
+}

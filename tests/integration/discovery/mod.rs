@@ -1,10 +1,13 @@
 //! Service discovery through a real weft: endpoints from a real DNS server
-//! on loopback (`dns.rs`, `dns_server.rs`) and from a watched file
-//! (`file.rs`), changed while requests flow.
+//! on loopback (`dns.rs`, `dns_server.rs`), from a watched file (`file.rs`)
+//! and from Kubernetes EndpointSlices served by an in-test API server
+//! (`kubernetes.rs`, `kube_api.rs`), changed while requests flow.
 
 mod dns;
 mod dns_server;
 mod file;
+mod kube_api;
+mod kubernetes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -221,7 +221,9 @@ pub fn check_k8s_label(name: &str, dns_1035: bool) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return fail(&format!("has {c:?}; only lowercase letters, digits and '-' are allowed"));
+        return fail(&format!(
+            "has {c:?}; only lowercase letters, digits and '-' are allowed"
+        ));
     }
     let first = name.chars().next().unwrap_or('-');
     if dns_1035 && !first.is_ascii_lowercase() {

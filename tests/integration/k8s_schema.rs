@@ -139,13 +139,25 @@ fn the_shipped_rbac_lets_the_deployments_account_watch_endpointslices() {
     let sidecar = root().join("deploy/sidecar");
     let rbac = objects(&sidecar.join("rbac.yaml"));
     let of_kind = |objects: &[Value], kind: &str| -> Vec<Value> {
-        objects.iter().filter(|o| o["kind"].as_str() == Some(kind)).cloned().collect()
+        objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .cloned()
+            .collect()
     };
     let deployment = &of_kind(&objects(&sidecar.join("deployment.yaml")), "Deployment")[0];
-    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"].as_str().unwrap();
-    assert!(of_kind(&rbac, "ServiceAccount").iter().any(|a| a["metadata"]["name"].as_str() == Some(account)));
+    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    assert!(of_kind(&rbac, "ServiceAccount")
+        .iter()
+        .any(|a| a["metadata"]["name"].as_str() == Some(account)));
     let strings = |v: &Value| -> Vec<String> {
-        v.as_sequence().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
     };
     let roles: Vec<String> = of_kind(&rbac, "Role")
         .iter()
@@ -163,9 +175,11 @@ fn the_shipped_rbac_lets_the_deployments_account_watch_endpointslices() {
     let bound = of_kind(&rbac, "RoleBinding").iter().any(|binding| {
         binding["roleRef"]["kind"].as_str() == Some("Role")
             && binding["roleRef"]["name"].as_str() == Some(roles[0].as_str())
-            && binding["subjects"].as_sequence().into_iter().flatten().any(|s| {
-                s["kind"].as_str() == Some("ServiceAccount") && s["name"].as_str() == Some(account)
-            })
+            && binding["subjects"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|s| s["kind"].as_str() == Some("ServiceAccount") && s["name"].as_str() == Some(account))
     });
     assert!(bound, "the Role is bound to ServiceAccount {account}");
 }

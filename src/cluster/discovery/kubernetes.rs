@@ -239,8 +239,16 @@ mod tests {
                 endpoint(&["10.0.0.6"], "zone-b", Some(false), Some(true)),
             ],
         );
-        let v6 = slice("IPv6", &[("http", 8081)], vec![endpoint(&["fd00::1"], "zone-c", Some(true), Some(false))]);
-        let fqdn = slice("FQDN", &[("http", 80)], vec![endpoint(&["db.example"], "zone-c", None, None)]);
+        let v6 = slice(
+            "IPv6",
+            &[("http", 8081)],
+            vec![endpoint(&["fd00::1"], "zone-c", Some(true), Some(false))],
+        );
+        let fqdn = slice(
+            "FQDN",
+            &[("http", 80)],
+            vec![endpoint(&["db.example"], "zone-c", None, None)],
+        );
         let all = [v4, v6, fqdn];
         let found = ready_endpoints(all.iter(), &KubernetesPort::Name("http".into())).unwrap();
         assert_eq!(
@@ -259,7 +267,11 @@ mod tests {
 
     #[test]
     fn a_port_no_slice_has_is_an_error_but_an_empty_service_is_not() {
-        let named = slice("IPv4", &[("http", 8080)], vec![endpoint(&["10.0.0.1"], "a", None, None)]);
+        let named = slice(
+            "IPv4",
+            &[("http", 8080)],
+            vec![endpoint(&["10.0.0.1"], "a", None, None)],
+        );
         assert!(ready_endpoints([&named].into_iter(), &KubernetesPort::Name("grpc".into())).is_err());
         let empty = EndpointSlice {
             address_type: "IPv4".into(),
@@ -267,6 +279,8 @@ mod tests {
         };
         let none = ready_endpoints([&empty].into_iter(), &KubernetesPort::Name("grpc".into())).unwrap();
         assert!(none.is_empty());
-        assert!(ready_endpoints(std::iter::empty(), &KubernetesPort::Number(80)).unwrap().is_empty());
+        assert!(ready_endpoints(std::iter::empty(), &KubernetesPort::Number(80))
+            .unwrap()
+            .is_empty());
     }
 }

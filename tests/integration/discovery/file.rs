@@ -181,7 +181,11 @@ async fn a_cluster_deleted_by_a_reload_loses_its_gauges() {
     let kept = format!("  - {{ name: kept, endpoints: [ {{ address: {} }} ] }}", u1.addr);
     let web = "  - { name: web, discovery: { file: { path: endpoints.yaml } } }";
     let app = start_in(dir.path(), &config(&listeners("web"), &format!("{kept}\n{web}"))).await;
-    let exported = async || get(&h1_client(), &format!("http://{}/metrics", app.admin_addr())).await.1;
+    let exported = async || {
+        get(&h1_client(), &format!("http://{}/metrics", app.admin_addr()))
+            .await
+            .1
+    };
     let text = exported().await;
     assert_eq!(metric(&text, "weft_cluster_endpoints{cluster=\"web\"} "), 1.0);
     metric(&text, "weft_discovery_last_success_timestamp_seconds{cluster=\"web\"} ");

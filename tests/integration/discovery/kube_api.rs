@@ -291,7 +291,10 @@ impl State {
         }
         let path = format!("/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices", self.namespace);
         if req.method() != http::Method::GET || req.uri().path() != path {
-            return status(StatusCode::NOT_FOUND, "the server could not find the requested resource");
+            return status(
+                StatusCode::NOT_FOUND,
+                "the server could not find the requested resource",
+            );
         }
         let query: BTreeMap<String, String> = req
             .uri()
@@ -318,7 +321,12 @@ impl State {
         self.lists.fetch_add(1, Ordering::SeqCst);
         let inner = self.inner.lock();
         let list = k8s_openapi::List {
-            items: inner.slices.values().filter(|s| service_of(s) == service).cloned().collect(),
+            items: inner
+                .slices
+                .values()
+                .filter(|s| service_of(s) == service)
+                .cloned()
+                .collect(),
             metadata: ListMeta {
                 resource_version: Some(inner.version.to_string()),
                 ..ListMeta::default()

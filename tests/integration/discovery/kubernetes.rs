@@ -87,7 +87,11 @@ async fn pods(names: &[&'static str]) -> (u16, Vec<Upstream>) {
                 Err(_) => continue 'again, // taken on that address: another port
             }
         }
-        let upstreams = listeners.into_iter().zip(names).map(|(l, name)| named(l, name)).collect();
+        let upstreams = listeners
+            .into_iter()
+            .zip(names)
+            .map(|(l, name)| named(l, name))
+            .collect();
         return (port, upstreams);
     }
 }
@@ -148,7 +152,12 @@ impl WeftProcess {
     async fn clusters(&self) -> Value {
         let (_, body) = get(&h1_client(), &format!("http://{}/clusters", self.admin)).await;
         let all: Value = serde_json::from_str(&body).unwrap();
-        all.as_array().unwrap().iter().find(|c| c["name"] == "web").cloned().unwrap()
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "web")
+            .cloned()
+            .unwrap()
     }
 
     /// The endpoints weft has for `web`, as `/clusters` shows them.
@@ -182,18 +191,28 @@ fn at(upstreams: &[&Upstream]) -> Vec<String> {
 
 /// Answers (in order) from index `from` on.
 fn bodies_since(traffic: &Traffic, from: usize) -> std::collections::BTreeSet<String> {
-    traffic.seen.lock()[from..].iter().map(|(_, body)| body.clone()).collect()
+    traffic.seen.lock()[from..]
+        .iter()
+        .map(|(_, body)| body.clone())
+        .collect()
 }
 
 #[tokio::test]
 async fn traffic_follows_the_services_endpointslices() {
     let (port, pods) = pods(&["u1", "u2", "u3", "u4", "other"]).await;
-    let [u1, u2, u3, u4, other] = &pods[..] else { unreachable!() };
+    let [u1, u2, u3, u4, other] = &pods[..] else {
+        unreachable!()
+    };
     let api = KubeApi::start("prod").await;
     // Two slices of the Service, merged; a slice of another Service, ignored.
     api.apply(slice("web-a", "web", port, &[Ep(&[u1], "zone-a", Condition::Ready)]));
     api.apply(slice("web-b", "web", port, &[Ep(&[u2], "zone-b", Condition::Unset)]));
-    api.apply(slice("other-a", "other", port, &[Ep(&[other], "zone-a", Condition::Ready)]));
+    api.apply(slice(
+        "other-a",
+        "other",
+        port,
+        &[Ep(&[other], "zone-a", Condition::Ready)],
+    ));
     let clusters = "  - name: web\n    discovery: { kubernetes: { service: web, namespace: prod, port: http } }";
     // The context names another namespace: the configured one wins.
     let weft = WeftProcess::start(&api, "default", clusters).await;
@@ -205,7 +224,9 @@ async fn traffic_follows_the_services_endpointslices() {
     let traffic = Traffic::start(weft.public.clone());
     eventually("both slices' endpoints serve", async || {
         let seen = bodies_since(&traffic, 0);
-        (seen.contains("u1") && seen.contains("u2")).then_some(()).ok_or(format!("{seen:?}"))
+        (seen.contains("u1") && seen.contains("u2"))
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
     })
     .await;
 
@@ -214,12 +235,17 @@ async fn traffic_follows_the_services_endpointslices() {
         "web-a",
         "web",
         port,
-        &[Ep(&[u1], "zone-a", Condition::Ready), Ep(&[u3, u4], "zone-a", Condition::Ready)],
+        &[
+            Ep(&[u1], "zone-a", Condition::Ready),
+            Ep(&[u3, u4], "zone-a", Condition::Ready),
+        ],
     ));
     let from = traffic.seen.lock().len();
     eventually("the new endpoint's addresses serve", async || {
         let seen = bodies_since(&traffic, from);
-        (seen.contains("u3") && seen.contains("u4")).then_some(()).ok_or(format!("{seen:?}"))
+        (seen.contains("u3") && seen.contains("u4"))
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
     })
     .await;
 
@@ -228,23 +254,41 @@ async fn traffic_follows_the_services_endpointslices() {
         "web-a",
         "web",
         port,
-        &[Ep(&[u1], "zone-a", Condition::Terminating), Ep(&[u3, u4], "zone-a", Condition::Ready)],
+        &[
+            Ep(&[u1], "zone-a", Condition::Terminating),
+            Ep(&[u3, u4], "zone-a", Condition::Ready),
+        ],
     ));
-    eventually("terminating u1 leaves the set", async || weft.endpoints().await == at(&[u2, u3, u4])).await;
+    eventually("terminating u1 leaves the set", async || {
+        weft.endpoints().await == at(&[u2, u3, u4])
+    })
+    .await;
     let from = traffic.seen.lock().len();
     // A deleted slice: its endpoints go.
     api.delete("web-b");
-    eventually("the deleted slice's u2 leaves the set", async || weft.endpoints().await == at(&[u3, u4])).await;
+    eventually("the deleted slice's u2 leaves the set", async || {
+        weft.endpoints().await == at(&[u3, u4])
+    })
+    .await;
     let after_delete = traffic.seen.lock().len();
-    eventually("requests flow on u3 and u4", async || traffic.seen.lock().len() > after_delete + 20).await;
+    eventually("requests flow on u3 and u4", async || {
+        traffic.seen.lock().len() > after_delete + 20
+    })
+    .await;
 
     let answers = traffic.stop().await;
     assert_all_ok(&answers);
     let late: Vec<&str> = answers[from..].iter().map(|(_, body)| body.as_str()).collect();
     assert!(!late.contains(&"u1"), "terminating u1 got a new request");
-    assert!(!answers.iter().any(|(_, body)| body == "other"), "another Service's slice was used");
+    assert!(
+        !answers.iter().any(|(_, body)| body == "other"),
+        "another Service's slice was used"
+    );
     let after: Vec<&str> = answers[after_delete..].iter().map(|(_, body)| body.as_str()).collect();
-    assert!(!after.contains(&"u2"), "u2 of the deleted slice got a request after it left");
+    assert!(
+        !after.contains(&"u2"),
+        "u2 of the deleted slice got a request after it left"
+    );
     assert_eq!(api.lists(), 1, "one list, then one watch carried every change");
 }
 
@@ -266,10 +310,17 @@ async fn the_last_set_stays_while_the_api_server_is_down_and_410_gone_relists() 
     // The watch expires with a change no watch saw: only a re-list finds it.
     assert_eq!(api.lists(), 1);
     api.expire_after(slice("web-a", "web", port, &[Ep(&[u2], "zone-a", Condition::Ready)]));
-    eventually("the re-listed u2 serves", async || traffic.last_body().as_deref() == Some("u2")).await;
+    eventually("the re-listed u2 serves", async || {
+        traffic.last_body().as_deref() == Some("u2")
+    })
+    .await;
     assert_eq!(api.lists(), 2, "410 Gone made weft list again");
     let errors = "weft_discovery_updates_total{cluster=\"web\",result=\"error\"} ";
-    assert_eq!(weft.metric(errors).await, 0.0, "an expired watch is routine, not a failure");
+    assert_eq!(
+        weft.metric(errors).await,
+        0.0,
+        "an expired watch is routine, not a failure"
+    );
 
     // Down: the last set keeps serving; failures are counted and logged once.
     api.set_down(true);
@@ -279,13 +330,22 @@ async fn the_last_set_stays_while_the_api_server_is_down_and_410_gone_relists() 
     assert_eq!(weft.endpoints().await, at(&[u2]));
     assert_eq!(weft.log_lines_with("discovery failing"), 1, "{:#?}", weft.log.lock());
     let during = traffic.seen.lock().len();
-    eventually("requests flow during the outage", async || traffic.seen.lock().len() > during + 20).await;
+    eventually("requests flow during the outage", async || {
+        traffic.seen.lock().len() > during + 20
+    })
+    .await;
 
     // Back up, with a change made meanwhile.
     api.apply(slice("web-a", "web", port, &[Ep(&[u3], "zone-a", Condition::Ready)]));
     api.set_down(false);
-    eventually("u3 serves after the outage", async || traffic.last_body().as_deref() == Some("u3")).await;
-    eventually("the state is ok again", async || weft.clusters().await["discovery"]["state"] == "ok").await;
+    eventually("u3 serves after the outage", async || {
+        traffic.last_body().as_deref() == Some("u3")
+    })
+    .await;
+    eventually("the state is ok again", async || {
+        weft.clusters().await["discovery"]["state"] == "ok"
+    })
+    .await;
     let answers = traffic.stop().await;
     assert_all_ok(&answers);
 }
@@ -299,13 +359,19 @@ async fn zones_from_the_slices_keep_requests_in_the_local_zone() {
         "web-a",
         "web",
         port,
-        &[Ep(&[a1], "zone-a", Condition::Ready), Ep(&[b1], "zone-b", Condition::Ready)],
+        &[
+            Ep(&[a1], "zone-a", Condition::Ready),
+            Ep(&[b1], "zone-b", Condition::Ready),
+        ],
     ));
     api.apply(slice(
         "web-b",
         "web",
         port,
-        &[Ep(&[a2], "zone-a", Condition::Ready), Ep(&[b2], "zone-b", Condition::Ready)],
+        &[
+            Ep(&[a2], "zone-a", Condition::Ready),
+            Ep(&[b2], "zone-b", Condition::Ready),
+        ],
     ));
     let clusters = "  - name: web\n    zone_aware: { min_cluster_size: 2 }\n    discovery: { kubernetes: { service: web, namespace: prod, port: http } }\nnode: { zone: zone-a, callers: { zone-a: 1, zone-b: 1 } }";
     let weft = WeftProcess::start(&api, "prod", clusters).await;

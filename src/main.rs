@@ -89,7 +89,9 @@ fn check(path: &Path) -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // kube logs every failed API request and watch at error level; weft's
+        // discovery logs once per change of state (with the error) instead.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=off"));
     // Logs go to stderr; stdout carries the access log.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

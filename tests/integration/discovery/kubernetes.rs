@@ -118,7 +118,8 @@ impl WeftProcess {
             .args(["run", "--config"])
             .arg(&path)
             .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
+            // weft's default log filter: the one whose lines are checked.
+            .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -328,7 +329,10 @@ async fn the_last_set_stays_while_the_api_server_is_down_and_410_gone_relists() 
     let status = weft.clusters().await;
     assert_eq!(status["discovery"]["state"], "failing");
     assert_eq!(weft.endpoints().await, at(&[u2]));
+    // One warning for the whole outage, however many retries failed.
     assert_eq!(weft.log_lines_with("discovery failing"), 1, "{:#?}", weft.log.lock());
+    let complaints = weft.log_lines_with("WARN") + weft.log_lines_with("ERROR");
+    assert_eq!(complaints, 1, "{:#?}", weft.log.lock());
     let during = traffic.seen.lock().len();
     eventually("requests flow during the outage", async || {
         traffic.seen.lock().len() > during + 20

@@ -11,12 +11,14 @@
 //!   then live ones), BOOKMARK on request, and an ERROR event with a
 //!   `Status` of code 410 (reason `Expired`) when R is older than the oldest
 //!   version it still has, as after a compaction.
-//! - A request without the bearer token gets 401; another namespace 404.
+//! - Over HTTPS ([`KubeApi::start_tls`]) or plain HTTP; a request without
+//!   the bearer token gets 401; another namespace 404.
 //! - "Down" closes every connection, open watches included, and drops new
 //!   ones at once, as a crashed API server behind a load balancer does.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -28,12 +30,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, Status, WatchEvent};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::support::*;
+use crate::tls::Ca;
 
 pub const TOKEN: &str = "weft-test-token";
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
@@ -42,6 +48,8 @@ pub struct KubeApi {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: JoinHandle<()>,
+    /// The CA file a kubeconfig names, when serving HTTPS.
+    ca: parking_lot::Mutex<Option<PathBuf>>,
 }
 
 impl Drop for KubeApi {
@@ -98,7 +106,30 @@ fn line(event: &impl serde::Serialize) -> Bytes {
 }
 
 impl KubeApi {
+    /// Serves plain HTTP (a kubeconfig may name an `http://` server).
     pub async fn start(namespace: &str) -> Self {
+        Self::serve(namespace, None).await
+    }
+
+    /// Serves HTTPS, as every real API server does, with a certificate for
+    /// 127.0.0.1 signed by `ca`.
+    pub async fn start_tls(namespace: &str, ca: &Ca, dir: &Path) -> Self {
+        let (cert, key) = ca.leaf(dir, "kube-apiserver", "kube-apiserver", None);
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let api = Self::serve(namespace, Some(TlsAcceptor::from(Arc::new(config)))).await;
+        *api.ca.lock() = Some(ca.write(dir, "kube-ca.pem"));
+        api
+    }
+
+    async fn serve(namespace: &str, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -118,25 +149,39 @@ impl KubeApi {
                     continue; // dropped: the connection closes at once
                 }
                 inner.connections.retain(|c| !c.is_finished());
+                let tls = tls.clone();
                 inner.connections.push(tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, std::convert::Infallible>(state.answer(req)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
                 }));
             }
         });
-        Self { addr, state, task }
+        let ca = parking_lot::Mutex::new(None);
+        Self { addr, state, task, ca }
     }
 
     /// A kubeconfig for this server whose context's namespace is `namespace`.
     pub fn kubeconfig(&self, namespace: &str) -> String {
+        let cluster = match &*self.ca.lock() {
+            Some(ca) => format!(
+                "{{ server: \"https://{}\", certificate-authority: \"{}\" }}",
+                self.addr,
+                ca.display()
+            ),
+            None => format!("{{ server: \"http://{}\" }}", self.addr),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{ server: \"http://{}\" }}\nusers:\n- name: test\n  user: {{ token: {TOKEN} }}\ncontexts:\n- name: test\n  context: {{ cluster: test, user: test, namespace: {namespace} }}\ncurrent-context: test\n",
-            self.addr
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {cluster}\nusers:\n- name: test\n  user: {{ token: {TOKEN} }}\ncontexts:\n- name: test\n  context: {{ cluster: test, user: test, namespace: {namespace} }}\ncurrent-context: test\n"
         )
     }
 

@@ -358,7 +358,10 @@ async fn the_last_set_stays_while_the_api_server_is_down_and_410_gone_relists() 
 async fn zones_from_the_slices_keep_requests_in_the_local_zone() {
     let (port, pods) = pods(&["a1", "a2", "b1", "b2"]).await;
     let [a1, a2, b1, b2] = &pods[..] else { unreachable!() };
-    let api = KubeApi::start("prod").await;
+    // HTTPS, as in a cluster: kube's rustls client (ring) checks the server
+    // against the kubeconfig's certificate-authority.
+    let certs = tempfile::tempdir().unwrap();
+    let api = KubeApi::start_tls("prod", &crate::tls::Ca::new("kube-ca"), certs.path()).await;
     api.apply(slice(
         "web-a",
         "web",

@@ -16,7 +16,9 @@ use tokio::process::{Child, Command};
 
 use super::kube_api::KubeApi;
 use super::*;
+use crate::cli::have_tool;
 use crate::process::wait_for;
+use crate::tls::Ca;
 
 /// An endpoint's state, as the EndpointSlice controller writes it.
 #[derive(Clone, Copy)]
@@ -106,18 +108,56 @@ struct WeftProcess {
     log: Arc<parking_lot::Mutex<Vec<String>>>,
 }
 
+/// weft's config, written into `dir`: listener `public` routes to cluster
+/// `web`, one of `clusters`.
+fn weft_yaml(dir: &std::path::Path, clusters: &str) -> std::path::PathBuf {
+    let path = dir.join("weft.yaml");
+    let listeners = "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, match: { path_prefix: / }, cluster: web } ] }";
+    std::fs::write(&path, format!("drain_delay: 0s\n{}", config(listeners, clusters))).unwrap();
+    path
+}
+
 impl WeftProcess {
+    /// weft with `KUBECONFIG` naming `api`, its context in `context_namespace`.
     async fn start(api: &KubeApi, context_namespace: &str, clusters: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, api.kubeconfig(context_namespace)).unwrap();
-        let path = dir.path().join("weft.yaml");
-        let listeners = "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, match: { path_prefix: / }, cluster: web } ] }";
-        std::fs::write(&path, format!("drain_delay: 0s\n{}", config(listeners, clusters))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("KUBECONFIG", &kubeconfig)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command.args(["run", "--config"]).arg(weft_yaml(dir.path(), clusters));
+        command.env("KUBECONFIG", &kubeconfig);
+        Self::spawn(command, dir).await
+    }
+
+    /// weft as in a pod: no kubeconfig, `KUBERNETES_SERVICE_HOST`/`_PORT`
+    /// naming `api`, and a service-account mount (token, `ca.crt` = `ca`,
+    /// `namespace`) at /var/run/secrets/kubernetes.io/serviceaccount, in a
+    /// mount namespace of its own so the host's /run is untouched.
+    async fn in_pod(api: &KubeApi, ca: &Ca, namespace: &str, clusters: &str) -> Option<Self> {
+        if !have_tool("unshare", &["--mount", "true"], "kubernetes in-cluster credentials") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let account = dir.path().join("serviceaccount");
+        std::fs::create_dir(&account).unwrap();
+        std::fs::write(account.join("token"), super::kube_api::TOKEN).unwrap();
+        std::fs::write(account.join("namespace"), namespace).unwrap();
+        ca.write(&account, "ca.crt");
+        let mount = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io \
+            && cp -r \"$0\" /run/secrets/kubernetes.io/serviceaccount && exec \"$1\" run --config \"$2\"";
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "sh", "-c", mount]).arg(&account);
+        command
+            .arg(env!("CARGO_BIN_EXE_weft"))
+            .arg(weft_yaml(dir.path(), clusters));
+        command.env("KUBERNETES_SERVICE_HOST", "127.0.0.1");
+        command.env("KUBERNETES_SERVICE_PORT", api.addr.port().to_string());
+        command.env_remove("KUBECONFIG").env("HOME", dir.path());
+        Some(Self::spawn(command, dir).await)
+    }
+
+    async fn spawn(mut command: Command, dir: tempfile::TempDir) -> Self {
+        let mut child = command
             // weft's default log filter: the one whose lines are checked.
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
@@ -264,14 +304,16 @@ async fn traffic_follows_the_services_endpointslices() {
         weft.endpoints().await == at(&[u2, u3, u4])
     })
     .await;
-    let from = traffic.seen.lock().len();
+    // Traffic sends one request at a time: the answer at this index may be
+    // of a request sent before weft dropped u1; every later one was sent after.
+    let from = traffic.seen.lock().len() + 1;
     // A deleted slice: its endpoints go.
     api.delete("web-b");
     eventually("the deleted slice's u2 leaves the set", async || {
         weft.endpoints().await == at(&[u3, u4])
     })
     .await;
-    let after_delete = traffic.seen.lock().len();
+    let after_delete = traffic.seen.lock().len() + 1;
     eventually("requests flow on u3 and u4", async || {
         traffic.seen.lock().len() > after_delete + 20
     })
@@ -361,7 +403,7 @@ async fn zones_from_the_slices_keep_requests_in_the_local_zone() {
     // HTTPS, as in a cluster: kube's rustls client (ring) checks the server
     // against the kubeconfig's certificate-authority.
     let certs = tempfile::tempdir().unwrap();
-    let api = KubeApi::start_tls("prod", &crate::tls::Ca::new("kube-ca"), certs.path()).await;
+    let api = KubeApi::start_tls("prod", &Ca::new("kube-ca"), certs.path()).await;
     api.apply(slice(
         "web-a",
         "web",
@@ -402,4 +444,25 @@ async fn zones_from_the_slices_keep_requests_in_the_local_zone() {
     let remote = served.get("b1").unwrap_or(&0) + served.get("b2").unwrap_or(&0);
     assert_eq!(remote, 0, "requests left the local zone: {served:?}");
     assert_eq!(served.len(), 2, "both local endpoints serve: {served:?}");
+}
+
+#[tokio::test]
+async fn in_a_pod_the_service_account_gives_credentials_and_namespace() {
+    let (port, pods) = pods(&["u1"]).await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster-ca");
+    let api = KubeApi::start_tls("team-a", &ca, certs.path()).await;
+    api.apply(slice(
+        "web-a",
+        "web",
+        port,
+        &[Ep(&[&pods[0]], "zone-a", Condition::Ready)],
+    ));
+    // No namespace: the service account's (the server serves only team-a).
+    let clusters = "  - name: web\n    discovery: { kubernetes: { service: web, port: http } }";
+    let Some(weft) = WeftProcess::in_pod(&api, &ca, "team-a", clusters).await else {
+        return;
+    };
+    assert_eq!(weft.endpoints().await, at(&[&pods[0]]));
+    assert_eq!(get(&h1_client(), &weft.public).await, (200, "u1".to_string()));
 }

@@ -5,7 +5,6 @@
 //! server is down, a re-list after `410 Gone`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -17,7 +16,7 @@ use tokio::process::{Child, Command};
 use super::kube_api::KubeApi;
 use super::*;
 use crate::cli::have_tool;
-use crate::process::wait_for;
+use crate::process::{wait_for, weft_run};
 use crate::tls::Ca;
 
 /// An endpoint's state, as the EndpointSlice controller writes it.
@@ -123,8 +122,7 @@ impl WeftProcess {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, api.kubeconfig(context_namespace)).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        command.args(["run", "--config"]).arg(weft_yaml(dir.path(), clusters));
+        let mut command = weft_run(&[], &weft_yaml(dir.path(), clusters));
         command.env("KUBECONFIG", &kubeconfig);
         Self::spawn(command, dir).await
     }
@@ -143,13 +141,11 @@ impl WeftProcess {
         std::fs::write(account.join("token"), super::kube_api::TOKEN).unwrap();
         std::fs::write(account.join("namespace"), namespace).unwrap();
         ca.write(&account, "ca.crt");
+        let account = account.to_str().unwrap();
         let mount = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io \
-            && cp -r \"$0\" /run/secrets/kubernetes.io/serviceaccount && exec \"$1\" run --config \"$2\"";
-        let mut command = Command::new("unshare");
-        command.args(["--mount", "sh", "-c", mount]).arg(&account);
-        command
-            .arg(env!("CARGO_BIN_EXE_weft"))
-            .arg(weft_yaml(dir.path(), clusters));
+            && cp -r \"$0\" /run/secrets/kubernetes.io/serviceaccount && exec \"$@\"";
+        let prefix = ["unshare", "--mount", "sh", "-c", mount, account];
+        let mut command = weft_run(&prefix, &weft_yaml(dir.path(), clusters));
         command.env("KUBERNETES_SERVICE_HOST", "127.0.0.1");
         command.env("KUBERNETES_SERVICE_PORT", api.addr.port().to_string());
         command.env_remove("KUBECONFIG").env("HOME", dir.path());
@@ -157,15 +153,8 @@ impl WeftProcess {
     }
 
     async fn spawn(mut command: Command, dir: tempfile::TempDir) -> Self {
-        let mut child = command
-            // weft's default log filter: the one whose lines are checked.
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        // weft's default log filter: the one whose lines are checked.
+        let mut child = command.env_remove("RUST_LOG").spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let field = |line: &str, key: &str| {
             let found = line.split_whitespace().find_map(|f| f.strip_prefix(key));

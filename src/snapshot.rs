@@ -15,6 +15,7 @@ use crate::config::{ConfigErrors, Loaded};
 use crate::core::body::Body;
 use crate::core::extensions::OriginalDestination;
 use crate::core::service::HttpService;
+use crate::front::limits::StreamLimits;
 use crate::front::{Picked, RouteTable};
 use crate::route::{self, Action, Route, WeightedSplit};
 use crate::stack;
@@ -34,6 +35,8 @@ pub struct RouteEntry {
     pub targets: Vec<Target>,
     /// With a split, indices into `targets` by weight.
     pub split: Option<WeightedSplit>,
+    /// The route's own `limits.max_request_body_bytes`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 impl AsRef<Route> for RouteEntry {
@@ -67,6 +70,7 @@ pub struct ListenerRoutes {
     pub alt_svc: Option<http::HeaderValue>,
     /// Metrics for requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
+    pub limits: StreamLimits,
     /// The snapshot's clusters, for routes that match the original
     /// destination against a cluster's endpoints.
     clusters: Vec<Arc<Cluster>>,
@@ -85,6 +89,7 @@ impl RouteTable for ListenerRoutes {
             cluster: &target.cluster,
             service: &target.service,
             metrics: &target.metrics,
+            max_request_body_bytes: entry.max_request_body_bytes,
         })
     }
 
@@ -94,6 +99,10 @@ impl RouteTable for ListenerRoutes {
 
     fn alt_svc(&self) -> Option<&http::HeaderValue> {
         self.alt_svc.as_ref()
+    }
+
+    fn limits(&self) -> &StreamLimits {
+        &self.limits
     }
 }
 
@@ -152,6 +161,7 @@ impl Snapshot {
                     routes: entries,
                     alt_svc,
                     unmatched,
+                    limits: StreamLimits::new(&l.limits, &l.name, metrics),
                     clusters: clusters.clone(),
                 },
             );
@@ -359,7 +369,13 @@ fn route_entry(
             None,
         ),
     };
-    Ok(RouteEntry { route, targets, split })
+    let max_request_body_bytes = r.limits.max_request_body_bytes;
+    Ok(RouteEntry {
+        route,
+        targets,
+        split,
+        max_request_body_bytes,
+    })
 }
 
 /// `h3=":PORT"` for the HTTP/3 listener that `listener` advertises.

@@ -24,8 +24,10 @@ use crate::config::mirror::MirrorConfig;
 use crate::core::body::Body;
 use crate::core::error::{is_grpc, plain_response, ErrorKind, ProxyError};
 use crate::core::service::HttpService;
+use crate::front::idle::{self, IdleClock};
+use crate::front::limits::{self, StreamLimits};
 use crate::front::record::{self, Exchange};
-use crate::front::{answer, early_response, headers, upgrade, Downstream, RouteTable};
+use crate::front::{answer, early_response, headers, upgrade, Downstream, Picked, RouteTable};
 use crate::layer::admission::AdmissionLayer;
 use crate::layer::mirror::{MirrorLayer, ShadowTargets, DEFAULT_SHADOW_DEADLINE};
 use crate::layer::retry::RetryLayer;
@@ -56,6 +58,8 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
     let Front { downstream, routes, .. } = context;
     let identity = downstream.identity.as_ref();
     let (mut req, request_end) = early_response::track(req);
+    // Counted before weft adds headers of its own.
+    let counted = routes.map_or(Ok(()), |r| limits::check_header_count(&req, r.limits()));
     let host = headers::settle_host(&mut req);
     let grpc = is_grpc(req.headers());
     downstream.tag_original_destination(&mut req);
@@ -70,12 +74,11 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
         Ok(()) => routes.and_then(|r| r.pick(&req, identity.map(|i| i.id.as_str()))),
         Err(_) => None,
     };
-    let result = match (&picked, host) {
-        // Route services are always ready (they never apply backpressure
-        // through poll_ready), so `call` without `ready`.
-        (Some(picked), _) => picked.service.clone().call(req).await,
-        (None, Err(e)) => Err(e),
-        (None, Ok(())) => Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {}", uri.path()))),
+    let result = match (&picked, host, counted) {
+        (_, _, Err(e)) => Err(e),
+        (Some(picked), _, _) => route_call(picked, routes.map(T::limits), req).await,
+        (None, Err(e), _) => Err(e),
+        (None, Ok(()), _) => Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {}", uri.path()))),
     };
     let (mut response, failure) = answer::rescue(result, context.access_log.is_some(), grpc);
     upgrade::finish(&mut response, downstream_upgrade);
@@ -107,6 +110,28 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
     };
     record::report(&exchange, trace, &response, failure.as_ref(), context.access_log);
     response
+}
+
+/// Calls the picked route's service under the listener's limits: the body
+/// size (the route's, else the listener's) and the stream idle timeout,
+/// which then goes on watching the response body.
+async fn route_call(
+    picked: &Picked<'_>,
+    listener: Option<&StreamLimits>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    // Route services are always ready (they never apply backpressure
+    // through poll_ready), so `call` without `ready`.
+    let Some(listener) = listener else {
+        return picked.service.clone().call(req).await;
+    };
+    let body_limit = picked.max_request_body_bytes.or(listener.max_request_body_bytes);
+    let (req, exceeded) = limits::limit_body(req, body_limit)?;
+    let clock = IdleClock::new(listener.stream_idle_timeout, listener.idle_timeouts.clone());
+    let req = req.map(|body| idle::watched(body, clock.clone()));
+    let answer = idle::until_idle(&clock, picked.service.clone().call(req)).await;
+    let response = exceeded.blame(answer)?;
+    Ok(response.map(|body| idle::watched(body, clock)))
 }
 
 /// The service that sends a route's requests to one cluster. Each layer
@@ -176,7 +201,6 @@ mod tests {
 
     use super::*;
     use crate::core::body;
-    use crate::front::Picked;
     use crate::telemetry::lines::{self, Captured};
 
     /// Routes `/api...` to `service` (route `api`, cluster `backend`).
@@ -185,6 +209,7 @@ mod tests {
         routed: Arc<RouteMetrics>,
         unmatched: Arc<RouteMetrics>,
         alt_svc: Option<HeaderValue>,
+        limits: StreamLimits,
     }
 
     impl Table {
@@ -194,6 +219,12 @@ mod tests {
                 routed: RouteMetrics::new(metrics, "public", "api", "backend"),
                 unmatched: RouteMetrics::new(metrics, "public", "", ""),
                 alt_svc: Some(HeaderValue::from_static("h3=\":8443\"")),
+                limits: StreamLimits {
+                    max_request_headers: 100,
+                    max_request_body_bytes: None,
+                    stream_idle_timeout: tokio::time::Duration::from_secs(300),
+                    idle_timeouts: metrics.stream_idle_timeouts.with_label_values(&["public"]),
+                },
             }
         }
     }
@@ -205,6 +236,7 @@ mod tests {
                 cluster: "backend",
                 service: &self.service,
                 metrics: &self.routed,
+                max_request_body_bytes: None,
             })
         }
         fn unmatched(&self) -> &RouteMetrics {
@@ -212,6 +244,9 @@ mod tests {
         }
         fn alt_svc(&self) -> Option<&HeaderValue> {
             self.alt_svc.as_ref()
+        }
+        fn limits(&self) -> &StreamLimits {
+            &self.limits
         }
     }
 

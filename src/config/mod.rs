@@ -4,6 +4,7 @@
 
 pub mod discovery;
 pub mod health;
+pub mod limits;
 pub mod lines;
 pub mod mirror;
 pub mod original_destination;

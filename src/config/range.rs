@@ -103,10 +103,15 @@ listeners:
       max_request_headers_kb: 100000
       header_read_timeout: 1000h
       max_connections: 2000000
+      max_requests_per_connection: 2000000000
+      max_concurrent_streams: 100000
+      max_request_headers: 100000
+      max_request_body_bytes: 2000000000000
+      stream_idle_timeout: 1000h
     quic:
       idle_timeout: 1000h
-      max_concurrent_streams: 100000
     original_destination: true
+    idle_timeout: 1000h
     opaque_ports:
       - 70000
     protocol_detection_timeout: 1000h
@@ -114,6 +119,8 @@ listeners:
       - name: r
         cluster: c
         timeout: 1000h
+        limits:
+          max_request_body_bytes: 2000000000000
         retry:
           max_retries: 1000
           per_try_timeout: 1000h
@@ -153,6 +160,8 @@ clusters:
   - name: c
     connect_timeout: 1000h
     idle_timeout: 1000h
+    limits:
+      max_response_headers_kb: 100000
     endpoints:
       - address: 127.0.0.1:2
         weight: 2000000

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Duration;
 
 use super::health::{HealthCheckConfig, OutlierDetectionConfig, ZoneAwareSection};
+pub use super::limits::{ClusterLimits, ListenerLimits, RouteLimits};
 pub use super::original_destination::{ClusterType, OriginalDestinationMatch};
 pub use super::overload::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, RetryBudgetConfig, RetryConfig};
 
@@ -194,6 +195,9 @@ pub struct ListenerConfig {
     /// `outbound` listeners (the app's own connections) accept until weft exits.
     #[serde(default)]
     pub traffic_direction: TrafficDirection,
+    /// TCP listeners: idle connections close after this long (absent: 1h).
+    #[serde(default, with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Which way a listener's traffic flows, as Envoy's `traffic_direction`:
@@ -259,24 +263,22 @@ pub struct CertificateConfig {
 pub struct QuicConfig {
     #[serde(default = "default_quic_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
-    #[serde(default = "default_quic_streams")]
-    pub max_concurrent_streams: u32,
+    /// Refused: moved to `limits.max_concurrent_streams`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for QuicConfig {
     fn default() -> Self {
         Self {
             idle_timeout: default_quic_idle_timeout(),
-            max_concurrent_streams: default_quic_streams(),
+            max_concurrent_streams: None,
         }
     }
 }
 
 fn default_quic_idle_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_quic_streams() -> u32 {
-    100
 }
 
 /// TLS from weft to a cluster's endpoints.
@@ -296,32 +298,6 @@ pub struct ClusterTls {
     pub key: Option<PathBuf>,
     #[serde(default)]
     pub insecure_skip_verify: bool,
-}
-
-/// Protection against slow or abusive downstream clients.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerLimits {
-    /// Upper bound of a request's header block (Envoy's `max_request_headers_kb`);
-    /// larger requests get 431. hyper needs at least 8 KiB.
-    #[serde(default = "default_max_request_headers_kb")]
-    pub max_request_headers_kb: u32,
-    /// A client must finish sending its request headers within this time.
-    #[serde(default = "default_header_read_timeout", with = "duration")]
-    pub header_read_timeout: Duration,
-    /// Connections accepted at once; further ones wait in the kernel backlog.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-}
-
-impl Default for ListenerLimits {
-    fn default() -> Self {
-        Self {
-            max_request_headers_kb: default_max_request_headers_kb(),
-            header_read_timeout: default_header_read_timeout(),
-            max_connections: default_max_connections(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -347,6 +323,8 @@ pub struct RouteConfig {
     pub sticky: Option<StickyConfig>,
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    #[serde(default)]
+    pub limits: RouteLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -505,6 +483,8 @@ pub struct ClusterConfig {
     pub retry_budget: Option<RetryBudgetConfig>,
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreakerConfig>,
+    #[serde(default)]
+    pub limits: ClusterLimits,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -543,15 +523,6 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
-}
-fn default_max_request_headers_kb() -> u32 {
-    60
-}
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_connections() -> usize {
-    10_000
 }
 
 /// Durations are written as strings such as "250ms" or "5s" (parsed by `humantime`).

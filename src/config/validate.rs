@@ -58,6 +58,7 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
             ));
         }
         problems.extend(cluster_ranges(&key, c));
+        problems.extend(super::limits::validate_cluster(&key, c));
         problems.extend(super::udp::validate_cluster(&key, c));
         problems.extend(super::health::validate_cluster(&key, c));
         problems.extend(super::discovery::validate_cluster(&key, c));
@@ -231,41 +232,13 @@ fn cluster_ranges(key: &str, c: &ClusterConfig) -> Vec<(String, String)> {
 /// Ranges of a listener's numeric keys and those of its routes.
 fn listener_ranges(key: &str, l: &ListenerConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    let limits = &l.limits;
-    count(
-        &mut problems,
-        format!("{key}.limits.max_request_headers_kb"),
-        limits.max_request_headers_kb,
-        8,
-        8192,
-    );
-    within(
-        &mut problems,
-        format!("{key}.limits.header_read_timeout"),
-        limits.header_read_timeout,
-        MS,
-        HOUR,
-    );
-    count(
-        &mut problems,
-        format!("{key}.limits.max_connections"),
-        limits.max_connections,
-        1,
-        MILLION,
-    );
+    problems.extend(super::limits::validate_listener(key, l));
     within(
         &mut problems,
         format!("{key}.quic.idle_timeout"),
         l.quic.idle_timeout,
         MS,
         HOUR,
-    );
-    count(
-        &mut problems,
-        format!("{key}.quic.max_concurrent_streams"),
-        l.quic.max_concurrent_streams,
-        1,
-        10_000,
     );
     for (j, r) in l.routes.iter().enumerate() {
         problems.extend(route_ranges(&format!("{key}.routes[{j}]"), r));

@@ -28,6 +28,19 @@ pub enum ErrorKind {
     Timeout,
     /// weft refused the request to protect the upstream; never sent.
     Overloaded(Overload),
+    /// The client went past one of the listener's or route's limits.
+    OverLimit(Limit),
+}
+
+/// Which downstream limit a request went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_request_headers`: 431.
+    RequestHeaders,
+    /// `limits.max_request_body_bytes`: 413.
+    RequestBody,
+    /// `limits.stream_idle_timeout` before a response started: 408.
+    StreamIdle,
 }
 
 /// Which protection refused a request; the value of `x-weft-overloaded`.
@@ -132,6 +145,9 @@ impl ProxyError {
             }
             ErrorKind::UpstreamReset => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::OverLimit(Limit::RequestHeaders) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::OverLimit(Limit::RequestBody) => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::OverLimit(Limit::StreamIdle) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -142,8 +158,8 @@ impl ProxyError {
         match self.kind {
             ErrorKind::NoRoute => GRPC_UNIMPLEMENTED,
             ErrorKind::NoEndpoint | ErrorKind::ConnectFailed | ErrorKind::Overloaded(_) => GRPC_UNAVAILABLE,
-            ErrorKind::Timeout => GRPC_DEADLINE_EXCEEDED,
-            ErrorKind::BadRequest | ErrorKind::UpstreamReset => GRPC_INTERNAL,
+            ErrorKind::Timeout | ErrorKind::OverLimit(Limit::StreamIdle) => GRPC_DEADLINE_EXCEEDED,
+            ErrorKind::BadRequest | ErrorKind::UpstreamReset | ErrorKind::OverLimit(_) => GRPC_INTERNAL,
         }
     }
 
@@ -158,6 +174,9 @@ impl ProxyError {
             ErrorKind::Timeout => "upstream request timeout",
             ErrorKind::Overloaded(Overload::Concurrency) => "upstream concurrency limit reached",
             ErrorKind::Overloaded(Overload::Circuit) => "upstream circuit breaker open",
+            ErrorKind::OverLimit(Limit::RequestHeaders) => "too many request headers",
+            ErrorKind::OverLimit(Limit::RequestBody) => "request body too large",
+            ErrorKind::OverLimit(Limit::StreamIdle) => "stream idle timeout",
         }
     }
 

@@ -11,7 +11,9 @@
 //!    its handshake) and the downstream connection's upgrade taken;
 //! 4. `headers::set_forwarding`: `x-forwarded-*`, `x-request-id`;
 //! 5. `telemetry::trace`'s `Tracing::start`: trace context in and out;
-//! 6. [`RouteTable::pick`], then the target service (the route's stack);
+//! 6. [`RouteTable::pick`], then the target service (the route's stack)
+//!    under the listener's and route's `limits` (header count, body size,
+//!    stream idle timeout; see `limits` and `idle`);
 //! 7. `answer::rescue`: an error becomes its response (the one rescue step;
 //!    a gRPC request gets a gRPC trailers-only answer);
 //! 8. `upgrade::finish`: a 101 joins the two connections, any other
@@ -33,6 +35,8 @@
 pub mod answer;
 pub mod early_response;
 pub mod headers;
+pub mod idle;
+pub mod limits;
 pub mod record;
 pub mod upgrade;
 
@@ -87,6 +91,8 @@ pub struct Picked<'a> {
     pub cluster: &'a str,
     pub service: &'a HttpService,
     pub metrics: &'a RouteMetrics,
+    /// The route's own `limits.max_request_body_bytes`.
+    pub max_request_body_bytes: Option<u64>,
 }
 
 /// One listener's routes, as the front path sees them.
@@ -98,4 +104,6 @@ pub trait RouteTable {
     fn unmatched(&self) -> &RouteMetrics;
     /// The `alt-svc` header every response on this listener carries.
     fn alt_svc(&self) -> Option<&HeaderValue>;
+    /// The listener's per-request limits.
+    fn limits(&self) -> &limits::StreamLimits;
 }

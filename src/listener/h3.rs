@@ -39,7 +39,7 @@ pub fn server_config(config: &ListenerConfig, tls: &TlsSetup) -> Result<quinn::S
     let idle = quinn::IdleTimeout::try_from(config.quic.idle_timeout)
         .map_err(|e| format!("listener {}: quic.idle_timeout: {e}", config.name))?;
     transport.max_idle_timeout(Some(idle));
-    transport.max_concurrent_bidi_streams(config.quic.max_concurrent_streams.into());
+    transport.max_concurrent_bidi_streams(config.limits.max_concurrent_streams.into());
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

@@ -2,10 +2,12 @@
 //! preface, in plain text and over TLS alike), served by hyper's HTTP/1 or
 //! HTTP/2 connection into the shared [`Proxy`] service.
 //!
-//! Downstream limits: the header block size (431 beyond it, from hyper), a
-//! header-read timeout for slow clients (also bounding the wait for a new
-//! connection's first bytes, and then again for the rest of its first
-//! request's headers), and a cap on open connections.
+//! Downstream limits: the header block size and the header count (431
+//! beyond them, from hyper for HTTP/1.1), a header-read timeout for slow
+//! clients (also bounding the wait for a new connection's first bytes, and
+//! then again for the rest of its first request's headers), a cap on open
+//! connections, the HTTP/2 streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
+//! and the requests one connection may carry (see `request_budget`).
 //!
 //! Each connection's task holds only the server of its own protocol (see
 //! `preface`); an HTTP/2 connection is boxed. Drain: once the listener stops
@@ -37,6 +39,7 @@ use crate::config::schema::ListenerConfig;
 use crate::front::Downstream;
 use crate::listener::original_destination::Capture;
 use crate::listener::preface::{detect, sniff, Detected, Prefixed, Protocol};
+use crate::listener::request_budget::{self, Budgeted, RequestBudget};
 use crate::listener::tcp::forward;
 use crate::listener::tls::TlsSetup;
 use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, SocketReturn};
@@ -50,6 +53,7 @@ pub struct Servers {
     http1_once: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    max_requests_per_connection: Option<u64>,
 }
 
 impl Servers {
@@ -60,17 +64,25 @@ impl Servers {
             .timer(TokioTimer::new())
             .header_read_timeout(config.limits.header_read_timeout)
             .max_buf_size(header_bytes);
+        // hyper's default is 100 on the stack; another count costs a heap
+        // allocation per request, so it is set only when it differs.
+        let max_headers = config.limits.max_request_headers as usize;
+        if max_headers != 100 {
+            http1.max_headers(max_headers);
+        }
         let mut http1_once = http1.clone();
         http1_once.keep_alive(false);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(config.limits.max_concurrent_streams);
         Self {
             http1,
             http1_once,
             http2,
             header_read_timeout: config.limits.header_read_timeout,
+            max_requests_per_connection: config.limits.max_requests_per_connection,
         }
     }
 }
@@ -95,7 +107,7 @@ pub async fn serve(
     let name: Arc<str> = Arc::from(config.name.as_str());
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let capture = Capture::new(&config, &shared.metrics).map(Arc::new);
-    while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &name).await {
+    while let Some((stream, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &counters, &name).await {
         let original_destination = match &capture {
             None => None,
             Some(capture) => match capture.destination(&stream, &name) {
@@ -211,7 +223,7 @@ where
         .and_then(|c| shared.snapshot.load().cluster(c).cloned());
     let peer = downstream.peer;
     let result = match cluster {
-        Some(cluster) => forward(io, Some(cluster), downstream.original_destination).await,
+        Some(cluster) => forward(io, Some(cluster), downstream.original_destination, &capture.idle).await,
         None => Err("not HTTP, and the listener has no cluster for TCP"),
     };
     if let Err(why) = result {
@@ -260,7 +272,12 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = downstream.peer;
-    let service = TowerToHyperService::new(Proxy::new(shared, downstream));
+    let budget = RequestBudget::new(servers.max_requests_per_connection);
+    let service = TowerToHyperService::new(Budgeted {
+        proxy: Proxy::new(shared, downstream),
+        budget: budget.clone(),
+        http1: protocol == Protocol::Http1,
+    });
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
@@ -290,6 +307,10 @@ async fn serve_http<I>(
                 biased;
                 result = conn.as_mut() => result,
                 _ = reached(&mut draining, Phase::HandedOver) => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                _ = request_budget::spent(budget.as_deref()) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

@@ -10,6 +10,7 @@ pub mod h3;
 pub mod http;
 pub mod original_destination;
 mod preface;
+pub mod request_budget;
 mod set;
 pub mod tcp;
 pub mod tls;
@@ -65,33 +66,40 @@ impl SocketReturn {
     }
 }
 
-/// Waits for a free connection slot, then for a connection; `None` once the
-/// listener leaves [`Phase::Serving`] (checked first, so nothing is accepted
-/// after that has been seen). Accept errors (usually EMFILE) back off briefly
-/// instead of spinning. The peer address is in its plain form.
+/// Waits for a connection and takes a connection slot for it; `None` once
+/// the listener leaves [`Phase::Serving`] (checked first, so nothing is
+/// accepted after that has been seen). A connection beyond the listener's
+/// slots (`limits.max_connections`) is accepted and closed at once, and
+/// counted, rather than left in the kernel backlog where it would wait
+/// unanswered (Envoy's `downstream_cx_overflow`). Accept errors (usually
+/// EMFILE) back off briefly instead of spinning. The peer address is in its
+/// plain form.
 pub async fn accept_tcp(
     listener: &TcpListener,
     slots: &Arc<tokio::sync::Semaphore>,
     phase: &mut watch::Receiver<Phase>,
+    counters: &ConnectionCounters,
     name: &str,
 ) -> Option<(
     tokio::net::TcpStream,
     std::net::SocketAddr,
     tokio::sync::OwnedSemaphorePermit,
 )> {
-    let permit = tokio::select! {
-        biased;
-        _ = reached(phase, Phase::HandedOver) => return None,
-        permit = slots.clone().acquire_owned() => permit.ok()?,
-    };
     loop {
         tokio::select! {
             biased;
             _ = reached(phase, Phase::HandedOver) => return None,
             accepted = listener.accept() => match accepted {
-                // An IPv4 client of a `[::]` listener in its plain form
-                // (`x-forwarded-for`, logs), not IPv4-mapped.
-                Ok((stream, peer)) => return Some((stream, SocketAddr::new(peer.ip().to_canonical(), peer.port()), permit)),
+                Ok((stream, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        counters.overflow.inc();
+                        drop(stream);
+                        continue;
+                    };
+                    // An IPv4 client of a `[::]` listener in its plain form
+                    // (`x-forwarded-for`, logs), not IPv4-mapped.
+                    return Some((stream, SocketAddr::new(peer.ip().to_canonical(), peer.port()), permit));
+                }
                 Err(e) => {
                     tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(tokio::time::Duration::from_millis(50)).await;
@@ -101,11 +109,13 @@ pub async fn accept_tcp(
     }
 }
 
-/// A listener's connection metrics: accepted in total, and open now.
+/// A listener's connection metrics: accepted in total, open now, and
+/// closed at once over the connection limit.
 #[derive(Clone)]
 pub struct ConnectionCounters {
     accepted: prometheus::IntCounter,
     active: prometheus::IntGauge,
+    overflow: prometheus::IntCounter,
 }
 
 impl ConnectionCounters {
@@ -113,6 +123,7 @@ impl ConnectionCounters {
         Self {
             accepted: metrics.downstream_connections.with_label_values(&[listener]),
             active: metrics.downstream_connections_active.with_label_values(&[listener]),
+            overflow: metrics.downstream_connections_overflow.with_label_values(&[listener]),
         }
     }
 

@@ -31,6 +31,8 @@ pub struct Capture {
     pub detection_timeout: Duration,
     /// Where an `http` listener forwards connections that are not HTTP.
     pub cluster: Option<String>,
+    /// The `idle_timeout` of the connections it forwards.
+    pub idle: super::tcp::IdleLimit,
 }
 
 impl Capture {
@@ -46,6 +48,7 @@ impl Capture {
                 .collect(),
             detection_timeout: config.protocol_detection_timeout,
             cluster: config.cluster.clone(),
+            idle: super::tcp::IdleLimit::new(config, metrics),
         })
     }
 

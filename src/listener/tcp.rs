@@ -4,17 +4,27 @@
 //! half-close passed on (one side's FIN becomes a shutdown of the other
 //! side's write half). [`forward`] also carries the connections an `http`
 //! listener with original destinations finds are not HTTP.
+//!
+//! A connection with no bytes moving either way for the listener's
+//! `idle_timeout` (default 1 hour, as Envoy's tcp_proxy) is closed, both
+//! sides, and counted in `weft_tcp_idle_timeouts_total{listener}`.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cluster::{Cluster, InFlight};
+use crate::config::limits::DEFAULT_TCP_IDLE_TIMEOUT;
 use crate::config::schema::ListenerConfig;
+use crate::front::idle::IdleClock;
 use crate::listener::original_destination::Capture;
 use crate::listener::{accept_tcp, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::Shared;
@@ -30,8 +40,9 @@ pub async fn serve(
     let cluster_name = config.cluster.clone().unwrap_or_default();
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let capture = Capture::new(&config, &shared.metrics);
+    let idle = IdleLimit::new(&config, &shared.metrics);
     let mut connections = JoinSet::new();
-    while let Some((inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &config.name).await {
+    while let Some((inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &counters, &config.name).await {
         let destination = match &capture {
             None => None,
             Some(capture) => match capture.destination(&inbound, &config.name) {
@@ -45,9 +56,10 @@ pub async fn serve(
         // its endpoints applies to new connections.
         let cluster = shared.snapshot.load().cluster(&cluster_name).cloned();
         while connections.try_join_next().is_some() {}
+        let idle = idle.clone();
         connections.spawn(async move {
             let _counted = (open, permit);
-            if let Err(why) = forward(inbound, cluster, destination).await {
+            if let Err(why) = forward(inbound, cluster, destination, &idle).await {
                 tracing::debug!(%peer, why, "tcp connection ended");
             }
         });
@@ -58,19 +70,37 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// A listener's `idle_timeout`, with its counter.
+#[derive(Clone)]
+pub struct IdleLimit {
+    timeout: tokio::time::Duration,
+    expired: IntCounter,
+}
+
+impl IdleLimit {
+    pub fn new(config: &ListenerConfig, metrics: &crate::telemetry::metrics::Metrics) -> Self {
+        Self {
+            timeout: config.idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+            expired: metrics.tcp_idle_timeouts.with_label_values(&[&config.name]),
+        }
+    }
+}
+
 /// Joins `inbound` to `cluster`: to `destination` (the connection's
 /// original destination) for an original-destination cluster, else to an
-/// endpoint the cluster picks; then copies both ways until both ends closed.
+/// endpoint the cluster picks; then copies both ways until both ends
+/// closed, or until no bytes moved for `idle`'s timeout.
 pub async fn forward<I>(
-    mut inbound: I,
+    inbound: I,
     cluster: Option<Arc<Cluster>>,
     destination: Option<SocketAddr>,
+    idle: &IdleLimit,
 ) -> Result<(), &'static str>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let cluster = cluster.ok_or("cluster is gone")?;
-    let (mut outbound, _in_flight) = match (&cluster.original_destination, destination) {
+    let (outbound, _in_flight) = match (&cluster.original_destination, destination) {
         (Some(destinations), Some(destination)) => {
             let address = destinations.address(destination);
             (connect(address, &cluster).await?, None)
@@ -81,10 +111,53 @@ where
             (outbound, Some(in_flight))
         }
     };
-    tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-        .await
-        .map_err(|_| "stream error")?;
-    Ok(())
+    let clock = IdleClock::new(idle.timeout, idle.expired.clone());
+    let mut inbound = Touching::new(inbound, &clock);
+    let mut outbound = Touching::new(outbound, &clock);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => copied.map(drop).map_err(|_| "stream error"),
+        _ = clock.idle() => Err("idle timeout"),
+    }
+}
+
+/// A stream that notes on `clock` every read that brought bytes.
+struct Touching<I> {
+    io: I,
+    clock: Arc<IdleClock>,
+}
+
+impl<I> Touching<I> {
+    fn new(io: I, clock: &Arc<IdleClock>) -> Self {
+        Self {
+            io,
+            clock: clock.clone(),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Touching<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Touching<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Connects to an endpoint the cluster picks; the connect counts towards

@@ -26,6 +26,12 @@ pub struct Metrics {
     /// Connections closed because their original destination was the
     /// listener itself: not redirected, so forwarding would loop back.
     pub original_destination_loops: IntCounterVec,
+    /// Connections accepted and closed at once over `limits.max_connections`.
+    pub downstream_connections_overflow: IntCounterVec,
+    /// Requests or responses ended by `limits.stream_idle_timeout`.
+    pub stream_idle_timeouts: IntCounterVec,
+    /// TCP connections closed by a listener's `idle_timeout`.
+    pub tcp_idle_timeouts: IntCounterVec,
     pub health: super::health::HealthMetrics,
     pub discovery: super::discovery::DiscoveryFamilies,
     pub mirror: super::mirror::MirrorMetrics,
@@ -170,6 +176,24 @@ impl Metrics {
                 &registry,
                 "weft_downstream_connections_total",
                 "Downstream connections accepted per listener.",
+                &["listener"],
+            )?,
+            downstream_connections_overflow: counter(
+                &registry,
+                "weft_downstream_connections_overflow_total",
+                "Connections accepted and closed at once because the listener had limits.max_connections open.",
+                &["listener"],
+            )?,
+            stream_idle_timeouts: counter(
+                &registry,
+                "weft_stream_idle_timeouts_total",
+                "Requests or responses ended because no bytes moved for limits.stream_idle_timeout.",
+                &["listener"],
+            )?,
+            tcp_idle_timeouts: counter(
+                &registry,
+                "weft_tcp_idle_timeouts_total",
+                "TCP connections closed because no bytes moved for the listener's idle_timeout.",
                 &["listener"],
             )?,
             access_log_dropped,

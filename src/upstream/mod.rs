@@ -138,14 +138,24 @@ impl TcpClient {
         } else {
             builder.enable_http1().wrap_connector(connector)
         };
+        // `limits.max_response_headers_kb`: a larger header block is an
+        // error of the exchange (502), in either protocol.
+        let header_bytes = config.limits.max_response_headers_kb as usize * 1024;
         let http2 = http2.then(|| {
             let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder.timer(TokioTimer::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
             builder
         });
+        let mut http1 = http1::Builder::new();
+        // hyper's default read buffer (about 400 KiB) must hold the largest block allowed.
+        http1
+            .max_header_size(header_bytes)
+            .max_buf_size(header_bytes.max(8192 + 4096 * 100));
         Ok(Self {
             connector: LimitedConnector::new(connector, limits),
-            http1: http1::Builder::new(),
+            http1,
             http2,
             scheme,
         })

@@ -159,24 +159,3 @@ async fn slow_header_client_is_closed_while_others_are_served() {
     let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "silent connection still open");
 }
-
-#[tokio::test]
-async fn connections_over_the_limit_wait_instead_of_failing() {
-    let upstream = Upstream::text("fine").await;
-    let weft = weft_for(&upstream.addr.to_string(), "", "max_connections: 1").await;
-    let addr = weft.addr("public").await;
-    // One idle connection holds the only slot.
-    let mut holder = tokio::net::TcpStream::connect(addr).await.unwrap();
-    holder.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    let mut buf = [0u8; 256];
-    let n = holder.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let url = weft.url("public", "/").await;
-    let mut waiting = tokio::spawn(async move { get(&h1_client(), &url).await });
-    // Not a wait for something to happen but a window in which it must not:
-    // over the limit, weft would have answered within milliseconds.
-    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
-    assert!(early.is_err(), "served while the only slot was held: {early:?}");
-    drop(holder);
-    assert_eq!(waiting.await.unwrap(), (200, "fine".into()));
-}

@@ -19,6 +19,7 @@ mod host_rules;
 mod inject;
 mod k8s_schema;
 mod lifecycle;
+mod limits;
 mod mirror;
 mod netns;
 mod odd_upstream;

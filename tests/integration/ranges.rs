@@ -19,8 +19,11 @@ node: {{ zone: a, callers: {{ a: 1000000 }} }}
 listeners:
   - name: public
     address: 127.0.0.1:0
-    limits: {{ max_request_headers_kb: 8192, header_read_timeout: 1h, max_connections: 1000000 }}
-    quic: {{ idle_timeout: 1h, max_concurrent_streams: 10000 }}
+    limits:
+      {{ max_request_headers_kb: 8192, header_read_timeout: 1h, max_connections: 1000000,
+        max_requests_per_connection: 1000000000, max_concurrent_streams: 10000, max_request_headers: 10000,
+        max_request_body_bytes: 1099511627776, stream_idle_timeout: 24h }}
+    quic: {{ idle_timeout: 1h }}
     routes:
       - name: split
         match: {{ path_prefix: /split }}
@@ -28,6 +31,7 @@ listeners:
       - name: main
         cluster: app
         timeout: 1h
+        limits: {{ max_request_body_bytes: 1099511627776 }}
         retry: {{ max_retries: 100, per_try_timeout: 1h, backoff: {{ base: 1h, max: 1h }}, replay_buffer_bytes: 67108864 }}
         mirror:
           cluster: shadow
@@ -45,6 +49,7 @@ listeners:
     original_destination: true
     opaque_ports: [ 65535 ]
     protocol_detection_timeout: 1h
+    idle_timeout: 24h
     cluster: passthrough
     routes: [ {{ name: passthrough, cluster: passthrough }} ]
 clusters:
@@ -52,6 +57,7 @@ clusters:
   - name: app
     connect_timeout: 1h
     idle_timeout: 1h
+    limits: {{ max_response_headers_kb: 8192 }}
     endpoints: [ {{ address: {app}, weight: 1000000, zone: a }} ]
     outlier_detection:
       {{ consecutive_5xx: 1000000, consecutive_gateway_failure: 1000000, interval: 1h, base_ejection_time: 1h,

@@ -242,13 +242,15 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
     let ca_path = ca.write(dir.path(), "ca.pem");
     // A fixed port: alt-svc names the configured one.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let yaml = |quic: &str, cert: &str, advertise: bool| {
-        let h3 = format!("    protocol: http3\n    tls: {{ cert: {cert}.pem, key: {cert}.key }}\n    quic: {quic}\n");
+    let yaml = |streams: u32, quic: &str, cert: &str, advertise: bool| {
+        let h3 = format!(
+            "    protocol: http3\n    tls: {{ cert: {cert}.pem, key: {cert}.key }}\n    limits: {{ max_concurrent_streams: {streams} }}\n    quic: {quic}\n"
+        );
         let web = format!("    advertise_http3: {advertise}\n");
         let listeners = listener("quic", &udp.to_string(), &h3, "h3") + &listener("web", "127.0.0.1:0", &web, "web");
         config(&listeners, "  []")
     };
-    let app = start_in(dir.path(), &yaml("{ max_concurrent_streams: 1 }", "first", false)).await;
+    let app = start_in(dir.path(), &yaml(1, "{}", "first", false)).await;
     let weft = Weft {
         path: dir.path().join("weft.yaml"),
         app,
@@ -256,8 +258,8 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
     };
     let (quic, web) = (weft.addr("quic").await, weft.addr("web").await);
 
-    // quic.max_concurrent_streams: a second stream opens at once only with 2.
-    let next = yaml("{ max_concurrent_streams: 2 }", "first", false);
+    // limits.max_concurrent_streams: a second stream opens at once only with 2.
+    let next = yaml(2, "{}", "first", false);
     reload_by_rename(&weft, &next, web).await;
     assert_eq!(weft.addr("quic").await, quic);
     let (_client, conn) = quic_connect(quic, &ca_path).await;
@@ -268,7 +270,7 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
     .expect("two concurrent streams allowed");
 
     // quic.idle_timeout: an idle connection is closed after the new timeout.
-    let next = yaml("{ max_concurrent_streams: 2, idle_timeout: 300ms }", "first", false);
+    let next = yaml(2, "{ idle_timeout: 300ms }", "first", false);
     reload_by_rename(&weft, &next, web).await;
     let (_client, conn) = quic_connect(quic, &ca_path).await;
     let closed = tokio::time::timeout(PATIENCE, conn.closed()).await;
@@ -276,7 +278,7 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
 
     // tls on the http3 listener.
     assert_eq!(quic_cn(&quic_connect(quic, &ca_path).await.1), "first");
-    let next = yaml("{ max_concurrent_streams: 2, idle_timeout: 300ms }", "second", false);
+    let next = yaml(2, "{ idle_timeout: 300ms }", "second", false);
     reload_by_rename(&weft, &next, web).await;
     assert_eq!(quic_cn(&quic_connect(quic, &ca_path).await.1), "second");
 
@@ -287,7 +289,7 @@ async fn quic_settings_tls_and_advertise_http3_apply_without_rebinding() {
         .await
         .unwrap();
     assert!(plain.headers().get("alt-svc").is_none());
-    let next = yaml("{ max_concurrent_streams: 2, idle_timeout: 300ms }", "second", true);
+    let next = yaml(2, "{ idle_timeout: 300ms }", "second", true);
     reload_by_rename(&weft, &next, web).await;
     let advertised = h1_client()
         .request(http::Request::get(&url).body(full("")).unwrap())

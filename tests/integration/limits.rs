@@ -1,0 +1,326 @@
+//! Limits on what a client or an upstream can make weft hold (docs/config.md,
+//! listener `limits`, route `limits`, cluster `limits`, tcp `idle_timeout`):
+//! each is driven over real sockets past its limit, and the effect asserted.
+
+use std::sync::atomic::Ordering;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// One `http` listener, `public`, with `limits` and `routes` (YAML flow
+/// items), in front of the clusters in `clusters`.
+async fn weft_with(limits: &str, routes: &str, clusters: &str) -> Weft {
+    let listeners =
+        format!("  - name: public\n    address: 127.0.0.1:0\n    limits: {{ {limits} }}\n    routes: [ {routes} ]");
+    Weft::start(&config(&listeners, clusters)).await
+}
+
+/// `app`: a cluster of the one endpoint `upstream`.
+fn app(upstream: std::net::SocketAddr, settings: &str) -> String {
+    format!("  - {{ name: app, endpoints: [ {{ address: {upstream} }} ] {settings} }}")
+}
+
+/// Reads until the peer closes (or resets), bounded by [`PATIENCE`].
+async fn until_closed(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
+    assert!(
+        read.is_ok(),
+        "still open after {PATIENCE:?}; read so far: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_accepted_closed_and_counted() {
+    let upstream = Upstream::text("fine").await;
+    let weft = weft_with(
+        "max_connections: 1",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let addr = weft.addr("public").await;
+    // One kept-alive connection holds the only slot.
+    let mut holder = TcpStream::connect(addr).await.unwrap();
+    holder.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = holder.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The next one is closed at once instead of waiting in the backlog.
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(until_closed(&mut over).await, "");
+    let text = metrics(&weft).await;
+    assert_eq!(
+        metric(&text, "weft_downstream_connections_overflow_total{listener=\"public\"}"),
+        1.0
+    );
+    // Once the slot is free, new connections are served again.
+    drop(holder);
+    let url = weft.url("public", "/").await;
+    eventually("a connection is served once the slot is free", async || {
+        h1_client()
+            .request(Request::get(&url).body(full("")).unwrap())
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http1_connections_close_after_max_requests_per_connection() {
+    let upstream = Upstream::text("fine").await;
+    let weft = weft_with(
+        "max_requests_per_connection: 2",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let one = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let reply = raw(weft.addr("public").await, one.repeat(3).as_bytes()).await;
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
+    let last = reply.rsplit("HTTP/1.1 200").next().unwrap_or_default();
+    assert!(last.to_ascii_lowercase().contains("connection: close"), "{reply}");
+}
+
+#[tokio::test]
+async fn http2_connections_get_goaway_after_max_requests_per_connection() {
+    let upstream = Upstream::text("fine").await;
+    let weft = weft_with(
+        "max_requests_per_connection: 2",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let stream = TcpStream::connect(weft.addr("public").await).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("http://x/").body(full("")).unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // GOAWAY, then the connection ends: the client's connection task returns.
+    let ended = tokio::time::timeout(PATIENCE, connection).await;
+    assert!(ended.is_ok(), "the connection is still open after two requests");
+}
+
+#[tokio::test]
+async fn http2_settings_carry_max_concurrent_streams() {
+    let upstream = Upstream::text("fine").await;
+    for (limits, expected) in [("", 100), ("max_concurrent_streams: 7", 7)] {
+        let weft = weft_with(limits, "{ name: all, cluster: app }", &app(upstream.addr, "")).await;
+        let stream = TcpStream::connect(weft.addr("public").await).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+        let mut conn = Box::pin(conn);
+        // The server's SETTINGS come before its first response.
+        let req = Request::get("http://x/").body(full("")).unwrap();
+        let response = tokio::select! {
+            response = sender.send_request(req) => response.unwrap(),
+            ended = conn.as_mut() => panic!("connection ended: {ended:?}"),
+        };
+        assert_eq!(response.status(), 200);
+        assert_eq!(conn.current_max_send_streams(), expected, "limits: {{ {limits} }}");
+    }
+}
+
+/// An upstream that counts the requests it receives.
+async fn counting() -> (Upstream, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    let upstream = Upstream::start(move |req: Request<Incoming>| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+            Response::new(full(format!("{body:?}")))
+        }
+    })
+    .await;
+    (upstream, seen)
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413() {
+    let (upstream, seen) = counting().await;
+    let routes = "{ name: big, match: { path_prefix: /big }, cluster: app, limits: { max_request_body_bytes: 1000 } },
+                  { name: all, cluster: app }";
+    let weft = weft_with("max_request_body_bytes: 10", routes, &app(upstream.addr, "")).await;
+    let addr = weft.addr("public").await;
+    // Content-Length over the listener's limit: refused before the upstream is touched.
+    let declared = raw(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n01234567890123456789",
+    )
+    .await;
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "the upstream saw the request");
+    assert_eq!(
+        upstream.connections.load(Ordering::SeqCst),
+        0,
+        "weft connected upstream"
+    );
+    // A chunked body that grows past it: 413 as no response has started.
+    let chunked = raw(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n8\r\n01234567\r\n8\r\n01234567\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    // The route's own limit wins over the listener's; within it, served.
+    let big = raw(
+        addr,
+        b"POST /big HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\nconnection: close\r\n\r\n01234567890123456789",
+    )
+    .await;
+    assert!(big.starts_with("HTTP/1.1 200") && big.ends_with("Ok(20)"), "{big}");
+}
+
+#[tokio::test]
+async fn request_header_count_over_the_limit_gets_431_in_http1_and_http2() {
+    let upstream = Upstream::text("fine").await;
+    let weft = weft_with(
+        "max_request_headers: 5",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let url = weft.url("public", "/").await;
+    let many = || {
+        let mut req = Request::get(&url);
+        for i in 0..8 {
+            req = req.header(format!("x-h{i}"), "v");
+        }
+        req.body(full("")).unwrap()
+    };
+    assert_eq!(send(&h1_client(), many()).await.0, 431);
+    assert_eq!(send(&h2_client(), many()).await.0, 431);
+    assert_eq!(get(&h2_client(), &url).await, (200, "fine".into()));
+}
+
+#[tokio::test]
+async fn response_headers_over_the_cluster_limit_get_502() {
+    let big = "a".repeat(2000);
+    let upstream = Upstream::start(move |_req| {
+        let big = big.clone();
+        async move { Response::builder().header("x-big", big).body(full("fine")).unwrap() }
+    })
+    .await;
+    for protocol in ["http1", "http2"] {
+        let cluster = |limit: &str| app(upstream.addr, &format!(", protocol: {protocol} {limit}"));
+        let weft = weft_with(
+            "",
+            "{ name: all, cluster: app }",
+            &cluster(", limits: { max_response_headers_kb: 1 }"),
+        )
+        .await;
+        let (status, body) = get(&h1_client(), &weft.url("public", "/").await).await;
+        assert_eq!(status, 502, "{protocol}: {body}");
+        // Within the default (60 KiB) the same response goes through.
+        let weft = weft_with("", "{ name: all, cluster: app }", &cluster("")).await;
+        assert_eq!(
+            get(&h1_client(), &weft.url("public", "/").await).await,
+            (200, "fine".into()),
+            "{protocol}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_that_stops_gets_408_and_is_counted() {
+    // The upstream waits for the whole body; the route has no timeout.
+    let (upstream, _) = counting().await;
+    let weft = weft_with(
+        "stream_idle_timeout: 200ms",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let mut client = TcpStream::connect(weft.addr("public").await).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\nx")
+        .await
+        .unwrap();
+    let reply = until_closed(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let text = metrics(&weft).await;
+    assert_eq!(
+        metric(&text, "weft_stream_idle_timeouts_total{listener=\"public\"}"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_response_that_stalls_after_its_headers_is_ended() {
+    // Headers announcing 10 GB, one byte, then nothing (the socket held open).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalling = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10000000000\r\n\r\nx";
+        stream.write_all(head).await.unwrap();
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let weft = weft_with(
+        "stream_idle_timeout: 200ms",
+        "{ name: all, cluster: app }",
+        &app(addr, ""),
+    )
+    .await;
+    let response = h1_client()
+        .request(Request::get(weft.url("public", "/").await).body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(PATIENCE, response.into_body().collect()).await;
+    assert!(matches!(body, Ok(Err(_))), "the stalled body did not end: {body:?}");
+    let text = metrics(&weft).await;
+    assert_eq!(
+        metric(&text, "weft_stream_idle_timeouts_total{listener=\"public\"}"),
+        1.0
+    );
+    stalling.abort();
+}
+
+#[tokio::test]
+async fn idle_tcp_connections_are_closed_and_counted() {
+    // An echo upstream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = listener.local_addr().unwrap();
+    let echoing = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    let yaml = config(
+        "  - { name: raw, address: 127.0.0.1:0, protocol: tcp, cluster: echo, idle_timeout: 200ms }",
+        &format!("  - {{ name: echo, protocol: tcp, endpoints: [ {{ address: {echo} }} ] }}"),
+    );
+    let weft = Weft::start(&yaml).await;
+    let mut client = TcpStream::connect(weft.addr("raw").await).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    // Then nothing moves: weft closes the connection.
+    assert_eq!(until_closed(&mut client).await, "");
+    let text = metrics(&weft).await;
+    assert_eq!(metric(&text, "weft_tcp_idle_timeouts_total{listener=\"raw\"}"), 1.0);
+    echoing.abort();
+}

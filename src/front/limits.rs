@@ -59,7 +59,7 @@ pub fn check_header_count(req: &Request<Body>, limits: &StreamLimits) -> Result<
 }
 
 /// Set when a request body went past its limit while streaming.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct Exceeded(Arc<AtomicBool>);
 
 impl Exceeded {

@@ -41,8 +41,9 @@ async fn until_closed(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn connections_over_the_limit_are_accepted_closed_and_counted() {
     let upstream = Upstream::text("fine").await;
+    // A long header read timeout: the held connection stays open while idle.
     let weft = weft_with(
-        "max_connections: 1",
+        "max_connections: 1, header_read_timeout: 1h",
         "{ name: all, cluster: app }",
         &app(upstream.addr, ""),
     )

@@ -186,6 +186,38 @@ async fn http3_oversized_headers_get_431_and_the_listener_keeps_serving() {
 }
 
 #[tokio::test]
+async fn http3_connections_get_the_listener_stream_and_header_count_limits() {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("h3-streams-ca");
+    ca.leaf(dir.path(), "server", "server", None);
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let yaml = config(
+        "  - name: quic\n    address: 127.0.0.1:0\n    protocol: http3\n    limits: { max_concurrent_streams: 1, max_request_headers: 5 }\n    tls: { cert: server.pem, key: server.key }\n    routes: [ { name: ok, direct_response: { status: 200, body: fine } } ]",
+        "  []",
+    );
+    let app = start_in(dir.path(), &yaml).await;
+    let addr = app.listener_addr("quic").await.unwrap();
+    let mut client = H3Client::connect(addr, &ca_path).await;
+    let many: Vec<(String, &str)> = (0..8).map(|i| (format!("x-h{i}"), "v")).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(client.request("GET", "/", &many, Bytes::new()).await.0, 431);
+    assert_eq!(client.request("GET", "/", &[], Bytes::new()).await.0, 200);
+    // The stream credit the handshake gave: one request stream at a time.
+    let tls = tls_client_config(&ca_path, None, &[b"h3"]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let first = conn.open_bi().now_or_never();
+    assert!(matches!(first, Some(Ok(_))), "the first stream opens at once");
+    assert!(
+        conn.open_bi().now_or_never().is_none(),
+        "a second stream opened at once"
+    );
+}
+
+#[tokio::test]
 async fn http3_drain_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("h3-drain-ca");

@@ -136,24 +136,25 @@ async fn http2_settings_carry_max_concurrent_streams() {
     }
 }
 
-/// An upstream that counts the requests it receives.
-async fn counting() -> (Upstream, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = seen.clone();
+/// An upstream that reads each request's body before it answers, and
+/// reports how each body ended (`Ok(length)` or `Err(why)`) on the channel.
+async fn reading() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (ended, bodies) = tokio::sync::mpsc::unbounded_channel();
     let upstream = Upstream::start(move |req: Request<Incoming>| {
-        count.fetch_add(1, Ordering::SeqCst);
+        let ended = ended.clone();
         async move {
             let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+            let _ = ended.send(format!("{body:?}"));
             Response::new(full(format!("{body:?}")))
         }
     })
     .await;
-    (upstream, seen)
+    (upstream, bodies)
 }
 
 #[tokio::test]
 async fn request_bodies_over_the_limit_get_413() {
-    let (upstream, seen) = counting().await;
+    let (upstream, mut bodies) = reading().await;
     let routes = "{ name: big, match: { path_prefix: /big }, cluster: app, limits: { max_request_body_bytes: 1000 } },
                   { name: all, cluster: app }";
     let weft = weft_with("max_request_body_bytes: 10", routes, &app(upstream.addr, "")).await;
@@ -165,7 +166,6 @@ async fn request_bodies_over_the_limit_get_413() {
     )
     .await;
     assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
-    assert_eq!(seen.load(Ordering::SeqCst), 0, "the upstream saw the request");
     assert_eq!(
         upstream.connections.load(Ordering::SeqCst),
         0,
@@ -178,6 +178,12 @@ async fn request_bodies_over_the_limit_get_413() {
     )
     .await;
     assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    // ... and the upstream request was aborted, not completed.
+    let upstream_saw = tokio::time::timeout(PATIENCE, bodies.recv()).await.unwrap().unwrap();
+    assert!(
+        upstream_saw.starts_with("Err"),
+        "the upstream read a whole body: {upstream_saw}"
+    );
     // The route's own limit wins over the listener's; within it, served.
     let big = raw(
         addr,
@@ -247,7 +253,7 @@ async fn response_headers_over_the_cluster_limit_get_502() {
 #[tokio::test]
 async fn a_request_body_that_stops_gets_408_and_is_counted() {
     // The upstream waits for the whole body; the route has no timeout.
-    let (upstream, _) = counting().await;
+    let (upstream, _bodies) = reading().await;
     let weft = weft_with(
         "stream_idle_timeout: 200ms",
         "{ name: all, cluster: app }",

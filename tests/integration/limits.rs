@@ -194,6 +194,37 @@ async fn request_bodies_over_the_limit_get_413() {
 }
 
 #[tokio::test]
+async fn a_body_past_the_limit_after_the_response_started_resets_the_stream() {
+    // The upstream answers at once and streams the body back as it comes.
+    let upstream = Upstream::echo_body().await;
+    let weft = weft_with(
+        "max_request_body_bytes: 10",
+        "{ name: all, cluster: app }",
+        &app(upstream.addr, ""),
+    )
+    .await;
+    let mut client = TcpStream::connect(weft.addr("public").await).await.unwrap();
+    let head = "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n8\r\n01234567\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    // The response has started (its head and the first chunk echoed) ...
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("01234567") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(PATIENCE, client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    // ... when the body goes past the limit: the response is cut off.
+    client.write_all(b"8\r\n01234567\r\n0\r\n\r\n").await.unwrap();
+    let rest = until_closed(&mut client).await;
+    assert!(!rest.contains("0\r\n\r\n"), "the response ended normally: {rest}");
+}
+
+#[tokio::test]
 async fn request_header_count_over_the_limit_gets_431_in_http1_and_http2() {
     let upstream = Upstream::text("fine").await;
     let weft = weft_with(

@@ -70,6 +70,7 @@ pub struct ListenerRoutes {
     pub alt_svc: Option<http::HeaderValue>,
     /// Metrics for requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
+    /// The listener's per-request `limits` (header count, body, idle timeout).
     pub limits: StreamLimits,
     /// The snapshot's clusters, for routes that match the original
     /// destination against a cluster's endpoints.

@@ -43,6 +43,23 @@ use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, So
 use crate::proxy::{Proxy, Shared};
 use crate::tls::PeerIdentity;
 
+// HTTP/2 abuse bounds, set explicitly rather than inherited from h2's
+// defaults (docs/config.md, "HTTP/2 abuse"). Beyond the first two, h2 ends
+// the connection with GOAWAY ENHANCE_YOUR_CALM.
+
+/// Streams a client may reset before weft has accepted them (rapid reset,
+/// CVE-2023-44487): a HEADERS + RST_STREAM loop trips it within one read.
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams weft may reset for errors the client provokes on them
+/// ("MadeYouReset", CVE-2025-8671).
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// The HPACK dynamic table weft keeps per connection (the RFC's default); a
+/// client's table size update beyond it is a COMPRESSION_ERROR.
+const H2_HEADER_TABLE_SIZE: u32 = 4096;
+/// Response bytes queued per stream beyond the client's flow-control window:
+/// a slow reader holds at most this (plus the window) per stream.
+const H2_MAX_SEND_BUF_SIZE: usize = 400 * 1024;
+
 /// The HTTP/1 and HTTP/2 servers of one listener, with its limits.
 pub struct Servers {
     http1: http1::Builder,
@@ -65,7 +82,11 @@ impl Servers {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+            .header_table_size(H2_HEADER_TABLE_SIZE)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+            .max_send_buf_size(H2_MAX_SEND_BUF_SIZE);
         Self {
             http1,
             http1_once,

@@ -1,0 +1,184 @@
+//! The `weft` binary under resource attacks: with a low file-descriptor
+//! limit, streams to a hanging upstream are refused (503 circuit) before
+//! they take the descriptors accept and the admin port need; and an attack
+//! that makes one warning per connection (rapid reset) writes a bounded
+//! number of log lines, counting the rest in `weft_log_suppressed_total`.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::Request;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, Command};
+
+use crate::h2_abuse::raw::{ending_under, Ending, RawH2, ENHANCE_YOUR_CALM};
+use crate::h2_abuse::{rapid_reset, write_until_closed};
+use crate::process::{signal, wait_for};
+use crate::support::*;
+
+/// A `weft run` child with its stderr lines, its listener's and admin's
+/// addresses (both port 0 in the config, read from its log).
+struct WeftProcess {
+    child: Child,
+    lines: Lines<BufReader<ChildStderr>>,
+    listener: String,
+    admin: String,
+}
+
+impl WeftProcess {
+    /// Starts weft on `yaml`, its descriptor limit (soft and hard) set to
+    /// `nofile` when given.
+    async fn start(dir: &std::path::Path, yaml: &str, nofile: Option<u64>) -> Self {
+        let path = dir.join("weft.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let field = |line: &str, name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .to_string()
+        };
+        let listener = field(&wait_for(&mut lines, "listening").await, "address=");
+        let admin = field(&wait_for(&mut lines, "weft started").await, "admin=");
+        Self {
+            child,
+            lines,
+            listener,
+            admin,
+        }
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, String) {
+        get(&h1_client(), &format!("http://{}{path}", self.admin)).await
+    }
+}
+
+#[tokio::test]
+async fn a_low_descriptor_limit_refuses_upstream_streams_not_accept() {
+    let held = HeldUpstream::start("held").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(
+        "  - name: public
+    address: 127.0.0.1:0
+    routes:
+      - { name: direct, match: { path_prefix: /direct }, direct_response: { status: 200, body: direct } }
+      - { name: held, match: { path_prefix: / }, cluster: held }",
+        &format!(
+            "  - name: held\n    endpoints: [ {{ address: {} }} ]",
+            held.upstream.addr
+        ),
+    );
+    // 256 descriptors, 32 of them the reserve: 300 streams to the hanging
+    // upstream over two HTTP/2 connections would need 300 upstream ones.
+    let weft = WeftProcess::start(dir.path(), &yaml, Some(256)).await;
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut streams = tokio::task::JoinSet::new();
+    for client in [h2_client(), h2_client()] {
+        for _ in 0..150 {
+            let (client, refused) = (client.clone(), refused.clone());
+            let url = format!("http://{}/held", weft.listener);
+            streams.spawn(async move {
+                let response = client.request(Request::get(url).body(full("")).unwrap()).await.unwrap();
+                let circuit = response
+                    .headers()
+                    .get("x-weft-overloaded")
+                    .is_some_and(|v| v == "circuit");
+                if response.status() == 503 && circuit {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                response.status().as_u16()
+            });
+        }
+    }
+    let open = held.upstream.open.clone();
+    eventually("every stream is held upstream or refused", async || {
+        let (open, refused) = (open.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+        if open + refused == 300 {
+            Ok(())
+        } else {
+            Err(format!("{open} held, {refused} refused"))
+        }
+    })
+    .await;
+    assert!(refused.load(Ordering::Relaxed) > 0, "no stream was refused");
+    assert_eq!(weft.admin_get("/ready").await.0, 200);
+    let direct = format!("http://{}/direct", weft.listener);
+    assert_eq!(get(&h1_client(), &direct).await, (200, "direct".to_string()));
+    let text = weft.admin_get("/metrics").await.1;
+    let by_descriptors = metric(
+        &text,
+        "weft_circuit_open_total{cluster=\"held\",limit=\"file_descriptors\"}",
+    );
+    assert!(by_descriptors > 0.0, "{text}");
+    held.release();
+    while let Some(status) = streams.join_next().await {
+        assert!([200, 503].contains(&status.unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn warnings_of_one_kind_are_rate_limited_and_counted() {
+    let upstream = Upstream::text("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(
+        "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, match: { path_prefix: / }, cluster: backend } ] }",
+        &format!("  - name: backend\n    endpoints: [ {{ address: {} }} ]", upstream.addr),
+    );
+    let mut weft = WeftProcess::start(dir.path(), &yaml, None).await;
+    // Each rapid-reset connection makes h2 warn once as it sends GOAWAY.
+    const ATTACKS: usize = 30;
+    for _ in 0..ATTACKS {
+        let RawH2 { mut reader, writer } = RawH2::connect(weft.listener.parse().unwrap()).await;
+        let attack = write_until_closed(writer, rapid_reset(&weft.listener));
+        assert_eq!(
+            ending_under(&mut reader, attack).await,
+            Ending::GoAway(ENHANCE_YOUR_CALM)
+        );
+    }
+    let series = "weft_log_suppressed_total{kind=\"h2::proto::streams::recv\"}";
+    let suppressed = metric(&weft.admin_get("/metrics").await.1, series) as usize;
+    // A reload's line marks the end of what the attack made weft write.
+    signal(weft.child.id().unwrap(), "HUP");
+    let mut written = 0;
+    loop {
+        let line = wait_for(&mut weft.lines, "").await;
+        if line.contains("reached limit") {
+            written += 1;
+        }
+        if line.contains("config reloaded") || line.contains("config reload refused") {
+            break;
+        }
+    }
+    assert!(written <= 10, "{written} warnings written");
+    assert_eq!(
+        written + suppressed,
+        ATTACKS,
+        "{written} written, {suppressed} suppressed"
+    );
+}

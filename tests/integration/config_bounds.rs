@@ -45,7 +45,8 @@ listeners:
     let run = check(dir.path(), yaml.as_bytes());
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("listeners[0].tls.cert") && run.stderr.contains("not a regular file"),
+        run.stderr
+            .contains("weft.yaml:5: listeners[0].tls: /dev/urandom: cannot read: not a regular file"),
         "{}",
         run.stderr
     );

@@ -1,8 +1,10 @@
-//! The `weft` binary under resource attacks: with a low file-descriptor
-//! limit, streams to a hanging upstream are refused (503 circuit) before
-//! they take the descriptors accept and the admin port need; and an attack
-//! that makes one warning per connection (rapid reset) writes a bounded
-//! number of log lines, counting the rest in `weft_log_suppressed_total`.
+//! weft under resource attacks: a cluster without a circuit breaker still
+//! holds at most Envoy's 1,024 requests to a hanging upstream; with a low
+//! file-descriptor limit (the `weft` binary), streams to a hanging upstream
+//! are refused (503 circuit) before they take the descriptors accept and the
+//! admin port need; and an attack that makes one warning per connection
+//! (rapid reset) writes a bounded number of log lines, counting the rest in
+//! `weft_log_suppressed_total`.
 
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -181,4 +183,64 @@ async fn warnings_of_one_kind_are_rate_limited_and_counted() {
         ATTACKS,
         "{written} written, {suppressed} suppressed"
     );
+}
+
+#[tokio::test]
+async fn a_cluster_without_circuit_breaker_gets_envoys_1024_requests() {
+    let held = HeldUpstream::start("held").await;
+    let yaml = config(
+        "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, match: { path_prefix: / }, cluster: held } ] }",
+        &format!("  - name: held\n    endpoints: [ {{ address: {} }} ]", held.upstream.addr),
+    );
+    let weft = Weft::start(&yaml).await;
+    let url = weft.url("public", "/").await;
+    // 1,100 requests held at once, over six HTTP/2 connections (at most 200
+    // streams each), sent in waves of 128 that each wait for their upstream
+    // connections (a thousand connects at once overflow the upstream's
+    // accept backlog, and the retried SYNs would outlast the connect timeout).
+    let clients: Vec<_> = (0..6).map(|_| h2_client()).collect();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut requests = tokio::task::JoinSet::new();
+    let open = held.upstream.open.clone();
+    for wave in (0..1100).collect::<Vec<usize>>().chunks(128) {
+        for &i in wave {
+            let (client, refused, url) = (clients[i % 6].clone(), refused.clone(), url.clone());
+            requests.spawn(async move {
+                let response = client.request(Request::get(url).body(full("")).unwrap()).await.unwrap();
+                let circuit = response
+                    .headers()
+                    .get("x-weft-overloaded")
+                    .is_some_and(|v| v == "circuit");
+                if response.status() == 503 && circuit {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let sent = wave[wave.len() - 1] + 1;
+        eventually("each request held upstream or refused", async || {
+            let (open, refused) = (open.load(Ordering::Relaxed), refused.load(Ordering::Relaxed));
+            if open + refused == sent {
+                Ok(())
+            } else {
+                Err(format!("{open} held, {refused} refused of {sent}"))
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        (open.load(Ordering::Relaxed), refused.load(Ordering::Relaxed)),
+        (1024, 76)
+    );
+    let text = metrics(&weft).await;
+    assert_eq!(
+        metric(
+            &text,
+            "weft_circuit_open_total{cluster=\"held\",limit=\"max_requests\"}"
+        ),
+        76.0
+    );
+    held.release();
+    while let Some(done) = requests.join_next().await {
+        done.unwrap();
+    }
 }

@@ -14,7 +14,7 @@ mod dashboard;
 mod exhaustion;
 mod discovery;
 mod grpc;
-mod h2_abuse;
+pub mod h2_abuse;
 mod h1_framing;
 mod h3;
 mod health;

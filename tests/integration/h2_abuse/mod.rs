@@ -1,7 +1,7 @@
 //! HTTP/2 abuse from a raw client (see `raw`): rapid reset, CONTINUATION
-//! flood, a header list far beyond the limit and an oversized HPACK table
-//! end the abusive connection with GOAWAY (ENHANCE_YOUR_CALM where h2 uses
-//! it); SETTINGS and PING floods whose acknowledgements are never read make
+//! flood, an HPACK bomb (a header list far beyond the limit from a small
+//! block) and an oversized HPACK table end the abusive connection with
+//! GOAWAY (ENHANCE_YOUR_CALM where h2 uses it); SETTINGS and PING floods whose acknowledgements are never read make
 //! weft stop reading the connection (h2 keeps one pending ack, so memory
 //! stays bounded) rather than close it. Meanwhile a normal client is served.
 
@@ -49,13 +49,17 @@ where
     ending
 }
 
-/// Writes `bytes` in chunks until done or the server has closed.
+/// Writes `chunks` until done or the server has closed, then holds the
+/// connection open (dropping the writer would end the client's side, and
+/// the server would close on that instead of on the abuse).
 pub async fn write_until_closed(mut writer: tokio::net::tcp::OwnedWriteHalf, chunks: impl Iterator<Item = Vec<u8>>) {
     for chunk in chunks {
         if writer.write_all(&chunk).await.is_err() {
-            return;
+            break;
         }
     }
+    std::future::pending::<()>().await;
+    drop(writer);
 }
 
 /// A rapid reset attack on `authority`: 10,000 streams opened and
@@ -97,26 +101,27 @@ async fn continuation_flood_gets_goaway_enhance_your_calm() {
 }
 
 #[tokio::test]
-async fn header_list_far_beyond_the_limit_gets_goaway_enhance_your_calm() {
+async fn hpack_bomb_gets_goaway_enhance_your_calm() {
     let (weft, _upstream) = weft_and_upstream().await;
     let authority = weft.addr("public").await.to_string();
-    // Tiny fields cost 32 bytes each in the header list: 4,000 of them per
-    // frame decode to ~130 KB; two frames pass 4 x the 60 KiB limit.
-    let mut fields = Vec::new();
-    for _ in 0..4000 {
-        literal("a", "", &mut fields);
-    }
-    let mut bytes = frame(HEADERS, END_STREAM, 1, &get_block(&authority, "/big"));
-    for _ in 0..3 {
-        bytes.extend(frame(CONTINUATION, 0, 1, &fields));
-    }
-    bytes.extend(frame(CONTINUATION, END_HEADERS, 1, &fields));
+    // One 4,000-byte field put in the dynamic table, then referenced by
+    // index 2,000 times: a 6 KB frame that decodes to 8 MB of header list,
+    // far beyond 4 x the 60 KiB limit.
+    let mut block = get_block(&authority, "/bomb");
+    block.push(0x40);
+    hpack_int(0, 7, "x-bomb".len(), &mut block);
+    block.extend_from_slice(b"x-bomb");
+    hpack_int(0, 7, 4000, &mut block);
+    block.extend(std::iter::repeat_n(b'a', 4000));
+    // Index 62: the newest dynamic table entry.
+    block.extend(std::iter::repeat_n(0x80 | 62, 2000));
+    let bytes = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
     let ending = abuse(&weft, |w| write_until_closed(w, std::iter::once(bytes))).await;
     assert_eq!(ending, Ending::GoAway(ENHANCE_YOUR_CALM));
 }
 
 #[tokio::test]
-async fn hpack_table_beyond_the_setting_gets_goaway_compression_error() {
+async fn hpack_table_beyond_the_setting_gets_goaway_protocol_error() {
     let (weft, _upstream) = weft_and_upstream().await;
     let authority = weft.addr("public").await.to_string();
     // A dynamic table size update to 1 GiB (RFC 7541 §6.3) leads the block.
@@ -125,7 +130,8 @@ async fn hpack_table_beyond_the_setting_gets_goaway_compression_error() {
     block.extend(get_block(&authority, "/table"));
     let bytes = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
     let ending = abuse(&weft, |w| write_until_closed(w, std::iter::once(bytes))).await;
-    assert_eq!(ending, Ending::GoAway(COMPRESSION_ERROR));
+    // h2 answers any HPACK decoding error with PROTOCOL_ERROR.
+    assert_eq!(ending, Ending::GoAway(PROTOCOL_ERROR));
 }
 
 /// Floods `unit` frames (each needing an acknowledgement) from a client

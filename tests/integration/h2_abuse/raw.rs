@@ -26,7 +26,7 @@ pub const ACK: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
 
 pub const CANCEL: u32 = 0x8;
-pub const COMPRESSION_ERROR: u32 = 0x9;
+pub const PROTOCOL_ERROR: u32 = 0x1;
 pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// One frame as read: type, flags, payload.

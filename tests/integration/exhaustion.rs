@@ -76,8 +76,13 @@ impl WeftProcess {
         }
     }
 
+    /// A GET on the admin port (bounded: at the descriptor limit, accept
+    /// fails and the connection would wait in the backlog for ever).
     async fn admin_get(&self, path: &str) -> (u16, String) {
-        get(&h1_client(), &format!("http://{}{path}", self.admin)).await
+        let url = format!("http://{}{path}", self.admin);
+        tokio::time::timeout(PATIENCE, get(&h1_client(), &url))
+            .await
+            .unwrap_or_else(|_| panic!("no answer from the admin port to {path}"))
     }
 }
 
@@ -131,7 +136,8 @@ async fn a_low_descriptor_limit_refuses_upstream_streams_not_accept() {
     assert!(refused.load(Ordering::Relaxed) > 0, "no stream was refused");
     assert_eq!(weft.admin_get("/ready").await.0, 200);
     let direct = format!("http://{}/direct", weft.listener);
-    assert_eq!(get(&h1_client(), &direct).await, (200, "direct".to_string()));
+    let answer = tokio::time::timeout(PATIENCE, get(&h1_client(), &direct)).await;
+    assert_eq!(answer.expect("no answer to a new client"), (200, "direct".to_string()));
     let text = weft.admin_get("/metrics").await.1;
     let by_descriptors = metric(
         &text,

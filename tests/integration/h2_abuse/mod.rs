@@ -124,9 +124,10 @@ async fn hpack_bomb_gets_goaway_enhance_your_calm() {
 async fn hpack_table_beyond_the_setting_gets_goaway_protocol_error() {
     let (weft, _upstream) = weft_and_upstream().await;
     let authority = weft.addr("public").await.to_string();
-    // A dynamic table size update to 1 GiB (RFC 7541 §6.3) leads the block.
+    // A dynamic table size update (RFC 7541 §6.3) one byte beyond weft's
+    // 4096-byte setting leads the block.
     let mut block = Vec::new();
-    hpack_int(0x20, 5, 1 << 30, &mut block);
+    hpack_int(0x20, 5, 4097, &mut block);
     block.extend(get_block(&authority, "/table"));
     let bytes = frame(HEADERS, END_HEADERS | END_STREAM, 1, &block);
     let ending = abuse(&weft, |w| write_until_closed(w, std::iter::once(bytes))).await;

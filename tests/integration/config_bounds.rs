@@ -9,21 +9,34 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::cli::weft;
+use crate::cli::into_run;
 use crate::process::wait_for;
 use crate::support::*;
 
-fn check(dir: &std::path::Path, yaml: &[u8]) -> crate::cli::Run {
+/// `weft check` on `yaml`, bounded by [`PATIENCE`]: a check that reads or
+/// parses without end fails the test instead of hanging it.
+async fn check(dir: &std::path::Path, yaml: &[u8]) -> crate::cli::Run {
     let path = dir.join("weft.yaml");
     std::fs::write(&path, yaml).unwrap();
-    weft(&["check", "--config", path.to_str().unwrap()], b"")
+    let run = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("weft check did not finish")
+        .unwrap();
+    into_run(output)
 }
 
-#[test]
-fn a_document_nested_100k_deep_is_refused_by_its_depth() {
+#[tokio::test]
+async fn a_document_nested_100k_deep_is_refused_by_its_depth() {
     let dir = tempfile::tempdir().unwrap();
     let deep = format!("listeners: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
-    let run = check(dir.path(), deep.as_bytes());
+    let run = check(dir.path(), deep.as_bytes()).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr.contains("weft.yaml:1:") && run.stderr.contains("deeper than 64 levels"),
@@ -32,8 +45,8 @@ fn a_document_nested_100k_deep_is_refused_by_its_depth() {
     );
 }
 
-#[test]
-fn a_certificate_that_is_not_a_regular_file_is_refused_with_its_key() {
+#[tokio::test]
+async fn a_certificate_that_is_not_a_regular_file_is_refused_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "admin: { address: 127.0.0.1:0 }
 listeners:
@@ -42,7 +55,7 @@ listeners:
     tls: { cert: /dev/urandom, key: /dev/urandom }
     routes: [ { name: r, direct_response: { status: 200 } } ]
 ";
-    let run = check(dir.path(), yaml.as_bytes());
+    let run = check(dir.path(), yaml.as_bytes()).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr

@@ -31,6 +31,7 @@ mod properties;
 mod proxy;
 mod ranges;
 mod reload;
+mod slow_reader;
 mod strict_h2;
 mod support;
 mod tcp;

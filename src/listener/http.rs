@@ -5,7 +5,8 @@
 //! Downstream limits: the header block size (431 beyond it, from hyper), a
 //! header-read timeout for slow clients (also bounding the wait for a new
 //! connection's first bytes, and then again for the rest of its first
-//! request's headers), and a cap on open connections.
+//! request's headers), a cap on open connections, and HTTP/2's abuse bounds
+//! (rapid reset, reset provocation, HPACK table, send buffer per stream).
 //!
 //! Each connection's task holds only the server of its own protocol (see
 //! `preface`); an HTTP/2 connection is boxed. Drain: once the listener stops
@@ -44,8 +45,8 @@ use crate::proxy::{Proxy, Shared};
 use crate::tls::PeerIdentity;
 
 // HTTP/2 abuse bounds, set explicitly rather than inherited from h2's
-// defaults (docs/config.md, "HTTP/2 abuse"). Beyond the first two, h2 ends
-// the connection with GOAWAY ENHANCE_YOUR_CALM.
+// defaults (docs/config.md, "Built-in bounds"). Beyond the first two, h2
+// ends the connection with GOAWAY ENHANCE_YOUR_CALM.
 
 /// Streams a client may reset before weft has accepted them (rapid reset,
 /// CVE-2023-44487): a HEADERS + RST_STREAM loop trips it within one read.
@@ -54,7 +55,8 @@ const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// ("MadeYouReset", CVE-2025-8671).
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// The HPACK dynamic table weft keeps per connection (the RFC's default); a
-/// client's table size update beyond it is a COMPRESSION_ERROR.
+/// client's table size update beyond it ends the connection (GOAWAY
+/// PROTOCOL_ERROR, h2's code for HPACK errors).
 const H2_HEADER_TABLE_SIZE: u32 = 4096;
 /// Response bytes queued per stream beyond the client's flow-control window:
 /// a slow reader holds at most this (plus the window) per stream.

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::cli::into_run;
-use crate::process::wait_for;
+use crate::process::{wait_for, weft_run};
 use crate::support::*;
 
 /// `weft check` on `yaml`, bounded by [`PATIENCE`]: a check that reads or
@@ -88,16 +88,7 @@ async fn a_start_without_listeners_says_nothing_will_listen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weft.yaml");
     std::fs::write(&path, "# only a comment\nadmin: { address: 127.0.0.1:0 }\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = weft_run(&[], &path).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = wait_for(&mut lines, "nothing but the admin address will listen").await;
     assert!(line.contains("WARN"), "{line}");

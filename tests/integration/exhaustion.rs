@@ -6,17 +6,16 @@
 //! (rapid reset) writes a bounded number of log lines, counting the rest in
 //! `weft_log_suppressed_total`.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::Request;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr};
 
 use crate::h2_abuse::raw::{ending_under, Ending, RawH2, ENHANCE_YOUR_CALM};
 use crate::h2_abuse::{rapid_reset, write_until_closed};
-use crate::process::{signal, wait_for};
+use crate::process::{signal, wait_for, weft_run};
 use crate::support::*;
 
 /// A `weft run` child with its stderr lines, its listener's and admin's
@@ -34,15 +33,7 @@ impl WeftProcess {
     async fn start(dir: &std::path::Path, yaml: &str, nofile: Option<u64>) -> Self {
         let path = dir.join("weft.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
-        command
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut command = weft_run(&[], &path);
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
             unsafe {

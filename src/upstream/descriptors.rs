@@ -49,18 +49,34 @@ fn soft_limit() -> u64 {
     }
 }
 
-/// Whether free descriptors are down to the reserve, so a new upstream
-/// connection must be refused. Costs two non-blocking system calls (the
-/// kernel's lowest free descriptor, found by creating an eventfd and
-/// closing it).
-pub fn exhausted() -> bool {
+/// Upstream connections admitted whose descriptor may not exist yet.
+static OPENING: AtomicU64 = AtomicU64::new(0);
+
+/// A new upstream connection's claim on a descriptor, counted until dropped
+/// (once the connection's own descriptor exists, or its attempt failed).
+pub struct Opening(());
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        OPENING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Claims a descriptor for a new upstream connection, or `None` when free
+/// descriptors are down to the reserve. Connections being opened count as
+/// taken (a burst of connects is checked before any of their sockets
+/// exists). Costs two non-blocking system calls: the kernel's lowest free
+/// descriptor, found by creating an eventfd and closing it.
+pub fn claim() -> Option<Opening> {
+    let opening = OPENING.fetch_add(1, Ordering::Relaxed) + 1;
+    let claim = Opening(());
     // SAFETY: eventfd creates a descriptor that is closed right below and
     // never used otherwise.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
-        return true;
+        return None;
     }
     // SAFETY: `fd` was just created here and nothing else holds it.
     unsafe { libc::close(fd) };
-    descriptors::near_limit(fd as u64, soft_limit())
+    (!descriptors::near_limit(fd as u64 + opening, soft_limit())).then_some(claim)
 }

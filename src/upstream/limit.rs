@@ -70,26 +70,26 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (connection, pending) = match &self.limits {
-            None => (None, None),
+        let (connection, pending, opening) = match &self.limits {
+            None => (None, None, None),
             Some(limits) => {
-                if crate::upstream::descriptors::exhausted() {
+                let Some(opening) = crate::upstream::descriptors::claim() else {
                     limits.descriptors_refused.inc();
                     return refuse(CircuitLimit::FileDescriptors);
-                }
+                };
                 let Some(connection) = limits.connections.try_acquire() else {
                     return refuse(CircuitLimit::MaxConnections);
                 };
                 let Some(pending) = limits.pending.try_acquire() else {
                     return refuse(CircuitLimit::MaxPendingRequests);
                 };
-                (Some(connection), Some(pending))
+                (Some(connection), Some(pending), Some(opening))
             }
         };
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let stream = connecting.await.map_err(Into::into)?;
-            drop(pending);
+            drop((pending, opening));
             Ok(Limited {
                 inner: stream,
                 _slot: connection,

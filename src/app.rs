@@ -94,6 +94,9 @@ impl App {
             admin_stopped,
         ));
         crate::memory::spawn_trimmer(&shared);
+        if listeners_config.is_empty() {
+            tracing::warn!(file = %shared.snapshot.load().loaded.path.display(), "the config has no listeners: nothing but the admin address will listen");
+        }
         tracing::info!(admin = %admin_addr, "weft started");
         Ok(Arc::new(Self {
             shared,
@@ -127,14 +130,19 @@ impl App {
         let path = self.config_path();
         let mut last = self.last_read.lock().await;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let read = tokio::fs::read(&path).await;
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || config::read(&path))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
         let outcome = read.as_deref().map(Digest::of).map_err(std::io::Error::kind);
         if !force && *last == outcome {
             return Ok(false);
         }
         *last = outcome;
         let result = match read {
-            Ok(bytes) => self.apply(&path, &bytes).await,
+            Ok(bytes) => self.apply(&path, bytes).await,
             Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
         };
         let label = if result.is_ok() { "ok" } else { "error" };
@@ -148,14 +156,18 @@ impl App {
         result.map(|()| true)
     }
 
-    async fn apply(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
-        let loaded = config::parse_bytes(path, bytes).map_err(|e| e.to_string())?;
+    async fn apply(&self, path: &Path, bytes: Vec<u8>) -> Result<(), String> {
         let previous = self.shared.snapshot.load_full();
-        if loaded.config.admin != previous.loaded.config.admin {
-            tracing::warn!("admin.address changes take effect on restart");
-        }
-        let snapshot =
-            Snapshot::build(loaded, &self.shared.metrics, &self.lines, Some(&previous)).map_err(|e| e.to_string())?;
+        let snapshot = {
+            let (path, previous) = (path.to_path_buf(), previous.clone());
+            let (metrics, lines) = (self.shared.metrics.clone(), self.lines.clone());
+            // Parsing and compiling (regexes, certificates, endpoints files)
+            // run off the worker threads: a pathological file delays only
+            // its own reload, never traffic.
+            tokio::task::spawn_blocking(move || build_reload(&path, &bytes, &metrics, &lines, &previous))
+                .await
+                .map_err(|e| format!("config reload failed: {e}"))??
+        };
         let snapshot = Arc::new(snapshot);
         snapshot.start();
         snapshot.warm(DISCOVERY_WARM_UP).await;
@@ -263,4 +275,27 @@ impl App {
         }
         let _ = self.stop_admin.send(true);
     }
+}
+
+/// Parses `bytes` and builds the snapshot a reload would swap in (blocking).
+/// An empty or comment-only file is refused: it is usually a truncated
+/// write (a ConfigMap gone wrong), and applying it would close every port.
+fn build_reload(
+    path: &Path,
+    bytes: &[u8],
+    metrics: &Metrics,
+    lines: &LineWriter,
+    previous: &Snapshot,
+) -> Result<Snapshot, String> {
+    if config::decode(path, bytes).is_ok_and(config::files::is_blank) {
+        return Err(format!(
+            "{}: the file is empty or only comments; refusing it (it would close every listener)",
+            path.display()
+        ));
+    }
+    let loaded = config::parse_bytes(path, bytes).map_err(|e| e.to_string())?;
+    if loaded.config.admin != previous.loaded.config.admin {
+        tracing::warn!("admin.address changes take effect on restart");
+    }
+    Snapshot::build(loaded, metrics, lines, Some(previous)).map_err(|e| e.to_string())
 }

@@ -88,19 +88,24 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // kube logs every failed API request and watch at error level; weft's
-        // discovery logs once per change of state (with the error) instead.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off,kube_runtime=off"));
-    // Logs go to stderr; stdout carries the access log.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr; stdout carries the access log. kube logs every
+    // failed API request and watch at error level; weft's discovery logs
+    // once per change of state (with the error) instead.
+    weft::telemetry::log_limit::init_stderr_log("info,kube_client=off,kube_runtime=off");
 }
 
 fn run(path: &Path, demo: bool) -> ExitCode {
     init_logging();
+    match weft::upstream::descriptors::raise_limit() {
+        Ok((limit, reserve)) => {
+            tracing::info!(
+                limit,
+                reserve,
+                "file descriptors: the reserve is kept from upstream connections"
+            )
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     // The whole check first: the runtime below is sized by the file.
     let loaded = match config::load(path).and_then(|loaded| weft::snapshot::check(&loaded).map(|()| loaded)) {
         Ok(l) => l,

@@ -27,9 +27,16 @@ pub fn crypto() -> Arc<CryptoProvider> {
 
 const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// A PEM file's bytes: only a regular file of bounded size is read, so a
+/// path such as `/dev/urandom` fails at once instead of reading forever.
+fn pem(path: &Path) -> Result<Vec<u8>, String> {
+    crate::config::files::read_regular(path, crate::config::files::MAX_PEM_BYTES)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+    let certs = CertificateDer::pem_slice_iter(&pem(path)?)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no certificate found", path.display()));
@@ -38,7 +45,7 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+    PrivateKeyDer::from_pem_slice(&pem(path)?).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, String> {

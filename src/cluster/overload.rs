@@ -23,7 +23,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::{Gauge, IntCounter, IntGauge};
 use serde::Serialize;
 
-use crate::config::schema::{AdaptiveConcurrencyConfig, ClusterConfig, RetryBudgetConfig};
+use crate::config::schema::{AdaptiveConcurrencyConfig, CircuitBreakerConfig, ClusterConfig, RetryBudgetConfig};
 use crate::policy::circuit::CircuitBreaker;
 use crate::policy::gradient::GradientController;
 use crate::policy::retry_budget::RetryBudget;
@@ -47,10 +47,14 @@ impl ClusterOverload {
                 .adaptive_concurrency
                 .as_ref()
                 .map(|c| Arc::new(ConcurrencyLimiter::new(c, name, families))),
-            circuit: config
-                .circuit_breaker
-                .as_ref()
-                .map(|c| Arc::new(CircuitBreaker::new(c, name, families))),
+            circuit: Some(Arc::new(CircuitBreaker::new(
+                config
+                    .circuit_breaker
+                    .as_ref()
+                    .unwrap_or(&CircuitBreakerConfig::DEFAULTS),
+                name,
+                families,
+            ))),
             retry: Arc::new(RetryState::new(
                 &config.retry_budget.clone().unwrap_or_default(),
                 name,

@@ -288,7 +288,7 @@ pub fn parse_endpoints_file(path: &Path, text: &str) -> Result<Vec<EndpointConfi
 /// Reads and parses endpoints file `path` (blocking: for `weft check` and
 /// the config pass, not for a worker thread).
 pub fn read_endpoints_file(path: &Path) -> Result<Vec<EndpointConfig>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = super::files::read_regular_text(path, super::files::MAX_ENDPOINTS_BYTES)?;
     parse_endpoints_file(path, &text).map_err(|e| e.to_string())
 }
 

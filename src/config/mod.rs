@@ -3,6 +3,7 @@
 //! person can go straight to it.
 
 pub mod discovery;
+pub mod files;
 pub mod health;
 pub mod limits;
 pub mod lines;
@@ -126,9 +127,15 @@ fn file_error(path: &Path, line: Option<usize>, message: String) -> ConfigErrors
     }])
 }
 
-/// Reads and parses `path`.
+/// Reads `path` (a regular file of at most [`files::MAX_CONFIG_BYTES`]).
+/// Blocking: not for a worker thread.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    files::read_regular(path, files::MAX_CONFIG_BYTES)
+}
+
+/// Reads and parses `path` (blocking, see [`read`]).
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, None, format!("cannot read: {e}")))?;
+    let bytes = read(path).map_err(|e| file_error(path, None, format!("cannot read: {e}")))?;
     parse_bytes(path, &bytes)
 }
 
@@ -171,6 +178,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
 }
 
 fn parse_text(path: &Path, text: &str, digest: Digest) -> Result<Loaded, ConfigErrors> {
+    if let Some(line) = files::too_deep(text, files::MAX_YAML_DEPTH) {
+        let message = format!(
+            "mappings and sequences nest deeper than {} levels here; weft reads configs up to that depth",
+            files::MAX_YAML_DEPTH
+        );
+        return Err(file_error(path, Some(line), message));
+    }
     let index = LineIndex::build(text);
     if let Some(line) = index.second_document_line() {
         let message = "a second YAML document starts here; weft reads one document per file".to_string();

@@ -90,6 +90,16 @@ pub struct CircuitBreakerConfig {
     pub max_requests: Option<usize>,
 }
 
+impl CircuitBreakerConfig {
+    /// Envoy's default thresholds, in force for a cluster that sets no
+    /// `circuit_breaker`: no cluster can take connections without bound.
+    pub const DEFAULTS: Self = Self {
+        max_connections: Some(1024),
+        max_pending_requests: Some(1024),
+        max_requests: Some(1024),
+    };
+}
+
 /// A route's retry policy (Envoy's `retry_policy`, with weft's replay rule).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

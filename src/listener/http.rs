@@ -6,8 +6,9 @@
 //! beyond them, from hyper for HTTP/1.1), a header-read timeout for slow
 //! clients (also bounding the wait for a new connection's first bytes, and
 //! then again for the rest of its first request's headers), a cap on open
-//! connections, the HTTP/2 streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS)
-//! and the requests one connection may carry (see `request_budget`).
+//! connections, the HTTP/2 streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS),
+//! the requests one connection may carry (see `request_budget`), and HTTP/2's
+//! abuse bounds (rapid reset, reset provocation, HPACK table, send buffer per stream).
 //!
 //! Each connection's task holds only the server of its own protocol (see
 //! `preface`); an HTTP/2 connection is boxed. Drain: once the listener stops
@@ -46,6 +47,24 @@ use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, So
 use crate::proxy::{Proxy, Shared};
 use crate::tls::PeerIdentity;
 
+// HTTP/2 abuse bounds, set explicitly rather than inherited from h2's
+// defaults (docs/config.md, "Built-in bounds"). Beyond the first two, h2
+// ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+
+/// Streams a client may reset before weft has accepted them (rapid reset,
+/// CVE-2023-44487): a HEADERS + RST_STREAM loop trips it within one read.
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams weft may reset for errors the client provokes on them
+/// ("MadeYouReset", CVE-2025-8671).
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// The HPACK dynamic table weft keeps per connection (the RFC's default); a
+/// client's table size update beyond it ends the connection (GOAWAY
+/// PROTOCOL_ERROR, h2's code for HPACK errors).
+const H2_HEADER_TABLE_SIZE: u32 = 4096;
+/// Response bytes queued per stream beyond the client's flow-control window:
+/// a slow reader holds at most this (plus the window) per stream.
+const H2_MAX_SEND_BUF_SIZE: usize = 400 * 1024;
+
 /// The HTTP/1 and HTTP/2 servers of one listener, with its limits.
 pub struct Servers {
     http1: http1::Builder,
@@ -76,7 +95,11 @@ impl Servers {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(config.limits.max_concurrent_streams);
+            .max_concurrent_streams(config.limits.max_concurrent_streams)
+            .header_table_size(H2_HEADER_TABLE_SIZE)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+            .max_send_buf_size(H2_MAX_SEND_BUF_SIZE);
         Self {
             http1,
             http1_once,

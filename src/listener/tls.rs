@@ -63,7 +63,11 @@ pub fn watch_certificates(store: Arc<CertStore>, listener: &str, metrics: &Metri
                 _ = crate::listener::reached(&mut stop, Phase::HandedOver) => return,
                 (change, _, _) = any_change => if change.is_none() { return },
             }
-            let (changed, errors) = store.reload();
+            // Reading and parsing the files is blocking work: off the workers.
+            let reloading = store.clone();
+            let (changed, errors) = tokio::task::spawn_blocking(move || reloading.reload())
+                .await
+                .unwrap_or_else(|e| (0, vec![format!("certificate reload failed: {e}")]));
             if changed > 0 {
                 ok.inc();
             }

@@ -36,6 +36,9 @@ pub enum CircuitLimit {
     MaxConnections,
     MaxPendingRequests,
     MaxRequests,
+    /// Free file descriptors down to the reserve kept for accept and the
+    /// admin port (`policy::descriptors`); refuses new upstream connections.
+    FileDescriptors,
 }
 
 impl CircuitLimit {
@@ -44,6 +47,7 @@ impl CircuitLimit {
             Self::MaxConnections => "max_connections",
             Self::MaxPendingRequests => "max_pending_requests",
             Self::MaxRequests => "max_requests",
+            Self::FileDescriptors => "file_descriptors",
         }
     }
 }
@@ -124,6 +128,8 @@ pub struct CircuitBreaker {
     pub requests: Arc<Gauge>,
     pub connections: Arc<Gauge>,
     pub pending: Arc<Gauge>,
+    /// New connections refused for want of free descriptors.
+    pub descriptors_refused: IntCounter,
 }
 
 impl CircuitBreaker {
@@ -133,6 +139,7 @@ impl CircuitBreaker {
             requests: Gauge::new(config.max_requests, refused(CircuitLimit::MaxRequests)),
             connections: Gauge::new(config.max_connections, refused(CircuitLimit::MaxConnections)),
             pending: Gauge::new(config.max_pending_requests, refused(CircuitLimit::MaxPendingRequests)),
+            descriptors_refused: refused(CircuitLimit::FileDescriptors),
         }
     }
 }

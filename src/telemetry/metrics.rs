@@ -143,6 +143,7 @@ impl Metrics {
             "Access log lines dropped because the line writer's queue was full.",
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(super::log_limit::SUPPRESSED.clone()))?;
         Ok(Self {
             overload,
             requests: counter(

@@ -1,10 +1,12 @@
 //! Metrics (HTTP, endpoint health, mirroring, UDP listeners), the access log
-//! and the line writer behind it, trace context and span export.
+//! and the line writer behind it, trace context and span export, and the
+//! per-kind rate limit on warnings in the log.
 
 pub mod access_log;
 pub mod discovery;
 pub mod health;
 pub mod lines;
+pub mod log_limit;
 pub mod metrics;
 pub mod mirror;
 pub mod otlp;

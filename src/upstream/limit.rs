@@ -6,7 +6,9 @@
 //! connect with [`CircuitOpen`], which the client reports as a connect error
 //! and `connect_error` turns into a circuit overload rejection.
 //! The pooled client fails a request at once when its connect fails, so a
-//! refusal is immediate (no queueing).
+//! refusal is immediate (no queueing). A new connection is also refused
+//! while free file descriptors are down to the reserve kept for accept and
+//! the admin port (`upstream::descriptors`).
 
 use std::future::Future;
 use std::io;
@@ -27,6 +29,7 @@ use crate::policy::circuit::{CircuitBreaker, CircuitLimit, CircuitOpen, Gauge, S
 pub struct ConnectionLimits {
     connections: Arc<Gauge>,
     pending: Arc<Gauge>,
+    descriptors_refused: prometheus::IntCounter,
 }
 
 impl ConnectionLimits {
@@ -34,6 +37,7 @@ impl ConnectionLimits {
         Self {
             connections: breaker.connections.clone(),
             pending: breaker.pending.clone(),
+            descriptors_refused: breaker.descriptors_refused.clone(),
         }
     }
 }
@@ -66,22 +70,26 @@ where
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (connection, pending) = match &self.limits {
-            None => (None, None),
+        let (connection, pending, opening) = match &self.limits {
+            None => (None, None, None),
             Some(limits) => {
+                let Some(opening) = crate::upstream::descriptors::claim() else {
+                    limits.descriptors_refused.inc();
+                    return refuse(CircuitLimit::FileDescriptors);
+                };
                 let Some(connection) = limits.connections.try_acquire() else {
                     return refuse(CircuitLimit::MaxConnections);
                 };
                 let Some(pending) = limits.pending.try_acquire() else {
                     return refuse(CircuitLimit::MaxPendingRequests);
                 };
-                (Some(connection), Some(pending))
+                (Some(connection), Some(pending), Some(opening))
             }
         };
         let connecting = self.inner.call(uri);
         Box::pin(async move {
             let stream = connecting.await.map_err(Into::into)?;
-            drop(pending);
+            drop((pending, opening));
             Ok(Limited {
                 inner: stream,
                 _slot: connection,

@@ -31,6 +31,7 @@ use crate::tls;
 use limit::{ConnectionLimits, LimitedConnector};
 
 pub mod answer;
+pub mod descriptors;
 pub mod h3;
 pub mod limit;
 pub mod pool;

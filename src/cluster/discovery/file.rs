@@ -16,6 +16,7 @@ use tokio::time::Duration;
 use super::Shared;
 use crate::cluster::endpoints::EndpointSpec;
 use crate::config::discovery::parse_endpoints_file;
+use crate::config::files::{read_regular_text, MAX_ENDPOINTS_BYTES};
 use crate::policy::discovery::{RefreshConfig, RefreshSchedule, SourceState};
 
 /// The watcher's poll, behind its change notifications (as for the config).
@@ -46,9 +47,10 @@ pub(super) async fn run(shared: Arc<Shared>, path: PathBuf) {
 }
 
 async fn read(path: &Path) -> Result<Vec<EndpointSpec>, String> {
-    let text = tokio::fs::read_to_string(path)
+    let owned = path.to_path_buf();
+    let text = tokio::task::spawn_blocking(move || read_regular_text(&owned, MAX_ENDPOINTS_BYTES))
         .await
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))??;
     let endpoints = parse_endpoints_file(path, &text).map_err(|e| e.to_string())?;
     Ok(endpoints.iter().map(EndpointSpec::from).collect())
 }

@@ -14,11 +14,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::json_diff::{self, JsonPath, PathDiff};
 use crate::config::mirror::{BodyCompare, CompareConfig};
 use crate::telemetry::mirror::MirrorResult;
+
+/// The mismatch log's rate limit (a token bucket shared with the log's).
+pub use crate::telemetry::log_limit::LogLimiter;
 
 /// Most body differences kept per pair.
 const MAX_BODY_DIFFS: usize = 20;
@@ -188,41 +190,9 @@ pub fn classify(differences: &Differences, noise: Option<&Differences>) -> Mirro
     }
 }
 
-/// Token bucket for the mismatch log: `per_second` lines on average, bursts
-/// of up to one second's worth (at least one line).
-#[derive(Debug)]
-pub struct LogLimiter {
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl LogLimiter {
-    pub fn new(per_second: f64, now: Instant) -> Self {
-        Self {
-            per_second,
-            tokens: per_second.max(1.0),
-            last: now,
-        }
-    }
-
-    pub fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second.max(1.0));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::time::Duration;
 
     fn spec(yaml: &str) -> CompareSpec {
         CompareSpec::compile(&serde_yaml_ng::from_str(yaml).unwrap()).unwrap()
@@ -288,16 +258,5 @@ mod tests {
         let cut = d.truncated();
         let shown = cut.body[0].primary.as_ref().unwrap().as_str().unwrap();
         assert_eq!(shown.chars().count(), MAX_VALUE_CHARS + 1);
-    }
-
-    #[test]
-    fn log_limiter_allows_the_configured_rate() {
-        let start = Instant::now();
-        let mut limiter = LogLimiter::new(2.0, start);
-        let allowed = (0..100)
-            .filter(|i| limiter.allow(start + Duration::from_millis(i * 50)))
-            .count();
-        // 2 at once, then 2 per second over 4.95 s.
-        assert!((10..=12).contains(&allowed), "{allowed}");
     }
 }

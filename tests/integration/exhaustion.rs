@@ -84,6 +84,7 @@ async fn a_low_descriptor_limit_refuses_upstream_streams_not_accept() {
     let yaml = config(
         "  - name: public
     address: 127.0.0.1:0
+    limits: { max_concurrent_streams: 1000 }
     routes:
       - { name: direct, match: { path_prefix: /direct }, direct_response: { status: 200, body: direct } }
       - { name: held, match: { path_prefix: / }, cluster: held }",
@@ -190,7 +191,7 @@ async fn warnings_of_one_kind_are_rate_limited_and_counted() {
 async fn a_cluster_without_circuit_breaker_gets_envoys_1024_requests() {
     let held = HeldUpstream::start("held").await;
     let yaml = config(
-        "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, match: { path_prefix: / }, cluster: held } ] }",
+        "  - { name: public, address: 127.0.0.1:0, limits: { max_concurrent_streams: 1000 }, routes: [ { name: all, match: { path_prefix: / }, cluster: held } ] }",
         &format!("  - name: held\n    endpoints: [ {{ address: {} }} ]", held.upstream.addr),
     );
     let weft = Weft::start(&yaml).await;

@@ -140,7 +140,7 @@ pub struct Log {
     pub tail: VecDeque<String>,
 }
 
-const TAIL_LINES: usize = 40;
+const TAIL_LINES: usize = 80;
 
 impl Log {
     fn note(&mut self, line: String) {
@@ -219,7 +219,10 @@ impl WeftProcess {
             addr(&["listening", "listener=front"], "address=")
         })
         .await;
-        let tcp = eventually("echo listening", async || addr(&["listening", "listener=echo"], "address=")).await;
+        let tcp = eventually("echo listening", async || {
+            addr(&["listening", "listener=echo"], "address=")
+        })
+        .await;
         Self {
             child,
             pid,

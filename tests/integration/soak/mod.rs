@@ -34,9 +34,9 @@ use std::sync::Arc;
 use tokio::time::Duration;
 
 use crate::support::*;
+use child::{family_sum, Shape, WeftProcess};
 use traffic::{Outcome, Tally};
 use upstreams::Upstreams;
-use child::{family_sum, Shape, WeftProcess};
 
 /// The config is rewritten every this many seconds.
 const RELOAD_EVERY_S: u64 = 3;
@@ -215,7 +215,10 @@ async fn weft_survives_mixed_traffic_reloads_and_faults_without_leaks() {
     problems.extend(grown("resident memory (KiB)", start.rss_kib, end.rss_kib));
     problems.extend(grown("open descriptors", start.fds, end.fds));
     if !tasks_back {
-        problems.push(format!("alive tasks {} after the warm-up, {} at the end", start.tasks, end.tasks));
+        problems.push(format!(
+            "alive tasks {} after the warm-up, {} at the end",
+            start.tasks, end.tasks
+        ));
     }
     if !problems.is_empty() {
         let _ = writeln!(report, "weft's last stderr lines:");
@@ -234,11 +237,22 @@ async fn weft_survives_mixed_traffic_reloads_and_faults_without_leaks() {
 fn summary(soak: &Soak, seconds: u64, warm_up: u64, levels: [Level; 3], metrics: &str) -> String {
     let mut out = String::new();
     let binary = env!("CARGO_BIN_EXE_weft");
-    let build = if binary.contains("/release/") { "release" } else { "debug" };
-    let _ = writeln!(out, "\nsoak: {seconds} s ({warm_up} s warm-up), weft {build} build ({binary})\n");
+    let build = if binary.contains("/release/") {
+        "release"
+    } else {
+        "debug"
+    };
+    let _ = writeln!(
+        out,
+        "\nsoak: {seconds} s ({warm_up} s warm-up), weft {build} build ({binary})\n"
+    );
     let counts = soak.tally.counts.lock();
-    let _ = writeln!(out, "| traffic | requests | ok | weft error status | cut mid-body (reset upstream) | given up (on purpose) | failed |");
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| traffic | requests | ok | weft error status | reset upstream: cut mid-body | reset upstream: no status | given up (on purpose) | failed | retried (keep-alive closed) |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let retries = soak.tally.retries.lock();
     let mut kinds: Vec<&str> = counts.keys().map(|(kind, ..)| *kind).collect();
     kinds.dedup();
     for kind in kinds {
@@ -251,13 +265,15 @@ fn summary(soak: &Soak, seconds: u64, warm_up: u64, levels: [Level; 3], metrics:
         };
         let _ = writeln!(
             out,
-            "| {kind} | {} | {} | {} | {} | {} | {} |",
+            "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} |",
             sum(&|_| true),
             sum(&|o| o == Outcome::Ok),
             sum(&|o| matches!(o, Outcome::WeftError(..))),
             sum(&|o| o == Outcome::CutMidBody),
+            sum(&|o| o == Outcome::NoStatusOnReset),
             sum(&|o| o == Outcome::Abandoned),
             sum(&Outcome::is_failure),
+            retries.get(kind).copied().unwrap_or(0),
         );
     }
     let _ = writeln!(out, "\n| errors by cause (route: outcome) | requests |\n| --- | ---: |");
@@ -270,7 +286,10 @@ fn summary(soak: &Soak, seconds: u64, warm_up: u64, levels: [Level; 3], metrics:
     for (cause, n) in causes {
         let _ = writeln!(out, "| {cause} | {n} |");
     }
-    let _ = writeln!(out, "\n| weft | RSS MiB | open fds | alive tasks |\n| --- | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "\n| weft | RSS MiB | open fds | alive tasks |\n| --- | ---: | ---: | ---: |"
+    );
     let names = ["start (after warm-up, quiet)", "middle (quiet)", "end (quiet)"];
     let peak = ("peak under traffic (sampled each second)", soak.peak);
     for (name, level) in names.into_iter().zip(levels).chain([peak]) {

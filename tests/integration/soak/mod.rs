@@ -195,14 +195,28 @@ async fn weft_survives_mixed_traffic_reloads_and_faults_without_leaks() {
     .is_ok();
 
     let metrics = soak.weft.metrics().await;
-    let alive = soak.weft.alive();
-    let mut report = summary(&soak, seconds, warm_up, [start, middle, end], &metrics);
-    let mut problems = Vec::new();
-    let log = soak.weft.log.lock();
-    if !log.panics.is_empty() {
-        problems.push(format!("weft panicked: {:?}", log.panics));
+    println!("{}", summary(&soak, seconds, warm_up, [start, middle, end], &metrics));
+    let problems = problems(&mut soak, start, end, tasks_back);
+    if !problems.is_empty() {
+        println!("weft's last stderr lines:");
+        for line in &soak.weft.log.lock().tail {
+            println!("  {line}");
+        }
     }
-    if !alive {
+    assert!(problems.is_empty(), "the soak failed:\n{}", problems.join("\n"));
+    let status = soak.weft.terminate().await;
+    assert!(status.success(), "weft exited with {status:?} after SIGTERM");
+}
+
+/// What went wrong: panics, weft gone, failed requests, growth from the
+/// level after the warm-up to the end.
+fn problems(soak: &mut Soak, start: Level, end: Level, tasks_back: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let panics = soak.weft.log.lock().panics.clone();
+    if !panics.is_empty() {
+        problems.push(format!("weft panicked: {panics:?}"));
+    }
+    if !soak.weft.alive() {
         problems.push("weft is not running".to_string());
     }
     let failures = soak.tally.total(Outcome::is_failure);
@@ -220,17 +234,7 @@ async fn weft_survives_mixed_traffic_reloads_and_faults_without_leaks() {
             start.tasks, end.tasks
         ));
     }
-    if !problems.is_empty() {
-        let _ = writeln!(report, "weft's last stderr lines:");
-        for line in &log.tail {
-            let _ = writeln!(report, "  {line}");
-        }
-    }
-    println!("{report}");
-    assert!(problems.is_empty(), "the soak failed:\n{}", problems.join("\n"));
-    drop(log);
-    let status = soak.weft.terminate().await;
-    assert!(status.success(), "weft exited with {status:?} after SIGTERM");
+    problems
 }
 
 /// The summary table: requests by traffic kind, errors by cause, levels.

@@ -270,7 +270,7 @@ async fn one_shot(addr: SocketAddr, http2: bool, req: Request<TestBody>) -> Resu
 /// How an HTTP worker reaches weft.
 #[derive(Clone)]
 enum Connection {
-    Pooled(Client<HttpConnector, TestBody>),
+    Pooled(Box<Client<HttpConnector, TestBody>>),
     New { http2: bool },
 }
 
@@ -437,13 +437,13 @@ pub fn start(front: SocketAddr, tcp: SocketAddr, tally: &Arc<Tally>, running: &A
     let h1 = h1_client();
     let h2 = h2_client();
     let http: [(&'static str, Connection); 7] = [
-        ("http1 keep-alive", Connection::Pooled(h1.clone())),
-        ("http1 keep-alive", Connection::Pooled(h1)),
+        ("http1 keep-alive", Connection::Pooled(Box::new(h1.clone()))),
+        ("http1 keep-alive", Connection::Pooled(Box::new(h1))),
         ("http1 new conn", Connection::New { http2: false }),
         // Three workers on one pooled HTTP/2 connection: concurrent streams.
-        ("h2c keep-alive", Connection::Pooled(h2.clone())),
-        ("h2c keep-alive", Connection::Pooled(h2.clone())),
-        ("h2c keep-alive", Connection::Pooled(h2)),
+        ("h2c keep-alive", Connection::Pooled(Box::new(h2.clone()))),
+        ("h2c keep-alive", Connection::Pooled(Box::new(h2.clone()))),
+        ("h2c keep-alive", Connection::Pooled(Box::new(h2))),
         ("h2c new conn", Connection::New { http2: true }),
     ];
     for (kind, connection) in http {

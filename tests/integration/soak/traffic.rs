@@ -274,13 +274,19 @@ enum Connection {
     New { http2: bool },
 }
 
-/// Whether an error says the connection closed (HTTP/1.1) or refused the
-/// stream with GOAWAY (HTTP/2) before any answer: what a client sees when it
-/// sends on a keep-alive connection just as weft closes it (a listener's
-/// hand-over on reload). RFC 9110 section 9.2.2: a client may retry such a
-/// request, and real clients do, once, on another connection.
+/// Whether an error says a keep-alive connection closed under the request
+/// before any answer: closed (HTTP/1.1), the stream refused by GOAWAY, or a
+/// broken pipe or reset while the request was still being written (HTTP/2:
+/// weft closed the connection after its GOAWAY, and the client's unread
+/// GOAWAY went with the reset its late bytes caused). What a client sees
+/// when it sends just as weft closes the connection (a listener's hand-over
+/// on reload). RFC 9110 section 9.2.2 lets a client retry such a request,
+/// and browsers do, once, when a reused connection fails before any byte of
+/// the answer.
 fn closed_under_request(detail: &str) -> bool {
-    detail.contains("IncompleteMessage") || detail.contains("GoAway(b\"\", NO_ERROR")
+    ["IncompleteMessage", "GoAway(b\"\", NO_ERROR", "BrokenPipe", "ConnectionReset"]
+        .iter()
+        .any(|sign| detail.contains(sign))
 }
 
 /// One request, retried once like a real client when a keep-alive

@@ -284,16 +284,29 @@ enum Connection {
 /// and browsers do, once, when a reused connection fails before any byte of
 /// the answer.
 fn closed_under_request(detail: &str) -> bool {
-    ["IncompleteMessage", "GoAway(b\"\", NO_ERROR", "BrokenPipe", "ConnectionReset"]
-        .iter()
-        .any(|sign| detail.contains(sign))
+    refused_by_goaway(detail)
+        || ["IncompleteMessage", "BrokenPipe", "ConnectionReset"]
+            .iter()
+            .any(|sign| detail.contains(sign))
+}
+
+/// Whether an HTTP/2 stream was refused by a graceful GOAWAY: not processed,
+/// safe to retry on any connection (RFC 9113 section 6.8), and HTTP/2
+/// clients do. Seen on a new connection too when a listener hands over just
+/// as it was accepted.
+fn refused_by_goaway(detail: &str) -> bool {
+    detail.contains("GoAway(b\"\", NO_ERROR")
 }
 
 /// One request, retried once like a real client when a keep-alive
-/// connection closed under it.
+/// connection closed under it or an HTTP/2 stream was refused.
 async fn http_request(kind: &'static str, front: SocketAddr, connection: &Connection, route: Route, tally: &Tally) {
     let (mut outcome, mut detail) = http_exchange(front, connection, route).await;
-    if matches!(connection, Connection::Pooled(_)) && outcome == Outcome::NoAnswer && closed_under_request(&detail) {
+    let retry = match connection {
+        Connection::Pooled(_) => closed_under_request(&detail),
+        Connection::New { .. } => refused_by_goaway(&detail),
+    };
+    if outcome == Outcome::NoAnswer && retry {
         *tally.retries.lock().entry(kind).or_default() += 1;
         (outcome, detail) = http_exchange(front, connection, route).await;
     }

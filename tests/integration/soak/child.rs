@@ -8,12 +8,11 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::upstreams::Upstreams;
 use crate::support::*;
@@ -189,16 +188,7 @@ impl WeftProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weft.yaml");
         std::fs::write(&path, config_text(up, Shape::canonical(0))).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = crate::process::weft_run(&[], &path).spawn().unwrap();
         let pid = child.id().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -181,6 +182,9 @@ pub struct WeftProcess {
     pub front: SocketAddr,
     pub tcp: SocketAddr,
     pub log: Arc<Mutex<Log>>,
+    /// One keep-alive client for every scrape: weft then holds the same one
+    /// admin connection (a descriptor and a task) at every measurement.
+    admin_client: Client<HttpConnector, TestBody>,
 }
 
 impl WeftProcess {
@@ -222,6 +226,7 @@ impl WeftProcess {
             front,
             tcp,
             log,
+            admin_client: h1_client(),
         }
     }
 
@@ -251,7 +256,9 @@ impl WeftProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        get(&h1_client(), &format!("http://{}/metrics", self.admin)).await.1
+        get(&self.admin_client, &format!("http://{}/metrics", self.admin))
+            .await
+            .1
     }
 
     /// SIGTERM, then the exit status (weft drains and exits 0).

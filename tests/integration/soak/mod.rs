@@ -58,8 +58,9 @@ struct Level {
 
 impl Level {
     async fn of(weft: &WeftProcess) -> Self {
-        let usage = weft.usage();
+        // The scrape first: its admin connection is then open, idle, at both readings.
         let tasks = family_sum(&weft.metrics().await, "weft_runtime_alive_tasks") as u64;
+        let usage = weft.usage();
         Self {
             rss_kib: usage.rss_kib,
             fds: usage.fds,

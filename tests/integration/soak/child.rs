@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -182,9 +181,6 @@ pub struct WeftProcess {
     pub front: SocketAddr,
     pub tcp: SocketAddr,
     pub log: Arc<Mutex<Log>>,
-    /// One keep-alive client for every scrape: weft then holds the same one
-    /// admin connection (a descriptor and a task) at every measurement.
-    admin_client: Client<HttpConnector, TestBody>,
 }
 
 impl WeftProcess {
@@ -226,7 +222,6 @@ impl WeftProcess {
             front,
             tcp,
             log,
-            admin_client: h1_client(),
         }
     }
 
@@ -255,10 +250,15 @@ impl WeftProcess {
         Usage { rss_kib, fds }
     }
 
+    /// `/metrics` on a connection weft closes after the answer (read to its
+    /// end), so no admin connection of an earlier scrape is open at a
+    /// measurement (a pooled client may keep one or two).
     pub async fn metrics(&self) -> String {
-        get(&self.admin_client, &format!("http://{}/metrics", self.admin))
-            .await
-            .1
+        raw(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await
     }
 
     /// SIGTERM, then the exit status (weft drains and exits 0).

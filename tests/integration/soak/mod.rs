@@ -58,7 +58,7 @@ struct Level {
 
 impl Level {
     async fn of(weft: &WeftProcess) -> Self {
-        // The scrape first: its admin connection is then open, idle, at both readings.
+        // The scrape first: its admin connection is closed at the /proc reading.
         let tasks = family_sum(&weft.metrics().await, "weft_runtime_alive_tasks") as u64;
         let usage = weft.usage();
         Self {

@@ -144,6 +144,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(super::log_limit::SUPPRESSED.clone()))?;
+        registry.register(Box::new(super::runtime::RuntimeCollector::new()?))?;
         Ok(Self {
             overload,
             requests: counter(

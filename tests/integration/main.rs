@@ -33,6 +33,7 @@ mod proxy;
 mod ranges;
 mod reload;
 mod slow_reader;
+mod soak;
 mod strict_h2;
 mod support;
 mod tcp;

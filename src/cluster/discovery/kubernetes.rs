@@ -154,7 +154,7 @@ fn slice_port(slice: &EndpointSlice, port: &KubernetesPort) -> Option<u16> {
 /// The endpoints `slices` offer on `port`; an error when some slice has
 /// endpoints but none of those has the port (a misnamed port, not an
 /// empty Service).
-fn ready_endpoints<'a>(
+pub fn ready_endpoints<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
     port: &KubernetesPort,
 ) -> Result<Vec<EndpointSpec>, String> {

@@ -27,6 +27,8 @@ mod dns;
 mod file;
 mod kubernetes;
 
+pub use kubernetes::ready_endpoints;
+
 use std::sync::Arc;
 
 use serde::Serialize;

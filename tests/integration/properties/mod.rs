@@ -6,7 +6,9 @@
 //! runs (README, "Fuzzing").
 
 mod config;
+mod discovery;
 mod headers;
+mod inject;
 mod json_diff;
 mod routing;
 mod trace_context;

@@ -592,11 +592,13 @@ if want s8; then
     fi
   fi
   log_run() { # candidate
-    local out n rps
+    local out n rps errs
     measure_cpu_start "$1"
     out=$(load wrk -t1 -c64 -d"${DUR}s" -H "$TRACEPARENT" "http://127.0.0.1:${PORT[$1]}/")
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    [[ -n $errs ]] && say "  $1: $errs"
     measure_cpu_end s8 "$1" "${n:-0}"
     record s8 "$1" rps "$rps"
     say "  $1: $rps req/s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instructions per proxied HTTP/1.1 request, counted by callgrind: a figure that
-# does not depend on the machine's load, for judging a change to the hot path.
+# Instructions per proxied request (HTTP/1.1, or h2c on both sides with
+# PROTO=h2), counted by callgrind: a figure that does not depend on the
+# machine's load, for judging a change to the hot path.
 # See README "Performance" ("What the profile showed").
 #
 #   bash benches/callgrind.sh                       # prints "instructions per request: N"
@@ -8,6 +9,8 @@
 #   KEEP=/tmp/weft.callgrind bash benches/callgrind.sh      # keep the profile: callgrind_annotate /tmp/weft.callgrind
 #   WEFT_SRC=../other CARGO_TARGET_DIR=../other/target bash benches/callgrind.sh  # measure another checkout
 #   LOADGEN=oha bash benches/callgrind.sh           # oha -n N -c 16 instead of h2load (needs oha in PATH or ~/.cargo/bin)
+#   PROTO=h2 bash benches/callgrind.sh              # HTTP/2 prior knowledge downstream and upstream
+#                                                   # (h2load -c 16 -m 16, scenario 2's load; STREAMS=N for -m N)
 #
 # weft runs under valgrind --tool=callgrind with the benchmark's config
 # (benches/load/run.sh: `runtime: { worker_threads: 1 }`, access log off, one
@@ -17,6 +20,10 @@
 # keep-alive connections, and the counters are dumped (callgrind_control -d)
 # at once. The figure is the dump's instruction total (all of weft's threads,
 # user space only) divided by REQUESTS. A run fails if any request fails.
+#
+# With PROTO=h2 the client speaks HTTP/2 with prior knowledge (h2load
+# without --h1, STREAMS (16) concurrent streams per connection) and the
+# cluster is `protocol: http2` (one shared h2c connection to the upstream).
 #
 # The load generator sends an exact number of requests: h2load --h1 from
 # Debian's nghttp2-client (installed with apt if missing) by default. Only
@@ -30,6 +37,8 @@ REQUESTS=${REQUESTS:-20000}
 WARMUP=${WARMUP:-2000}
 CONNS=${CONNS:-16}
 LOADGEN=${LOADGEN:-h2load}
+PROTO=${PROTO:-http1}
+STREAMS=${STREAMS:-16}
 P_UP=${P_UP:-18281}       # upstream (127.0.0.1)
 P_WEFT=${P_WEFT:-18280}   # weft's listener (127.0.0.1)
 PROXY_CPU=${PROXY_CPU:-0} # weft on one CPU, upstream and load generator on the other
@@ -84,6 +93,12 @@ case $LOADGEN in
   oha) command -v oha >/dev/null || die "LOADGEN=oha but oha is not installed (cargo install --locked oha)" ;;
   *) die "LOADGEN must be h2load or oha" ;;
 esac
+case $PROTO in
+  http1) H2LOAD_PROTO=(--h1) CLUSTER_PROTO=http1 ;;
+  h2) H2LOAD_PROTO=(-m "$STREAMS") CLUSTER_PROTO=http2 ;;
+  *) die "PROTO must be http1 or h2" ;;
+esac
+[[ $PROTO == h2 && $LOADGEN != h2load ]] && die "PROTO=h2 needs LOADGEN=h2load"
 PIN_UP=() PIN_LOAD=()
 if command -v taskset >/dev/null && [[ $(nproc) -gt 1 ]]; then
   PIN_UP=(taskset -c "$PROXY_CPU") PIN_LOAD=(taskset -c "$LOAD_CPU")
@@ -115,7 +130,7 @@ done
 send() { # requests
   local url="http://127.0.0.1:$P_WEFT/" out ok
   if [[ $LOADGEN == h2load ]]; then
-    out=$("${PIN_LOAD[@]}" h2load --h1 -n "$1" -c "$CONNS" -t 1 "$url" 2>&1) || { say "$out"; return 1; }
+    out=$("${PIN_LOAD[@]}" h2load "${H2LOAD_PROTO[@]}" -n "$1" -c "$CONNS" -t 1 "$url" 2>&1) || { say "$out"; return 1; }
     ok=$(awk '/^status codes:/ {print $3}' <<<"$out")
   else
     out=$("${PIN_LOAD[@]}" oha --no-tui --output-format json -n "$1" -c "$CONNS" "$url" 2>&1) || { say "$out"; return 1; }
@@ -141,7 +156,7 @@ listeners:
       - { name: all, match: { path_prefix: / }, cluster: up }
 clusters:
   - name: up
-    protocol: http1
+    protocol: $CLUSTER_PROTO
     endpoints: [ { address: 127.0.0.1:$P_UP, zone: zone-a } ]
 EOF
 
@@ -151,14 +166,14 @@ VG=$!
 PIDS+=("$VG")
 wait_port "$P_WEFT" 120 "$VG" || die "weft did not start under valgrind: $(cat "$WORK/weft.log")"
 
-say "warm-up: $WARMUP requests ($LOADGEN, $CONNS connections)"
+say "warm-up: $WARMUP requests ($LOADGEN, $PROTO, $CONNS connections)"
 send "$WARMUP" || die "warm-up failed"
 # weft trims the heap (src/memory.rs) one to two seconds after requests stop:
 # let that happen now, not inside the measured window.
 sleep 3
 callgrind_control -z "$VG" >"$WORK/control.log" 2>&1 || die "callgrind_control -z failed: $(cat "$WORK/control.log")"
 
-say "measured: $REQUESTS requests ($LOADGEN, $CONNS connections)"
+say "measured: $REQUESTS requests ($LOADGEN, $PROTO, $CONNS connections)"
 send "$REQUESTS" || die "measured run failed"
 callgrind_control -d "$VG" >>"$WORK/control.log" 2>&1 || die "callgrind_control -d failed: $(cat "$WORK/control.log")"
 

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! benchtool upstream ADDR                      # fast upstream: 200 "ok" on HTTP/1.1 and h2c, one thread
+//!                                              # (GET /1m: 1 MiB body; a request body is read and dropped)
 //! benchtool idle ADDR N SECS                   # open N keep-alive connections, one request each, then hold them
+//! benchtool idle-h2 ADDR N SECS                # the same with N HTTP/2 (prior knowledge) connections
 //! benchtool h3load ADDR CA_PEM CONNS STREAMS SECS   # HTTP/3 closed-loop load, prints JSON
 //! benchtool udp-echo ADDR                      # UDP upstream: each datagram back to its sender, one thread
 //! benchtool udpload ADDR CLIENTS WINDOW BYTES SECS   # UDP closed-loop load, prints JSON
@@ -17,7 +19,8 @@ use tokio::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -39,6 +42,7 @@ fn main() -> Result<(), Error> {
     match arg(0)? {
         "upstream" => rt.block_on(upstream(arg(1)?.parse()?)),
         "idle" => rt.block_on(idle(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)),
+        "idle-h2" => rt.block_on(idle_h2(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)),
         "h3load" => rt.block_on(h3load(
             arg(1)?.parse()?,
             arg(2)?,
@@ -59,23 +63,78 @@ fn main() -> Result<(), Error> {
     }
 }
 
-/// A minimal upstream: every request gets `200 ok` (2 bytes), on HTTP/1.1
-/// keep-alive or HTTP/2 prior knowledge, served from one thread.
+/// The large response body of `GET /1m` (scenario 9).
+const LARGE_BODY: usize = 1 << 20;
+
+/// A minimal upstream: every request gets `200 ok` (2 bytes), or 1 MiB for
+/// `/1m`, on HTTP/1.1 keep-alive or HTTP/2 prior knowledge, served from one
+/// thread. A request body is read to its end and dropped (uploads).
 async fn upstream(addr: SocketAddr) -> Result<(), Error> {
     let listener = TcpListener::bind(addr).await?;
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let large = Bytes::from(vec![b'x'; LARGE_BODY]);
     println!("upstream listening on {addr}");
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
+        let (builder, large) = (builder.clone(), large.clone());
         tokio::spawn(async move {
-            let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
-                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let large = large.clone();
+                async move {
+                    let body = if req.uri().path() == "/1m" {
+                        large
+                    } else {
+                        Bytes::from_static(b"ok")
+                    };
+                    let mut incoming = req.into_body();
+                    while !incoming.is_end_stream() {
+                        match incoming.frame().await {
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(body)))
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// Opens `n` HTTP/2 connections (prior knowledge), sends one request on
+/// each and reads its response, prints `ready N`, then holds them open for
+/// `secs`.
+async fn idle_h2(addr: SocketAddr, n: usize, secs: u64) -> Result<(), Error> {
+    let mut conns = Vec::with_capacity(n);
+    let mut ok = 0usize;
+    for _ in 0..n {
+        let Ok(stream) = TcpStream::connect(addr).await else {
+            continue;
+        };
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
+        else {
+            continue;
+        };
+        tokio::spawn(conn);
+        let req = Request::get(format!("http://{addr}/")).body(Full::new(Bytes::new()))?;
+        let answered = tokio::time::timeout(Duration::from_secs(2), async {
+            let response = sender.send_request(req).await.ok()?;
+            let status = response.status();
+            response.into_body().collect().await.ok()?;
+            Some(status)
+        })
+        .await;
+        if let Ok(Some(status)) = answered {
+            ok += usize::from(status.is_success());
+        }
+        conns.push(sender);
+    }
+    println!("ready {ok}");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    drop(conns);
+    Ok(())
 }
 
 /// Opens `n` HTTP/1.1 connections, sends one keep-alive request on each and
@@ -272,9 +331,10 @@ const SECTIONS: &[Section] = &[
     },
     Section {
         id: "s5",
-        title: "5. TLS and HTTP/3 through weft, 16 connections x 16 streams (h2load for h2; benchtool h3load for HTTP/3)",
+        title: "5. TLS (h2 by ALPN, terminated by each proxy with the same certificate) and HTTP/3 through weft, 16 connections x 16 streams (h2load for h2; benchtool h3load for HTTP/3)",
         ratios: &[
             ("weft-tls-h2", &["direct-h2c"], "TLS h2/direct h2c"),
+            ("weft-tls-h2", &["nginx-tls-h2", "haproxy-tls-h2"], "weft TLS/best peer TLS"),
             ("weft-h3", &["direct-h2c"], "h3/direct h2c"),
         ],
     },
@@ -286,6 +346,16 @@ const SECTIONS: &[Section] = &[
     Section {
         id: "s7",
         title: "7. UDP echo, 16 client sessions x 8 datagrams in flight, 64-byte datagrams (benchtool udpload; nginx stream module `listen ... udp`)",
+        ratios: &[("weft", &["direct"], "weft/direct"), ("weft", PEERS, "weft/best peer")],
+    },
+    Section {
+        id: "s8",
+        title: "8. Access log on (JSON, to a file) with trace context (`traceparent` on every request) vs off, HTTP/1.1, 64 connections (wrk)",
+        ratios: &[("weft-log", &["weft"], "weft on/off"), ("nginx-log", &["nginx"], "nginx on/off")],
+    },
+    Section {
+        id: "s9",
+        title: "9. 1 MiB responses (down) and 1 MiB uploads (up), HTTP/1.1, 8 connections (h2load --h1)",
         ratios: &[("weft", &["direct"], "weft/direct"), ("weft", PEERS, "weft/best peer")],
     },
 ];
@@ -307,6 +377,11 @@ fn metric_name(metric: &str) -> (&str, bool) {
         "rss_idle_mib" => ("idle, MiB", false),
         "rss_after_load_mib" => ("after load, MiB", false),
         "rss_1000_idle_mib" => ("1000 idle keep-alive connections, MiB", false),
+        "rss_1000_idle_h2_mib" => ("1000 idle HTTP/2 connections, MiB", false),
+        "down_mibps" => ("1 MiB responses: MiB/s", true),
+        "down_cpu_ms_per_mib" => ("1 MiB responses: proxy CPU ms per MiB", false),
+        "up_mibps" => ("1 MiB uploads: MiB/s", true),
+        "up_cpu_ms_per_mib" => ("1 MiB uploads: proxy CPU ms per MiB", false),
         other => (other, false),
     }
 }

@@ -4,7 +4,7 @@
 #
 #   bash benches/load/run.sh                 # 3 alternating repeats of 10 s (the default)
 #   REPS=1 DUR=3 bash benches/load/run.sh     # quick look while developing
-#   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s7)
+#   ONLY="s1 s4" bash benches/load/run.sh     # some scenarios only (s1..s9)
 #
 # Each proxy runs one worker pinned to CPU 0 (taskset -c 0); the upstream and
 # the load generators are pinned to CPU 1. Candidates run alternately
@@ -17,7 +17,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DUR=${DUR:-10}
 REPS=${REPS:-3}
 RATE=${RATE:-2000}
-ONLY=${ONLY:-"s1 s2 s3 s4 s5 s6 s7"}
+ALL="s1 s2 s3 s4 s5 s6 s7 s8 s9"
+ONLY=${ONLY:-$ALL}
 OUT=${OUT:-$ROOT/benches/results}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -31,6 +32,8 @@ P_WEFT_TLS=18443                 # weft: TLS (h2 via ALPN) on TCP, HTTP/3 on UDP
 P_NGINX=18090 P_NGINX_H2=18091   # nginx 1.22 serves h2c prior knowledge on an `http2` listener only
 P_HAPROXY=18100 P_HAPROXY_H2=18101
 P_UDP_UP=18201 P_WEFT_UDP=18202 P_NGINX_UDP=18203   # scenario 7 (UDP)
+P_NGINX_TLS=18444 P_HAPROXY_TLS=18445                # scenario 5: the peers terminating TLS
+P_WEFT_LOG=18084 P_NGINX_LOG=18092                   # scenario 8: access log on
 
 WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
 PIDS=()
@@ -168,40 +171,65 @@ start_weft weft "$WORK/weft.yaml" "$P_WEFT"
 CANDIDATES+=(weft)
 PORT[weft]=$P_WEFT PORT_H2[weft]=$P_WEFT
 
-if [[ $HAVE_NGINX == 1 ]]; then
-  mkdir -p "$WORK/nginx"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
+# An nginx configuration (one worker, upstream keep-alive) for directory $1:
+# $2 holds the server's `listen` (and other server-level) lines, $3 the
+# http-level logging lines (access log off by default).
+nginx_config() { # dir server-lines [http-lines]
+  local proxy="proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;"
+  cat <<EOF
 daemon off;
 master_process on;
 worker_processes 1;
 worker_rlimit_nofile 65536;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 events { worker_connections 16384; }
 http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
+  ${3:-access_log off;}
+  client_body_temp_path $1/body;
+  proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi;
+  uwsgi_temp_path $1/uwsgi;
+  scgi_temp_path $1/scgi;
   keepalive_requests 1000000;
   http2_max_requests 1000000;
   upstream up { server 127.0.0.1:$P_UP; keepalive 256; keepalive_requests 1000000; }
   server {
-    listen 127.0.0.1:$P_NGINX;
-    listen 127.0.0.1:$P_NGINX_H2 http2;
+$2
     location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
+      $proxy
       proxy_buffering on;
+    }
+    # Scenario 9: 1 MiB bodies streamed both ways, as weft and HAProxy do
+    # (nginx's defaults would spool them to temporary files).
+    location = /1m {
+      $proxy
+      proxy_buffering off;
+    }
+    location = /upload {
+      $proxy
+      client_max_body_size 2m;
+      proxy_request_buffering off;
     }
   }
 }
 EOF
+}
+start_nginx() { # name config-dir port
+  taskset -c "$PROXY_CPU" nginx -p "$2" -c "$2/nginx.conf" >"$WORK/$1.log" 2>&1 &
+  PID[$1]=$!
+  PIDS+=($!)
+  wait_port "$3" || { say "$1 did not start: skipped ($(cat "$WORK/$1.log"))"; return 1; }
+}
+
+if [[ $HAVE_NGINX == 1 ]]; then
+  mkdir -p "$WORK/nginx"
+  nginx_config "$WORK/nginx" "    listen 127.0.0.1:$P_NGINX;
+    listen 127.0.0.1:$P_NGINX_H2 http2;" >"$WORK/nginx/nginx.conf"
   taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
   PID[nginx]=$!
   PIDS+=($!)
@@ -213,8 +241,10 @@ EOF
   fi
 fi
 
-if [[ $HAVE_HAPROXY == 1 ]]; then
-  cat >"$WORK/haproxy.cfg" <<EOF
+# A HAProxy configuration (one thread, connection reuse) whose frontend
+# binds the lines in $1.
+haproxy_config() { # bind-lines
+  cat <<EOF
 global
   nbthread 1
   maxconn 8000
@@ -227,12 +257,16 @@ defaults
   http-reuse always
   option forwardfor
 frontend h1
-  bind 127.0.0.1:$P_HAPROXY
-  bind 127.0.0.1:$P_HAPROXY_H2 proto h2
+$1
   default_backend up
 backend up
   server up 127.0.0.1:$P_UP
 EOF
+}
+
+if [[ $HAVE_HAPROXY == 1 ]]; then
+  haproxy_config "  bind 127.0.0.1:$P_HAPROXY
+  bind 127.0.0.1:$P_HAPROXY_H2 proto h2" >"$WORK/haproxy.cfg"
   taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   PID[haproxy]=$!
   PIDS+=($!)
@@ -344,6 +378,15 @@ if want s4; then
     say "  $c: $(cat "$WORK/idle.out") connections answered"
     wait "$idle" || true
   done
+  for c in "${PROXIES[@]}"; do
+    load "$TOOL" idle-h2 "127.0.0.1:${PORT_H2[$c]}" 1000 4 >"$WORK/idle.out" &
+    idle=$!
+    for i in $(seq 100); do grep -q ready "$WORK/idle.out" && break; sleep 0.1; done
+    sleep 0.5
+    record s4 "$c" rss_1000_idle_h2_mib "$(awk -v k="$(rss_kib "${PID[$c]}")" 'BEGIN{printf "%.1f", k/1024}')"
+    say "  $c: $(cat "$WORK/idle.out") HTTP/2 connections answered"
+    wait "$idle" || true
+  done
 fi
 
 # ---------------------------------------------------------------- scenario 5: TLS HTTP/2 and HTTP/3 (weft)
@@ -369,6 +412,33 @@ clusters:
   - { name: up, protocol: http1, endpoints: [ { address: 127.0.0.1:$P_UP } ] }
 EOF
   start_weft weft-tls "$WORK/weft-tls.yaml" "$P_WEFT_TLS"
+  # The peers terminate TLS with the same certificate (h2 by ALPN) in front
+  # of the same HTTP/1.1 upstream.
+  TLS_PEERS=()
+  if [[ $HAVE_NGINX == 1 ]]; then
+    mkdir -p "$WORK/nginx-tls"
+    nginx_config "$WORK/nginx-tls" "    listen 127.0.0.1:$P_NGINX_TLS ssl http2;
+    ssl_certificate $WORK/certs/server.pem;
+    ssl_certificate_key $WORK/certs/server.key;" >"$WORK/nginx-tls/nginx.conf"
+    start_nginx nginx-tls "$WORK/nginx-tls" "$P_NGINX_TLS" && TLS_PEERS+=(nginx)
+  fi
+  if [[ $HAVE_HAPROXY == 1 ]]; then
+    cat "$WORK/certs/server.pem" "$WORK/certs/server.key" >"$WORK/certs/haproxy.pem"
+    haproxy_config "  bind 127.0.0.1:$P_HAPROXY_TLS ssl crt $WORK/certs/haproxy.pem alpn h2,http/1.1" \
+      >"$WORK/haproxy-tls.cfg"
+    taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy-tls.cfg" >"$WORK/haproxy-tls.log" 2>&1 &
+    PID[haproxy-tls]=$!
+    PIDS+=($!)
+    if wait_port "$P_HAPROXY_TLS"; then
+      TLS_PEERS+=(haproxy)
+    else
+      say "HAProxy (TLS) did not start: skipped ($(cat "$WORK/haproxy-tls.log"))"
+    fi
+  fi
+  declare -A TLS_PORT=([nginx]=$P_NGINX_TLS [haproxy]=$P_HAPROXY_TLS)
+  for p in "${TLS_PEERS[@]}"; do # warm-up
+    load h2load -c16 -m16 -t1 -D 1 "https://127.0.0.1:${TLS_PORT[$p]}/" >/dev/null
+  done
   h3run() { # sets N and RPS
     local out
     out=$(load "$TOOL" h3load "127.0.0.1:$P_WEFT_TLS" "$WORK/certs/ca.pem" 16 16 "$DUR")
@@ -383,11 +453,17 @@ EOF
     h2run "https://127.0.0.1:$P_WEFT_TLS/"
     measure_cpu_end s5 weft-tls-h2 "${N:-0}" weft-tls
     record s5 weft-tls-h2 rps "$RPS"
+    for p in "${TLS_PEERS[@]}"; do
+      measure_cpu_start "$p-tls"
+      h2run "https://127.0.0.1:${TLS_PORT[$p]}/"
+      measure_cpu_end s5 "$p-tls-h2" "${N:-0}" "$p-tls"
+      record s5 "$p-tls-h2" rps "$RPS"
+    done
     measure_cpu_start weft-tls
     h3run
     measure_cpu_end s5 weft-h3 "${N:-0}" weft-tls
     record s5 weft-h3 rps "$RPS"
-    say "  direct h2c / weft TLS h2 / weft h3: see table"
+    say "  direct h2c / weft TLS h2 / peers TLS h2 / weft h3: see table"
   done
 fi
 
@@ -488,13 +564,97 @@ EOF
   done
 fi
 
+# ---------------------------------------------------------------- scenario 8: access log + trace context
+# weft with its JSON access log on (stdout, redirected to a file) against
+# nginx with its access log on (JSON lines to a file); every request carries
+# a W3C `traceparent`, which weft parses and propagates with its own span id
+# (nginx passes it on unread). Each proxy's overhead is log-on / log-off.
+TRACEPARENT="traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+NGINX_JSON_LOG='log_format json escape=json
+    '"'"'{"time":"$time_iso8601","method":"$request_method","path":"$request_uri",'"'"'
+    '"'"'"protocol":"$server_protocol","status":$status,"bytes":$body_bytes_sent,'"'"'
+    '"'"'"duration_s":$request_time,"upstream":"$upstream_addr","peer":"$remote_addr",'"'"'
+    '"'"'"traceparent":"$http_traceparent"}'"'"';'
+if want s8; then
+  say "s8: access log on (+ trace context) vs off, HTTP/1.1 64 connections, ${REPS}x${DUR}s"
+  weft_config "$P_WEFT_LOG" | sed 's/^access_log: { enabled: false }$/access_log: { enabled: true }/' \
+    >"$WORK/weft-log.yaml"
+  start_weft weft-log "$WORK/weft-log.yaml" "$P_WEFT_LOG"
+  PORT[weft-log]=$P_WEFT_LOG
+  LOG_CANDIDATES=(weft weft-log)
+  if [[ $HAVE_NGINX == 1 ]]; then
+    mkdir -p "$WORK/nginx-log"
+    nginx_config "$WORK/nginx-log" "    listen 127.0.0.1:$P_NGINX_LOG;" "$NGINX_JSON_LOG
+  access_log $WORK/nginx-log/access.log json;" >"$WORK/nginx-log/nginx.conf"
+    if start_nginx nginx-log "$WORK/nginx-log" "$P_NGINX_LOG"; then
+      PORT[nginx-log]=$P_NGINX_LOG
+      LOG_CANDIDATES+=(nginx nginx-log)
+    fi
+  fi
+  log_run() { # candidate
+    local out n rps errs
+    measure_cpu_start "$1"
+    out=$(load wrk -t1 -c64 -d"${DUR}s" -H "$TRACEPARENT" "http://127.0.0.1:${PORT[$1]}/")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    [[ -n $errs ]] && say "  $1: $errs"
+    measure_cpu_end s8 "$1" "${n:-0}"
+    record s8 "$1" rps "$rps"
+    say "  $1: $rps req/s"
+  }
+  for c in "${LOG_CANDIDATES[@]}"; do
+    load wrk -t1 -c64 -d1s -H "$TRACEPARENT" "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+  done
+  for r in $(seq "$REPS"); do
+    for c in "${LOG_CANDIDATES[@]}"; do
+      log_run "$c"
+    done
+  done
+  say "  access log lines: weft $(grep -c '"status"' "$WORK/weft-log.log" || true), nginx $(wc -l <"$WORK/nginx-log/access.log" 2>/dev/null || echo 0)"
+fi
+
+# ---------------------------------------------------------------- scenario 9: 1 MiB bodies
+# 1 MiB responses (GET /1m) and 1 MiB uploads (POST /upload, answered `ok`)
+# over HTTP/1.1, 8 connections (h2load --h1): MiB/s and the proxy's CPU per
+# MiB carried (one request carries one MiB).
+if want s9; then
+  say "s9: 1 MiB responses and 1 MiB uploads, HTTP/1.1 8 connections, ${REPS}x${DUR}s"
+  head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/1m.bin"
+  large_run() { # candidate direction (down|up)
+    local out n failed used args=(-D "$DUR") path=/1m
+    [[ $2 == up ]] && args+=(-d "$WORK/1m.bin") path=/upload
+    measure_cpu_start "$1"
+    out=$(load h2load --h1 -c8 -t1 "${args[@]}" "http://127.0.0.1:${PORT[$1]}$path" 2>&1)
+    n=$(awk '/^requests:/ {print $8}' <<<"$out")
+    failed=$(awk '/^requests:/ {print $10}' <<<"$out")
+    [[ ${failed:-0} != 0 ]] && say "  $1 ($2): $failed failed"
+    if [[ $1 != direct && ${n:-0} -gt 0 ]]; then
+      used=$(( $(cpu_ticks "${PID[$1]}") - CPU0 ))
+      record s9 "$1" "${2}_cpu_ms_per_mib" "$(awk -v t="$used" -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.3f", t/hz/n*1000}')"
+    fi
+    record s9 "$1" "${2}_mibps" "$(awk -v n="${n:-0}" -v d="$DUR" 'BEGIN{printf "%.1f", n/d}')"
+    say "  $1 ($2): ${n:-0} MiB in ${DUR}s"
+  }
+  for c in "${CANDIDATES[@]}"; do
+    load h2load --h1 -c8 -t1 -D 1 "http://127.0.0.1:${PORT[$c]}/1m" >/dev/null 2>&1 || true
+  done
+  for r in $(seq "$REPS"); do
+    for d in down up; do
+      for c in "${CANDIDATES[@]}"; do
+        large_run "$c" "$d"
+      done
+    done
+  done
+fi
+
 # ---------------------------------------------------------------- report
 mkdir -p "$OUT"
 cp "$RAW" "$OUT/latest.tsv"
 {
   echo "Machine: $(nproc) CPUs, $(lscpu | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}'); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
   only=""
-  [[ $ONLY != "s1 s2 s3 s4 s5 s6 s7" ]] && only="ONLY=\"$ONLY\" "
+  [[ $ONLY != "$ALL" ]] && only="ONLY=\"$ONLY\" "
   echo "Command: \`REPS=$REPS DUR=$DUR ${only}bash benches/load/run.sh\` ($(date -u +%Y-%m-%dT%H:%MZ), weft $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))."
   echo "Versions: $(nginx -v 2>&1 | sed 's/.*: //' || true), HAProxy $(haproxy -v 2>/dev/null | awk 'NR==1{print $3}'), wrk $(wrk -v 2>&1 | awk 'NR==1{print $2}'), h2load $(h2load --version | awk '{print $2}'), $(oha --version 2>/dev/null || echo 'oha missing')."
   echo

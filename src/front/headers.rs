@@ -192,7 +192,11 @@ fn new_request_id() -> HeaderValue {
         text[pos + 1] = HEX[usize::from(byte & 0xf)];
         pos += 2;
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    // Unique per request: "never indexed" keeps it out of HTTP/2's HPACK
+    // table, as the trace headers (see `telemetry::propagation`).
+    id.set_sensitive(true);
+    id
 }
 
 /// The client address as a header value. A sidecar sees very few distinct
@@ -295,6 +299,8 @@ mod tests {
         let text = id.to_str().unwrap();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
+        // Unique per request: sent "never indexed" on HTTP/2.
+        assert!(id.is_sensitive() && h.get("x-request-id").unwrap().is_sensitive());
         h.remove("x-request-id");
         let other = set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
         assert_ne!(other, id);

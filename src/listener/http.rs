@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +37,7 @@ use tokio::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::schema::ListenerConfig;
+use crate::core::executor::Http2Executor;
 use crate::front::Downstream;
 use crate::listener::original_destination::Capture;
 use crate::listener::preface::{detect, sniff, Detected, Prefixed, Protocol};
@@ -70,7 +71,7 @@ pub struct Servers {
     http1: http1::Builder,
     /// For connections that start after a hand-over: one request, then close.
     http1_once: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<Http2Executor>,
     header_read_timeout: Duration,
     max_requests_per_connection: Option<u64>,
 }
@@ -91,7 +92,7 @@ impl Servers {
         }
         let mut http1_once = http1.clone();
         http1_once.keep_alive(false);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(Http2Executor);
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))

@@ -19,13 +19,14 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use rustls::pki_types::ServerName;
 use tower::{Service, ServiceExt};
 
 use crate::config::schema::{ClusterConfig, ClusterProtocol};
 use crate::core::body::{self, Body};
 use crate::core::error::{BoxError, ErrorKind, Overload, ProxyError};
+use crate::core::executor::Http2Executor;
 use crate::policy::circuit::CircuitOpen;
 use crate::tls;
 use limit::{ConnectionLimits, LimitedConnector};
@@ -109,7 +110,7 @@ pub struct TcpClient {
     connector: LimitedConnector<HttpsConnector<HttpConnector>>,
     http1: http1::Builder,
     /// `Some` for `http2` clusters.
-    http2: Option<http2::Builder<TokioExecutor>>,
+    http2: Option<http2::Builder<Http2Executor>>,
     scheme: Scheme,
 }
 
@@ -143,7 +144,7 @@ impl TcpClient {
         // error of the exchange (502), in either protocol.
         let header_bytes = config.limits.max_response_headers_kb as usize * 1024;
         let http2 = http2.then(|| {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(Http2Executor);
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
@@ -241,7 +242,7 @@ impl TcpClient {
 
     async fn send_http2(
         &self,
-        builder: &http2::Builder<TokioExecutor>,
+        builder: &http2::Builder<Http2Executor>,
         endpoint: &Target,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, ProxyError> {

@@ -14,10 +14,13 @@
 //!   hand-over (its datagrams wait in the socket's buffer meanwhile), so
 //!   each client's next datagram starts a session with the new settings. The socket is
 //!   found by name and address, or, for a fixed port, by address alone (a
-//!   renamed listener, two listeners swapping addresses).
-//! - Nothing is started or stopped when a bind or a certificate fails,
-//!   except listeners whose address a newly bound one needs (stopped first,
-//!   as the kernel requires).
+//!   renamed listener, two listeners swapping addresses, a port 0 replaced
+//!   by the port it got).
+//! - A refused reload leaves the old listeners serving. Certificates are
+//!   loaded and free addresses bound before anything is stopped; a listener
+//!   whose address a newly bound one needs (stopped first, as the kernel
+//!   requires, and its socket closed before the bind) is started again on
+//!   its address with its old settings if that bind fails.
 //! - A listener task that dies (panics, or ends without being told to) is
 //!   logged and listed in [`Health`], which turns `/ready` to 503 until a
 //!   reload starts the listener again.
@@ -181,6 +184,14 @@ struct Plan<'a> {
     close_after: Vec<String>,
 }
 
+/// A listener closed for a bind, and how to start it again should the bind fail.
+struct Restore {
+    config: ListenerConfig,
+    local: SocketAddr,
+    /// Its TLS made again before it was closed (the files may have changed since it started).
+    prepared: Result<Prepared, String>,
+}
+
 /// A listener told to stop, until its connections have finished.
 struct Stopping {
     stop: watch::Sender<Phase>,
@@ -212,17 +223,25 @@ impl ListenerSet {
         shared: &Arc<Shared>,
     ) -> Result<(), String> {
         let plan = self.plan(wanted);
-        for name in &plan.close_first {
-            self.stop(name);
-        }
+        // Everything that can fail without touching a running listener is
+        // done first: TLS, and the binds of addresses no listener holds.
         let mut takeovers = Vec::with_capacity(plan.takeovers.len());
         for (w, donor) in plan.takeovers {
             takeovers.push((w, donor, Prepared::new(w, base)?));
         }
-        let mut bound = Vec::with_capacity(plan.binds.len());
+        let (mut bound, mut blocked) = (Vec::with_capacity(plan.binds.len()), Vec::new());
         for w in plan.binds {
-            bound.push((w, Prepared::new(w, base)?.bind(w).await?));
+            let prepared = Prepared::new(w, base)?;
+            match plan
+                .close_first
+                .iter()
+                .any(|n| self.running.get(n).is_some_and(|r| conflicts(r, w)))
+            {
+                true => blocked.push((w, prepared)),
+                false => bound.push((w, prepared.bind(w).await?)),
+            }
         }
+        bound.extend(self.close_and_bind(&plan.close_first, blocked, base, shared).await?);
         self.take_over(takeovers, base, shared).await?;
         for name in &plan.close_after {
             self.stop(name);
@@ -235,6 +254,95 @@ impl ListenerSet {
         }
         self.health.keep_only(&wanted.iter().map(|w| w.name.as_str()).collect());
         Ok(())
+    }
+
+    /// Closes the listeners `close` and binds `blocked` on the addresses
+    /// they held; if a bind fails, starts the closed ones again.
+    async fn close_and_bind<'a>(
+        &mut self,
+        close: &[String],
+        blocked: Vec<(&'a ListenerConfig, Prepared)>,
+        base: &Path,
+        shared: &Arc<Shared>,
+    ) -> Result<Vec<(&'a ListenerConfig, Bound)>, String> {
+        let restores = self.restores(close, base);
+        for name in close {
+            self.close_now(name).await;
+        }
+        let mut bound = Vec::with_capacity(blocked.len());
+        for (w, prepared) in blocked {
+            match prepared.bind(w).await {
+                Ok(socket) => bound.push((w, socket)),
+                Err(e) => {
+                    // The sockets bound so far may hold the addresses to restore.
+                    drop(bound);
+                    return Err(self.restore(restores, shared, e).await);
+                }
+            }
+        }
+        Ok(bound)
+    }
+
+    /// What restarts each of `names` on its address, should a bind that
+    /// needs their addresses fail: its config and TLS, and the address it had.
+    fn restores(&self, names: &[String], base: &Path) -> Vec<Restore> {
+        let restore = |r: &Running| Restore {
+            config: r.config.clone(),
+            local: r.local,
+            prepared: Prepared::new(&r.config, base),
+        };
+        names.iter().filter_map(|n| self.running.get(n)).map(restore).collect()
+    }
+
+    /// Restarts the listeners closed for a bind that then failed with
+    /// `error`, each with its old settings on the address it had; the error
+    /// names any that could not be.
+    async fn restore(&mut self, restores: Vec<Restore>, shared: &Arc<Shared>, error: String) -> String {
+        let mut error = error;
+        for Restore {
+            config,
+            local,
+            prepared,
+        } in restores
+        {
+            let at_local = ListenerConfig {
+                address: local,
+                ..config.clone()
+            };
+            let bound = match prepared {
+                Ok(prepared) => prepared.bind(&at_local).await,
+                Err(e) => Err(e),
+            };
+            match bound {
+                Ok(socket) => {
+                    tracing::warn!(listener = %config.name, address = %local, "listening again after a refused reload");
+                    self.start(config, socket, shared);
+                }
+                Err(e) => {
+                    tracing::error!(listener = %config.name, error = %e, "listener could not be restarted after a refused reload");
+                    error = format!("{error}; and then {e}");
+                }
+            }
+        }
+        error
+    }
+
+    /// Closes a listener for good, like [`ListenerSet::stop`], but returns
+    /// only once its socket is closed, so that its address can be bound.
+    async fn close_now(&mut self, name: &str) {
+        let Some(r) = self.running.remove(name) else { return };
+        tracing::info!(listener = %name, "listener stopping");
+        self.health.retire(name, r.generation, &r.stop, Phase::Closing);
+        // The task gives its socket back once it has stopped accepting
+        // (nothing if it died), and it is dropped here.
+        if let Ok(Socket::Quic(endpoint)) = r.socket.await {
+            // Its task keeps the endpoint for the open connections; it takes no new ones.
+            endpoint.set_server_config(None);
+        }
+        self.stopping.push(Stopping {
+            stop: r.stop,
+            task: r.task,
+        });
     }
 
     /// Decides what [`ListenerSet::reconcile`] does, touching nothing but
@@ -297,10 +405,13 @@ impl ListenerSet {
     }
 
     /// The running listener, not yet claimed, whose socket `wanted` can take:
-    /// its own of the same address, else another's of the same fixed address.
+    /// its own of the same address, else another's of the same fixed address
+    /// (configured, or bound for port 0).
     fn donor(&self, wanted: &ListenerConfig, claimed: &HashSet<String>) -> Option<String> {
+        // A fixed port may be the one a port-0 listener got: that socket is the one.
         let free = |(name, r): &(&String, &Running)| {
-            !claimed.contains(*name) && same_transport(&r.config, wanted) && r.config.address == wanted.address
+            let address = r.config.address == wanted.address || r.local == wanted.address;
+            !claimed.contains(*name) && same_transport(&r.config, wanted) && address
         };
         let own = self.running.get_key_value(&wanted.name).filter(|pair| free(pair));
         let by_address = || {

@@ -2,7 +2,8 @@
 //! a time, each written by an atomic rename: the port never refuses a
 //! connection during or after the reload, new connections get the new
 //! setting, open ones finish on the old. And a listener task that dies turns
-//! `/ready` to 503 and is logged.
+//! `/ready` to 503 and is logged. A reload refused because a bind fails
+//! leaves the old listeners serving.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -385,4 +386,61 @@ async fn a_listener_task_that_dies_turns_ready_to_503_and_is_logged() {
     assert!(weft.app.reload(true).await.unwrap());
     assert_eq!(get(&client, &weft.admin("/ready")).await, (200, "ready\n".into()));
     assert_eq!(get(&client, &weft.url("public", "/").await).await, (200, "ok".into()));
+}
+
+/// The body a listener's route answers at `addr`.
+async fn body_at(addr: SocketAddr) -> String {
+    get(&h1_client(), &format!("http://{addr}/")).await.1
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_leaves_the_old_listeners_serving() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap();
+    let old = listener("a", "127.0.0.1:0", "", "a") + &listener("b", "127.0.0.1:0", "", "b");
+    let weft = Weft::start(&config(&old, "  []")).await;
+    let (a, b) = (weft.addr("a").await, weft.addr("b").await);
+
+    // `c` needs the address the test holds; `a` moves from port 0 to the
+    // port it got; `b` goes.
+    let new = listener("c", &taken.to_string(), "", "c") + &listener("a", &a.to_string(), "", "moved");
+    weft.replace(config(&new, "  []"));
+    let refused = weft.app.reload(false).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("Address already in use")),
+        "{refused:?}"
+    );
+    assert_eq!((body_at(a).await, body_at(b).await), ("a".into(), "b".into()));
+    assert_eq!((weft.addr("a").await, weft.addr("b").await), (a, b));
+
+    // Once the address is free the same config is taken, `a` on its socket.
+    drop(held);
+    let prober = Prober::start(a);
+    weft.app.reload(true).await.unwrap();
+    prober.finish().await;
+    assert_eq!((body_at(a).await, body_at(taken).await), ("moved".into(), "c".into()));
+    assert_eq!(weft.addr("a").await, a);
+}
+
+#[test]
+fn a_listener_closed_for_a_bind_that_fails_serves_again() {
+    // A namespace of its own: the wildcard address there is loopback only.
+    in_network_namespace(|| async {
+        let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let weft = Weft::start(&config(&listener("a", &a.to_string(), "", "a"), "  []")).await;
+        assert_eq!(body_at(a).await, "a");
+        let _held = std::net::TcpListener::bind("127.0.0.2:8080").unwrap();
+
+        // `wide` needs `a` closed first, and then cannot bind.
+        weft.replace(config(&listener("wide", "0.0.0.0:8080", "", "wide"), "  []"));
+        let refused = weft.app.reload(false).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("Address already in use")),
+            "{refused:?}"
+        );
+        assert_eq!(body_at(a).await, "a");
+        assert_eq!(weft.addr("a").await, a);
+        let ready = get(&h1_client(), &weft.admin("/ready")).await.0;
+        assert_eq!(ready, 200);
+    });
 }

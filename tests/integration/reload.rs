@@ -429,17 +429,25 @@ fn a_listener_closed_for_a_bind_that_fails_serves_again() {
         let a: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let weft = Weft::start(&config(&listener("a", &a.to_string(), "", "a"), "  []")).await;
         assert_eq!(body_at(a).await, "a");
-        let _held = std::net::TcpListener::bind("127.0.0.2:8080").unwrap();
+        let refused_with = async |listeners: &str| {
+            weft.replace(config(listeners, "  []"));
+            let refused = weft.app.reload(false).await;
+            assert!(
+                refused.as_ref().is_err_and(|e| e.contains("Address already in use")),
+                "{refused:?}"
+            );
+            assert_eq!(body_at(a).await, "a");
+            assert_eq!(weft.addr("a").await, a);
+        };
+        let wide = listener("wide", "0.0.0.0:8080", "", "wide");
 
-        // `wide` needs `a` closed first, and then cannot bind.
-        weft.replace(config(&listener("wide", "0.0.0.0:8080", "", "wide"), "  []"));
-        let refused = weft.app.reload(false).await;
-        assert!(
-            refused.as_ref().is_err_and(|e| e.contains("Address already in use")),
-            "{refused:?}"
-        );
-        assert_eq!(body_at(a).await, "a");
-        assert_eq!(weft.addr("a").await, a);
+        // `wide` needs `a` closed first; `c` cannot bind, so nothing is closed.
+        let _held = std::net::TcpListener::bind("127.0.0.3:9090").unwrap();
+        refused_with(&(wide.clone() + &listener("c", "127.0.0.3:9090", "", "c"))).await;
+
+        // `wide` needs `a` closed first, and then cannot bind: `a` is started again.
+        let _held = std::net::TcpListener::bind("127.0.0.2:8080").unwrap();
+        refused_with(&wide).await;
         let ready = get(&h1_client(), &weft.admin("/ready")).await.0;
         assert_eq!(ready, 200);
     });

@@ -9,12 +9,18 @@
 //! - A response framed by both `Content-Length` and `Transfer-Encoding`
 //!   (RFC 9112 section 6.1: "ought to be handled as an error"; it is the
 //!   shape of response splitting).
-//! - A body that fails at once (an invalid chunk size right behind the
-//!   headers): hyper's server would drop such a response unsent and close
-//!   the client's connection without a byte. The body is polled once,
-//!   without waiting; a frame that is ready is kept and sent first, and a
-//!   body that fails only later can only cut the response short.
+//! - A body that fails among the frames already received with the head
+//!   (an invalid chunk size right behind the headers; an HTTP/2 upstream's
+//!   HEADERS, DATA and RST_STREAM read together). hyper's server queues the
+//!   head and then polls the body in the same turn; a failure there drops
+//!   the queued head unsent (HTTP/2: the RST_STREAM clears the stream's
+//!   send queue; HTTP/1.1: the connection closes with the head still in its
+//!   write buffer), so the client would get no status at all. The body is
+//!   therefore read ahead without waiting, up to [`READ_AHEAD`] bytes: the
+//!   frames that are ready are kept and sent first, and a body that fails
+//!   only after that can only cut the response short.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -42,66 +48,81 @@ pub fn check(response: Response<Body>, asked_upgrade: bool) -> Result<Response<B
     if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(invalid("response has both Content-Length and Transfer-Encoding".into()));
     }
-    first_frame(response)
+    read_ahead(response)
 }
 
 fn invalid(detail: String) -> ProxyError {
     ProxyError::new(ErrorKind::UpstreamReset, detail)
 }
 
-/// Polls the body once without waiting (see the module docs).
-fn first_frame(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
+/// How many body bytes that are already there weft reads ahead: the initial
+/// HTTP/2 stream window (RFC 9113 section 6.9.2), so all an HTTP/2 upstream
+/// may send before weft reads, and a small bound on what a request holds.
+pub const READ_AHEAD: usize = 65_535;
+
+/// Reads the frames that are ready without waiting (see the module docs).
+fn read_ahead(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, mut rest) = response.into_parts();
-    if rest.is_end_stream() {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut ready = VecDeque::new();
+    let mut bytes = 0;
+    let mut ended = rest.is_end_stream();
+    while !ended && bytes < READ_AHEAD {
+        match Pin::new(&mut rest).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(e))) => {
+                return Err(ProxyError::caused_by(ErrorKind::UpstreamReset, "response body", e))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                bytes += frame.data_ref().map_or(0, Bytes::len);
+                ready.push_back(frame);
+                ended = rest.is_end_stream();
+            }
+            Poll::Ready(None) => ended = true,
+            // The real waker is registered by the next poll, hyper's.
+            Poll::Pending => break,
+        }
+    }
+    if ready.is_empty() && !ended {
         return Ok(Response::from_parts(parts, rest));
     }
-    let mut cx = Context::from_waker(Waker::noop());
-    let body = match Pin::new(&mut rest).poll_frame(&mut cx) {
-        Poll::Ready(Some(Err(e))) => return Err(ProxyError::caused_by(ErrorKind::UpstreamReset, "response body", e)),
-        Poll::Ready(Some(Ok(frame))) => Prepended {
-            first: Some(frame),
-            rest,
-        }
-        .boxed(),
-        Poll::Ready(None) => body::empty(),
-        // The real waker is registered by the next poll, hyper's.
-        Poll::Pending => rest,
-    };
-    Ok(Response::from_parts(parts, body))
+    // A body that ended is not polled again.
+    let rest = if ended { body::empty() } else { rest };
+    Ok(Response::from_parts(parts, ReadAhead { ready, rest }.boxed()))
 }
 
-/// A body whose first frame was already taken off it.
-struct Prepended {
-    first: Option<Frame<Bytes>>,
+/// A body whose first frames were already taken off it.
+struct ReadAhead {
+    ready: VecDeque<Frame<Bytes>>,
     rest: Body,
 }
 
-impl HttpBody for Prepended {
+impl HttpBody for ReadAhead {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.first.take() {
+        match self.ready.pop_front() {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             None => Pin::new(&mut self.rest).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
+        self.ready.is_empty() && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        let first = self
-            .first
-            .as_ref()
-            .and_then(Frame::data_ref)
-            .map_or(0, |d| d.len() as u64);
+        let ready: u64 = self
+            .ready
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|d| d.len() as u64)
+            .sum();
         let rest = self.rest.size_hint();
         let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + first);
+        hint.set_lower(rest.lower() + ready);
         if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + first);
+            hint.set_upper(upper + ready);
         }
         hint
     }
@@ -131,10 +152,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_ready_first_frame_is_kept_and_sent_first() {
+    async fn ready_frames_are_kept_and_sent_first() {
         let ok = check(response(200, &[], vec![data("ab"), data("cd")]), false).unwrap();
+        assert_eq!(ok.body().size_hint().exact(), Some(4));
         let bytes = ok.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abcd");
+    }
+
+    #[test]
+    fn a_failure_right_behind_ready_frames_is_an_upstream_error() {
+        let failed = check(response(200, &[], vec![data("ab"), Err("reset".into())]), false);
+        assert_eq!(failed.unwrap_err().kind(), ErrorKind::UpstreamReset);
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_stops_at_its_bound() {
+        static BIG: [u8; READ_AHEAD] = [b'x'; READ_AHEAD];
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(&BIG))),
+            Err("reset after the bound".into()),
+        ];
+        let ok = check(response(200, &[], frames), false).unwrap();
+        assert!(ok.into_body().collect().await.is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod process;
 mod properties;
 mod proxy;
 mod ranges;
+mod reset_after_head;
 mod reload;
 mod slow_reader;
 mod soak;

@@ -18,8 +18,8 @@
 //! the end; every request got its answer or an error status weft answers
 //! itself, within its route timeout plus a margin (see `traffic::Outcome`;
 //! keep-alive clients retry once when their connection closed under a
-//! request, as real clients do, and a resetting upstream's request that got
-//! no status at all is counted apart, a known finding);
+//! request, as real clients do; a resetting upstream's request that got
+//! no status at all fails too, and has a column of its own);
 //! resident memory and open descriptors at the end are within 10% of their
 //! level after the warm-up, and the runtime's alive tasks are back to that
 //! level. Levels are taken with weft quiet (traffic stopped, the canonical

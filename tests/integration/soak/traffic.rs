@@ -41,14 +41,13 @@ pub enum Outcome {
     WeftError(u16, &'static str),
     /// 200 and then the body broke: what a reset mid-body upstream must give.
     CutMidBody,
-    /// A route whose upstream resets: no status at all (HTTP/1.1: the
-    /// connection closed; HTTP/2: RST_STREAM) where README promises 502.
-    /// Happens when the reset reaches weft right behind the response head;
-    /// a finding of the soak (README, "Soak"), shown but not failed on.
-    NoStatusOnReset,
     /// The client gave up on purpose.
     Abandoned,
     // Failures:
+    /// A route whose upstream resets: no status at all (HTTP/1.1: the
+    /// connection closed; HTTP/2: RST_STREAM) where README promises 502
+    /// (or the head and a cut body). Counted in a column of its own.
+    NoStatusOnReset,
     /// No answer within the route timeout plus the margin.
     Hang,
     /// The connection failed or closed before an answer.
@@ -65,7 +64,12 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::Hang | Self::NoAnswer | Self::UnexpectedStatus(_) | Self::WrongBody | Self::BrokenBody
+            Self::Hang
+                | Self::NoAnswer
+                | Self::NoStatusOnReset
+                | Self::UnexpectedStatus(_)
+                | Self::WrongBody
+                | Self::BrokenBody
         )
     }
 }

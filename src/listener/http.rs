@@ -32,7 +32,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Duration;
 use tokio_rustls::TlsAcceptor;
 
@@ -283,6 +283,14 @@ async fn serve_connection<I>(
     serve_http(servers, protocol, io, downstream, shared, draining).await
 }
 
+/// Resolves once the connection has received a request (at once if it
+/// has already).
+async fn first_request(arrived: Option<&Notify>) {
+    if let Some(arrived) = arrived {
+        arrived.notified().await;
+    }
+}
+
 /// Serves a connection whose protocol its first bytes told (and which
 /// [`Prefixed`] hands back) with hyper, until it ends or drains.
 async fn serve_http<I>(
@@ -297,10 +305,12 @@ async fn serve_http<I>(
 {
     let peer = downstream.peer;
     let budget = RequestBudget::new(servers.max_requests_per_connection);
+    let arrived = (protocol == Protocol::Http2).then(|| Arc::new(Notify::new()));
     let service = TowerToHyperService::new(Budgeted {
         proxy: Proxy::new(shared, downstream),
         budget: budget.clone(),
         http1: protocol == Protocol::Http1,
+        arrived: arrived.clone(),
     });
     let io = TokioIo::new(io);
     let result = match protocol {
@@ -325,12 +335,23 @@ async fn serve_http<I>(
             }
         }
         Protocol::Http2 => {
-            // GOAWAY, even right away, still serves the streams the client has sent.
+            // GOAWAY still serves the streams the client has sent, but a client
+            // that reads it before sending its first one refuses that request
+            // itself (RFC 9113 6.8): as for HTTP/1.1, a connection gets its
+            // first request served after a hand-over, and GOAWAY then.
+            let mut closing = draining.clone();
+            let handed_over = async {
+                reached(&mut draining, Phase::HandedOver).await;
+                tokio::select! {
+                    _ = first_request(arrived.as_deref()) => {}
+                    _ = reached(&mut closing, Phase::Closing) => {}
+                }
+            };
             let mut conn = Box::pin(servers.http2.serve_connection(io, service));
             tokio::select! {
                 biased;
                 result = conn.as_mut() => result,
-                _ = reached(&mut draining, Phase::HandedOver) => {
+                _ = handed_over => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

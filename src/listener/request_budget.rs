@@ -78,6 +78,9 @@ pub struct Budgeted {
     pub budget: Option<Arc<RequestBudget>>,
     /// HTTP/1.x: the last response closes the connection itself.
     pub http1: bool,
+    /// HTTP/2: told of each request (a stored permit), so a connection
+    /// task can wait for the first one before sending GOAWAY.
+    pub arrived: Option<Arc<Notify>>,
 }
 
 impl<B> Service<Request<B>> for Budgeted
@@ -94,6 +97,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        if let Some(arrived) = &self.arrived {
+            arrived.notify_one();
+        }
         let last = self.budget.as_ref().is_some_and(|b| b.take());
         let answer = self.proxy.call(req);
         if !(last && self.http1) {

@@ -452,3 +452,76 @@ fn a_listener_closed_for_a_bind_that_fails_serves_again() {
         assert_eq!(ready, 200);
     });
 }
+
+/// An HTTP/2 connection accepted before a hand-over but silent until after
+/// it gets its first request served before GOAWAY: a client that read
+/// GOAWAY first would refuse the request itself.
+#[tokio::test]
+async fn an_http2_connection_accepted_before_a_hand_over_gets_its_first_request_served() {
+    use crate::h2_abuse::raw::{
+        frame, get_block, ACK, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PING, PREFACE, SETTINGS,
+    };
+    let yaml = |timeout: &str| {
+        config(
+            &listener(
+                "public",
+                "127.0.0.1:0",
+                &format!("    limits: {{ header_read_timeout: {timeout} }}\n"),
+                "ok",
+            ),
+            "  []",
+        )
+    };
+    let weft = Weft::start(&yaml("50m")).await;
+    let addr = weft.addr("public").await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    eventually("the connection is accepted", async || {
+        connections_accepted(&weft, "public").await
+    })
+    .await;
+    reload_by_rename(&weft, &yaml("1h"), addr).await;
+
+    let (mut reader, mut writer) = stream.into_split();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(PING, 0, 0, b"weft-now"));
+    writer.write_all(&hello).await.unwrap();
+    // Everything the server sends before acknowledging the PING was sent
+    // before it had read a request.
+    let mut before_request = Vec::new();
+    loop {
+        let f = crate::h2_abuse::raw::read_frame_from(&mut reader)
+            .await
+            .expect("closed early");
+        if f.kind == PING && f.flags & ACK != 0 {
+            break;
+        }
+        before_request.push(f.kind);
+    }
+    assert!(
+        !before_request.contains(&GOAWAY),
+        "GOAWAY before the first request: {before_request:?}"
+    );
+    writer.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+    writer
+        .write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &get_block("a", "/")))
+        .await
+        .unwrap();
+    // (The final GOAWAY and the close wait for a PING this client never
+    // acknowledges: the first GOAWAY is enough.)
+    let mut after = Vec::new();
+    while !after.contains(&GOAWAY) {
+        match crate::h2_abuse::raw::read_frame_from(&mut reader).await {
+            Some(f) => after.push(f.kind),
+            None => break,
+        }
+    }
+    let (answered, goaway) = (
+        after.iter().position(|k| *k == HEADERS),
+        after.iter().position(|k| *k == GOAWAY),
+    );
+    assert!(
+        matches!((answered, goaway), (Some(a), Some(g)) if a < g),
+        "the request is answered, then GOAWAY: {after:?}"
+    );
+}

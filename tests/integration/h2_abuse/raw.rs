@@ -125,10 +125,16 @@ impl RawH2 {
     /// The next frame, or `None` once the server has closed (or reset) the
     /// connection. Bounded by [`PATIENCE`].
     pub async fn read_frame(&mut self) -> Option<Frame> {
-        tokio::time::timeout(PATIENCE, read_frame(&mut self.reader))
-            .await
-            .expect("no frame and no close from the server")
+        read_frame_from(&mut self.reader).await
     }
+}
+
+/// The next frame from `reader`, or `None` once the server has closed;
+/// bounded by [`PATIENCE`].
+pub async fn read_frame_from(reader: &mut OwnedReadHalf) -> Option<Frame> {
+    tokio::time::timeout(PATIENCE, read_frame(reader))
+        .await
+        .expect("no frame and no close from the server")
 }
 
 async fn read_frame(reader: &mut OwnedReadHalf) -> Option<Frame> {

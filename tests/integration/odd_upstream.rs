@@ -57,21 +57,10 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-async fn weft_in_front_of(upstream: std::net::SocketAddr) -> Weft {
-    let yaml = config(
-        "  - name: public
-    address: 127.0.0.1:0
-    routes:
-      - { name: all, cluster: app }",
-        &format!("  - {{ name: app, endpoints: [ {{ address: {upstream} }} ] }}"),
-    );
-    Weft::start(&yaml).await
-}
-
 #[tokio::test]
 async fn odd_upstream_answers_become_502() {
     let (upstream, task) = raw_upstream().await;
-    let weft = weft_in_front_of(upstream).await;
+    let weft = weft_in_front_of(upstream, "http1").await;
     let addr = weft.addr("public").await;
     for path in ["/length-and-chunked", "/bad-chunk", "/status-600", "/unasked-101"] {
         let reply = raw(
@@ -112,14 +101,14 @@ async fn an_answer_before_the_upload_was_read_says_connection_close() {
             .unwrap()
     })
     .await;
-    let weft = weft_in_front_of(upstream.addr).await;
+    let weft = weft_in_front_of(upstream.addr, "http1").await;
     let head = early_answer_to_upload(weft.addr("public").await).await;
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
 
     // weft's own 503: the upstream refuses connections.
     let refused = refused_addr();
-    let weft = weft_in_front_of(refused.addr).await;
+    let weft = weft_in_front_of(refused.addr, "http1").await;
     let head = early_answer_to_upload(weft.addr("public").await).await;
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");

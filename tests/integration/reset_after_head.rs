@@ -73,21 +73,10 @@ async fn serve(mut stream: TcpStream) {
     }
 }
 
-async fn weft_in_front_of(upstream: std::net::SocketAddr) -> Weft {
-    let yaml = config(
-        "  - name: public
-    address: 127.0.0.1:0
-    routes:
-      - { name: all, cluster: app }",
-        &format!("  - {{ name: app, protocol: http2, endpoints: [ {{ address: {upstream} }} ] }}"),
-    );
-    Weft::start(&yaml).await
-}
-
 #[tokio::test]
 async fn a_reset_right_behind_the_head_is_a_502() {
     let upstream = resetting_h2_upstream().await;
-    let weft = weft_in_front_of(upstream).await;
+    let weft = weft_in_front_of(upstream, "http2").await;
     let addr = weft.addr("public").await;
     let reply = raw(
         addr,

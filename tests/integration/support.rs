@@ -183,6 +183,16 @@ pub fn config(listeners: &str, clusters: &str) -> String {
     format!("admin: {{ address: 127.0.0.1:0 }}\naccess_log: {{ enabled: false }}\nlisteners:\n{listeners}\nclusters:\n{clusters}\n")
 }
 
+/// weft with one listener, `public`, sending every request to cluster `app`:
+/// `upstream` spoken to in `protocol` (`http1`, `http2`).
+pub async fn weft_in_front_of(upstream: SocketAddr, protocol: &str) -> Weft {
+    let yaml = config(
+        "  - { name: public, address: 127.0.0.1:0, routes: [ { name: all, cluster: app } ] }",
+        &format!("  - {{ name: app, protocol: {protocol}, endpoints: [ {{ address: {upstream} }} ] }}"),
+    );
+    Weft::start(&yaml).await
+}
+
 pub fn h1_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }

@@ -36,8 +36,7 @@ pub static SUPPRESSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         ),
         &["kind"],
     )
-    // ok: the name and label are constants that are valid
-    .expect("valid metric")
+    .expect("valid metric") // ok: the name and label are valid constants
 });
 
 /// Token bucket: `per_second` lines on average, bursts of up to `burst`.

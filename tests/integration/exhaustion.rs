@@ -104,11 +104,7 @@ async fn a_low_descriptor_limit_refuses_upstream_streams_not_accept() {
             let url = format!("http://{}/held", weft.listener);
             streams.spawn(async move {
                 let response = client.request(Request::get(url).body(full("")).unwrap()).await.unwrap();
-                let circuit = response
-                    .headers()
-                    .get("x-weft-overloaded")
-                    .is_some_and(|v| v == "circuit");
-                if response.status() == 503 && circuit {
+                if refused_by_circuit(&response) {
                     refused.fetch_add(1, Ordering::Relaxed);
                 } else {
                     other.fetch_add(1, Ordering::Relaxed);
@@ -209,11 +205,7 @@ async fn a_cluster_without_circuit_breaker_gets_envoys_1024_requests() {
             let (client, refused, url) = (clients[i % 6].clone(), refused.clone(), url.clone());
             requests.spawn(async move {
                 let response = client.request(Request::get(url).body(full("")).unwrap()).await.unwrap();
-                let circuit = response
-                    .headers()
-                    .get("x-weft-overloaded")
-                    .is_some_and(|v| v == "circuit");
-                if response.status() == 503 && circuit {
+                if refused_by_circuit(&response) {
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -245,4 +237,13 @@ async fn a_cluster_without_circuit_breaker_gets_envoys_1024_requests() {
     while let Some(done) = requests.join_next().await {
         done.unwrap();
     }
+}
+
+/// A 503 that weft's circuit breaker answered (`x-weft-overloaded: circuit`).
+fn refused_by_circuit<B>(response: &http::Response<B>) -> bool {
+    let circuit = response
+        .headers()
+        .get("x-weft-overloaded")
+        .is_some_and(|v| v == "circuit");
+    response.status() == 503 && circuit
 }

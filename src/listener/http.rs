@@ -8,7 +8,8 @@
 //! then again for the rest of its first request's headers), a cap on open
 //! connections, the HTTP/2 streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS),
 //! the requests one connection may carry (see `request_budget`), and HTTP/2's
-//! abuse bounds (rapid reset, reset provocation, HPACK table, send buffer per stream).
+//! abuse bounds (rapid reset, reset provocation, HPACK table, send buffer per
+//! stream, and control frame floods: see `h2_flood`).
 //!
 //! Each connection's task holds only the server of its own protocol (see
 //! `preface`); an HTTP/2 connection is boxed. Drain: once the listener stops
@@ -39,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::schema::ListenerConfig;
 use crate::core::executor::Http2Executor;
 use crate::front::Downstream;
+use crate::listener::h2_flood::FloodGuard;
 use crate::listener::original_destination::Capture;
 use crate::listener::preface::{detect, sniff, Detected, Prefixed, Protocol};
 use crate::listener::request_budget::{self, Budgeted, RequestBudget};
@@ -46,6 +48,7 @@ use crate::listener::tcp::forward;
 use crate::listener::tls::TlsSetup;
 use crate::listener::{accept_tcp, reached, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::{Proxy, Shared};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::PeerIdentity;
 
 // HTTP/2 abuse bounds, set explicitly rather than inherited from h2's
@@ -74,10 +77,12 @@ pub struct Servers {
     http2: http2::Builder<Http2Executor>,
     header_read_timeout: Duration,
     max_requests_per_connection: Option<u64>,
+    /// `weft_downstream_h2_flood_total` of the listener.
+    h2_floods: prometheus::IntCounter,
 }
 
 impl Servers {
-    pub fn new(config: &ListenerConfig) -> Self {
+    pub fn new(config: &ListenerConfig, metrics: &Metrics) -> Self {
         let header_bytes = (config.limits.max_request_headers_kb as usize * 1024).max(8192);
         let mut http1 = http1::Builder::new();
         http1
@@ -107,6 +112,7 @@ impl Servers {
             http2,
             header_read_timeout: config.limits.header_read_timeout,
             max_requests_per_connection: config.limits.max_requests_per_connection,
+            h2_floods: metrics.downstream_h2_floods.with_label_values(&[&config.name]),
         }
     }
 }
@@ -122,7 +128,7 @@ pub async fn serve(
     mut phase: watch::Receiver<Phase>,
     give_back: SocketReturn,
 ) {
-    let servers = Arc::new(Servers::new(&config));
+    let servers = Arc::new(Servers::new(&config, &shared.metrics));
     let acceptor = tls.as_ref().map(TlsSetup::acceptor);
     // Every connection holds a receiver of `alive`, whose `closed()`
     // resolves once the last one has ended.
@@ -307,12 +313,11 @@ async fn serve_http<I>(
     let budget = RequestBudget::new(servers.max_requests_per_connection);
     let arrived = (protocol == Protocol::Http2).then(|| Arc::new(Notify::new()));
     let service = TowerToHyperService::new(Budgeted {
-        proxy: Proxy::new(shared, downstream),
+        proxy: Proxy::new(shared, downstream.clone()),
         budget: budget.clone(),
         http1: protocol == Protocol::Http1,
         arrived: arrived.clone(),
     });
-    let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http1 => {
             // A connection that starts after a hand-over is served one request
@@ -321,7 +326,7 @@ async fn serve_http<I>(
                 Phase::Serving => (&servers.http1, Phase::HandedOver),
                 _ => (&servers.http1_once, Phase::Closing),
             };
-            let conn = server.serve_connection(io, service).with_upgrades();
+            let conn = server.serve_connection(TokioIo::new(io), service).with_upgrades();
             tokio::pin!(conn);
             // The connection first: once polled it has read the sniffed bytes,
             // and hyper's graceful shutdown then still serves that request.
@@ -347,7 +352,8 @@ async fn serve_http<I>(
                     _ = reached(&mut closing, Phase::Closing) => {}
                 }
             };
-            let mut conn = Box::pin(servers.http2.serve_connection(io, service));
+            let io = FloodGuard::new(io, servers.h2_floods.clone(), downstream);
+            let mut conn = Box::pin(servers.http2.serve_connection(TokioIo::new(io), service));
             tokio::select! {
                 biased;
                 result = conn.as_mut() => result,

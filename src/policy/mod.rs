@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod balancer;
 pub mod circuit;
+pub mod control_frames;
 pub mod descriptors;
 pub mod discovery;
 pub mod ewma;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub stream_idle_timeouts: IntCounterVec,
     /// TCP connections closed by a listener's `idle_timeout`.
     pub tcp_idle_timeouts: IntCounterVec,
+    /// HTTP/2 connections closed for flooding control frames.
+    pub downstream_h2_floods: IntCounterVec,
     pub health: super::health::HealthMetrics,
     pub discovery: super::discovery::DiscoveryFamilies,
     pub mirror: super::mirror::MirrorMetrics,
@@ -196,6 +198,12 @@ impl Metrics {
                 &registry,
                 "weft_tcp_idle_timeouts_total",
                 "TCP connections closed because no bytes moved for the listener's idle_timeout.",
+                &["listener"],
+            )?,
+            downstream_h2_floods: counter(
+                &registry,
+                "weft_downstream_h2_flood_total",
+                "HTTP/2 connections closed (GOAWAY ENHANCE_YOUR_CALM) for flooding PING, SETTINGS or empty DATA frames.",
                 &["listener"],
             )?,
             access_log_dropped,

@@ -143,8 +143,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<I> {
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         if this.received(&buf.filled()[before..]) {
             this.flooded = true;
-            this.write_goaway(cx);
+            // Counted first: a client that sees the GOAWAY sees the count.
             this.report();
+            this.write_goaway(cx);
             return Poll::Ready(Err(flood_error()));
         }
         Poll::Ready(Ok(()))

@@ -1,14 +1,11 @@
 //! HTTP/2 abuse from a raw client (see `raw`): rapid reset, CONTINUATION
 //! flood, an HPACK bomb (a header list far beyond the limit from a small
 //! block) and an oversized HPACK table end the abusive connection with
-//! GOAWAY (ENHANCE_YOUR_CALM where h2 uses it); SETTINGS and PING floods whose acknowledgements are never read make
-//! weft stop reading the connection (h2 keeps one pending ack, so memory
-//! stays bounded) rather than close it. Meanwhile a normal client is served.
+//! GOAWAY (ENHANCE_YOUR_CALM where h2 uses it); so do SETTINGS and PING
+//! floods (`floods`). Meanwhile a normal client is served.
 
+mod floods;
 pub mod raw;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
@@ -133,53 +130,4 @@ async fn hpack_table_beyond_the_setting_gets_goaway_protocol_error() {
     let ending = abuse(&weft, |w| write_until_closed(w, std::iter::once(bytes))).await;
     // h2 answers any HPACK decoding error with PROTOCOL_ERROR.
     assert_eq!(ending, Ending::GoAway(PROTOCOL_ERROR));
-}
-
-/// Floods `unit` frames (each needing an acknowledgement) from a client
-/// that never reads, and waits until weft has stopped reading them: the
-/// client's writes stall with bytes unsent while a normal client is served.
-/// h2 writes each acknowledgement before it reads the next frame, so a
-/// client that does not read cannot make weft queue acknowledgements.
-async fn flood_stalls(unit: Vec<u8>) {
-    let (weft, _upstream) = weft_and_upstream().await;
-    let RawH2 { reader, mut writer } = RawH2::connect(weft.addr("public").await).await;
-    let written = Arc::new(AtomicU64::new(0));
-    let counted = written.clone();
-    // 64 MiB in all: far beyond every socket buffer between the two.
-    let batch: Vec<u8> = unit.iter().copied().cycle().take(unit.len() * 1000).collect();
-    let total = 64 << 20;
-    let flood = tokio::spawn(async move {
-        while counted.load(Ordering::Relaxed) < total {
-            if writer.write_all(&batch).await.is_err() {
-                return;
-            }
-            counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-    });
-    let mut last = u64::MAX;
-    let mut still = 0;
-    eventually("the flood's writes stall", async || {
-        let now = written.load(Ordering::Relaxed);
-        still = if now == last { still + 1 } else { 0 };
-        last = now;
-        still >= 10
-    })
-    .await;
-    normal_client_served(&weft).await;
-    assert!(
-        !flood.is_finished() && written.load(Ordering::Relaxed) < total,
-        "weft read the whole flood although its acknowledgements were never read"
-    );
-    flood.abort();
-    drop(reader);
-}
-
-#[tokio::test]
-async fn ping_flood_unread_stalls_without_buffering() {
-    flood_stalls(frame(PING, 0, 0, &[0; 8])).await;
-}
-
-#[tokio::test]
-async fn settings_flood_unread_stalls_without_buffering() {
-    flood_stalls(frame(SETTINGS, 0, 0, &[])).await;
 }

@@ -14,6 +14,7 @@ use crate::support::PATIENCE;
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+pub const DATA: u8 = 0;
 pub const HEADERS: u8 = 1;
 pub const RST_STREAM: u8 = 3;
 pub const SETTINGS: u8 = 4;
@@ -34,6 +35,7 @@ pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 pub struct Frame {
     pub kind: u8,
     pub flags: u8,
+    pub stream: u32,
     pub payload: Vec<u8>,
 }
 
@@ -146,6 +148,7 @@ async fn read_frame(reader: &mut OwnedReadHalf) -> Option<Frame> {
     Some(Frame {
         kind: head[3],
         flags: head[4],
+        stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
         payload,
     })
 }

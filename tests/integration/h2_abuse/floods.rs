@@ -1,0 +1,97 @@
+//! SETTINGS and PING floods: a client sending them without end gets GOAWAY
+//! ENHANCE_YOUR_CALM and its connection closed, whether it reads the
+//! acknowledgements (weft would otherwise answer at line rate) or not (weft
+//! would otherwise stop reading and hold the connection), counted in
+//! `weft_downstream_h2_flood_total`; a normal client is served meanwhile.
+//! A client that pings with each of its requests is not a flood.
+
+use tokio::io::AsyncWriteExt;
+
+use super::raw::*;
+use super::{abuse, normal_client_served, weft_and_upstream, write_until_closed};
+use crate::support::*;
+
+const FLOODS: &str = "weft_downstream_h2_flood_total{listener=\"public\"}";
+
+/// 100,000 copies of `unit` (a frame), 1,000 per write.
+fn flood(unit: Vec<u8>) -> impl Iterator<Item = Vec<u8>> {
+    std::iter::repeat_n(unit.repeat(1000), 100)
+}
+
+/// A flood from a client that reads everything weft sends.
+async fn reading_flood_gets_goaway(unit: Vec<u8>) {
+    let (weft, _upstream) = weft_and_upstream().await;
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 0.0);
+    let ending = abuse(&weft, |w| write_until_closed(w, flood(unit))).await;
+    assert_eq!(ending, Ending::GoAway(ENHANCE_YOUR_CALM));
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
+}
+
+#[tokio::test]
+async fn ping_flood_gets_goaway_enhance_your_calm() {
+    reading_flood_gets_goaway(frame(PING, 0, 0, &[0; 8])).await;
+}
+
+#[tokio::test]
+async fn settings_flood_gets_goaway_enhance_your_calm() {
+    reading_flood_gets_goaway(frame(SETTINGS, 0, 0, &[])).await;
+}
+
+/// A flood from a client that reads nothing until its writes fail (64 MiB
+/// of it: far beyond every socket buffer between the two, so they fail only
+/// once weft has closed the connection); then what it had been sent ends
+/// with the GOAWAY.
+async fn unread_flood_gets_goaway(unit: Vec<u8>) {
+    let (weft, _upstream) = weft_and_upstream().await;
+    let RawH2 { mut reader, mut writer } = RawH2::connect(weft.addr("public").await).await;
+    let batch = unit.repeat(1000);
+    let attack = async {
+        for _ in 0..(64 << 20) / batch.len() {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+        panic!("weft read 64 MiB of flood");
+    };
+    let (closed, ()) = tokio::join!(tokio::time::timeout(PATIENCE, attack), normal_client_served(&weft));
+    closed.expect("weft neither closed the connection nor read the whole flood");
+    assert_eq!(
+        ending_under(&mut reader, async {}).await,
+        Ending::GoAway(ENHANCE_YOUR_CALM)
+    );
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
+    normal_client_served(&weft).await;
+}
+
+#[tokio::test]
+async fn ping_flood_unread_gets_goaway_enhance_your_calm() {
+    unread_flood_gets_goaway(frame(PING, 0, 0, &[0; 8])).await;
+}
+
+#[tokio::test]
+async fn settings_flood_unread_gets_goaway_enhance_your_calm() {
+    unread_flood_gets_goaway(frame(SETTINGS, 0, 0, &[])).await;
+}
+
+#[tokio::test]
+async fn a_ping_with_each_of_50_requests_is_not_a_flood() {
+    let (weft, _upstream) = weft_and_upstream().await;
+    let addr = weft.addr("public").await;
+    let block = get_block(&addr.to_string(), "/modest");
+    let mut h2 = RawH2::connect(addr).await;
+    for i in 0..50u32 {
+        let stream = 2 * i + 1;
+        let mut bytes = frame(HEADERS, END_HEADERS | END_STREAM, stream, &block);
+        bytes.extend(frame(PING, 0, 0, &u64::from(i).to_be_bytes()));
+        h2.send(&bytes).await;
+        // Its response ends and its PING is acknowledged.
+        let (mut answered, mut acknowledged) = (false, false);
+        while !(answered && acknowledged) {
+            let f = h2.read_frame().await.expect("weft closed the connection");
+            assert_ne!(f.kind, GOAWAY, "GOAWAY after {i} requests: {f:?}");
+            answered |= (f.kind == DATA || f.kind == HEADERS) && f.stream == stream && f.flags & END_STREAM != 0;
+            acknowledged |= f.kind == PING && f.flags & ACK != 0;
+        }
+    }
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 0.0);
+}

@@ -3,13 +3,18 @@
 //! acknowledgements (weft would otherwise answer at line rate) or not (weft
 //! would otherwise stop reading and hold the connection), counted in
 //! `weft_downstream_h2_flood_total`; a normal client is served meanwhile.
-//! A client that pings with each of its requests is not a flood.
+//! The same holds under TLS. A client that pings with each of its requests
+//! is not a flood.
 
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
 use super::raw::*;
 use super::{abuse, normal_client_served, weft_and_upstream, write_until_closed};
 use crate::support::*;
+use crate::tls::Ca;
 
 const FLOODS: &str = "weft_downstream_h2_flood_total{listener=\"public\"}";
 
@@ -35,6 +40,45 @@ async fn ping_flood_gets_goaway_enhance_your_calm() {
 #[tokio::test]
 async fn settings_flood_gets_goaway_enhance_your_calm() {
     reading_flood_gets_goaway(frame(SETTINGS, 0, 0, &[])).await;
+}
+
+#[tokio::test]
+async fn ping_flood_over_tls_gets_goaway_enhance_your_calm() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("flood-ca");
+    let (cert, key) = ca.leaf(certs.path(), "server", "server-1", None);
+    let ca_path = ca.write(certs.path(), "ca.pem");
+    let upstream = Upstream::text("ok").await;
+    let yaml = config(
+        &format!(
+            "  - name: public\n    address: 127.0.0.1:0\n    tls: {{ cert: {}, key: {} }}\n    routes:\n      - {{ name: all, cluster: backend }}",
+            cert.display(),
+            key.display()
+        ),
+        &format!("  - {{ name: backend, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
+    );
+    let weft = Weft::start(&yaml).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_client_config(&ca_path, None, &[b"h2"])));
+    let tcp = tokio::net::TcpStream::connect(weft.addr("public").await).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    writer.write_all(&hello).await.unwrap();
+    let attack = async move {
+        for chunk in flood(frame(PING, 0, 0, &[0; 8])) {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // Held open: the end of the client's side would close it instead.
+        std::future::pending::<()>().await;
+    };
+    assert_eq!(ending_under(&mut reader, attack).await, Ending::GoAway(ENHANCE_YOUR_CALM));
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
 }
 
 /// A flood from a client that reads nothing until its writes fail (64 MiB

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -133,13 +133,13 @@ impl RawH2 {
 
 /// The next frame from `reader`, or `None` once the server has closed;
 /// bounded by [`PATIENCE`].
-pub async fn read_frame_from(reader: &mut OwnedReadHalf) -> Option<Frame> {
+pub async fn read_frame_from(reader: &mut (impl AsyncRead + Unpin)) -> Option<Frame> {
     tokio::time::timeout(PATIENCE, read_frame(reader))
         .await
         .expect("no frame and no close from the server")
 }
 
-async fn read_frame(reader: &mut OwnedReadHalf) -> Option<Frame> {
+async fn read_frame(reader: &mut (impl AsyncRead + Unpin)) -> Option<Frame> {
     let mut head = [0u8; 9];
     reader.read_exact(&mut head).await.ok()?;
     let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
@@ -165,7 +165,10 @@ pub enum Ending {
 /// Reads frames (discarding all but GOAWAY) until the server ends the
 /// connection, while `attack` keeps writing; the attack's own end (all sent,
 /// or a write error once the server has closed) does not stop the reading.
-pub async fn ending_under(reader: &mut OwnedReadHalf, attack: impl std::future::Future<Output = ()>) -> Ending {
+pub async fn ending_under(
+    reader: &mut (impl AsyncRead + Unpin),
+    attack: impl std::future::Future<Output = ()>,
+) -> Ending {
     let read = async {
         while let Some(f) = read_frame(reader).await {
             if f.kind == GOAWAY {

@@ -3,11 +3,13 @@
 //! acknowledgements (weft would otherwise answer at line rate) or not (weft
 //! would otherwise stop reading and hold the connection), counted in
 //! `weft_downstream_h2_flood_total`; a normal client is served meanwhile.
-//! The same holds under TLS. A client that pings with each of its requests
-//! is not a flood.
+//! The same holds under TLS. A client that pings with each of its requests,
+//! or after each DATA frame of a download (as bandwidth estimators do), is
+//! not a flood.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
@@ -15,6 +17,7 @@ use super::raw::*;
 use super::{abuse, normal_client_served, weft_and_upstream, write_until_closed};
 use crate::support::*;
 use crate::tls::Ca;
+use weft::policy::control_frames::BURST;
 
 const FLOODS: &str = "weft_downstream_h2_flood_total{listener=\"public\"}";
 
@@ -77,7 +80,10 @@ async fn ping_flood_over_tls_gets_goaway_enhance_your_calm() {
         // Held open: the end of the client's side would close it instead.
         std::future::pending::<()>().await;
     };
-    assert_eq!(ending_under(&mut reader, attack).await, Ending::GoAway(ENHANCE_YOUR_CALM));
+    assert_eq!(
+        ending_under(&mut reader, attack).await,
+        Ending::GoAway(ENHANCE_YOUR_CALM)
+    );
     assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
 }
 
@@ -136,6 +142,56 @@ async fn a_ping_with_each_of_50_requests_is_not_a_flood() {
             answered |= (f.kind == DATA || f.kind == HEADERS) && f.stream == stream && f.flags & END_STREAM != 0;
             acknowledged |= f.kind == PING && f.flags & ACK != 0;
         }
+    }
+    assert_eq!(metric(&metrics(&weft).await, FLOODS), 0.0);
+}
+
+#[tokio::test]
+async fn a_ping_after_each_data_frame_of_a_download_is_not_a_flood() {
+    // 64 MiB: 4,096 DATA frames of 16 KiB, four times the burst; a download
+    // faster than 30 s outruns what the refill alone would allow.
+    let body = Bytes::from(vec![b'x'; 64 << 20]);
+    let upstream = Upstream::start(move |_| {
+        let body = body.clone();
+        async move { http::Response::new(full(body)) }
+    })
+    .await;
+    let weft = weft_in_front_of(upstream.addr, "http1").await;
+    let addr = weft.addr("public").await;
+    let mut h2 = RawH2::connect(addr).await;
+    // Windows large enough that weft never waits for the client.
+    let mut bytes = frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]);
+    bytes.extend(frame(WINDOW_UPDATE, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    bytes.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block(&addr.to_string(), "/download"),
+    ));
+    h2.send(&bytes).await;
+    let (mut frames, mut received, mut acknowledged) = (0u32, 0usize, 0u32);
+    loop {
+        let f = h2.read_frame().await.expect("weft closed the connection");
+        assert_ne!(f.kind, GOAWAY, "GOAWAY after {frames} DATA frames: {f:?}");
+        acknowledged += u32::from(f.kind == PING && f.flags & ACK != 0);
+        if f.kind == DATA {
+            frames += 1;
+            received += f.payload.len();
+            if f.flags & END_STREAM != 0 {
+                break;
+            }
+            // A failed write shows as the GOAWAY or the close read next.
+            let ping = frame(PING, 0, 0, &u64::from(frames).to_be_bytes());
+            let _ = h2.writer.write_all(&ping).await;
+        }
+    }
+    assert_eq!(received, 64 << 20);
+    assert!(frames > 2 * BURST, "{frames} DATA frames");
+    // Every PING acknowledged: the connection is still open.
+    while acknowledged < frames - 1 {
+        let f = h2.read_frame().await.expect("weft closed the connection");
+        assert_ne!(f.kind, GOAWAY, "GOAWAY after the download: {f:?}");
+        acknowledged += u32::from(f.kind == PING && f.flags & ACK != 0);
     }
     assert_eq!(metric(&metrics(&weft).await, FLOODS), 0.0);
 }

@@ -6,7 +6,7 @@
 //! with `original_destination` read each connection's address from before
 //! the capture redirect (`original_destination`).
 
-pub mod h2_flood;
+mod h2_flood;
 mod h2_frames;
 pub mod h3;
 pub mod http;

@@ -26,11 +26,12 @@
 //!   `http2.outbound_control_flood`), and after two consecutive frames with an
 //!   empty payload (`max_consecutive_inbound_frames_with_empty_payload: 1`).
 //!   nginx closes one once its received bytes pass 8 times its payload
-//!   bytes plus 8 MiB ("http2 flood detected": about 500,000 PINGs). Both
-//!   let a client that reads its acknowledgements ping at line rate; weft
-//!   does not, since each frame costs CPU: [`BURST`] is Envoy's 1,000, and
-//!   beyond it [`PER_SECOND`] (100 a second, still ten times any keep-alive
-//!   setting in use) is all a flood gets before it is closed.
+//!   bytes plus 8 MiB ("http2 flood detected": about 500,000 PINGs). Envoy
+//!   lets a client that reads its acknowledgements ping at line rate, and
+//!   nginx half a million times; weft does not, since each frame costs CPU:
+//!   [`BURST`] is Envoy's 1,000, and beyond it [`PER_SECOND`] (100 a second,
+//!   still ten times any keep-alive setting in use) is all a flood gets
+//!   before it is closed.
 //!
 //! Pure: time is the caller's `now`; nothing allocates, nothing blocks.
 

@@ -12,8 +12,9 @@
 //! its streams; the frames of that read are never handed to h2). Before
 //! that, when the bytes h2 has written so far end at a frame boundary, a
 //! GOAWAY with ENHANCE_YOUR_CALM is written in one try (its last stream id is
-//! the highest of the client's HEADERS frames): a half-written frame means
-//! the client is not reading, and then the connection is just closed. Each
+//! the highest of the client's HEADERS frames); after a half-written frame
+//! (the socket's buffer was full: a large response under way, or a client
+//! that does not read) the connection is just closed. Each
 //! such connection counts in `weft_downstream_h2_flood_total{listener}` and
 //! logs a warning (rate-limited like every warning).
 //!
@@ -119,6 +120,7 @@ fn flood_error() -> io::Error {
 impl<I: AsyncWrite + Unpin> FloodGuard<I> {
     /// Writes GOAWAY ENHANCE_YOUR_CALM if that splits no frame, in one try.
     fn write_goaway(&mut self, cx: &mut Context<'_>) {
+        // The rest of a half-written frame is in h2's buffer, not ours.
         if !self.outbound.at_boundary() {
             return;
         }

@@ -7,7 +7,7 @@
 //! Inbound, each non-ACK PING, non-ACK SETTINGS and empty DATA frame without
 //! END_STREAM is spent from the connection's [`ControlFrameBudget`] (the
 //! policy and its numbers are there); each DATA or HEADERS frame weft sends
-//! gives one back. The read that spends the budget fails, and so does every
+//! gives one back. The read that overdraws the budget fails, and so does every
 //! read and write after it, so hyper drops the connection at once (h2 ends
 //! its streams; the frames of that read are never handed to h2). Before
 //! that, when the bytes h2 has written so far end at a frame boundary, a

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 
 use super::raw::*;
-use super::{abuse, normal_client_served, weft_and_upstream, write_until_closed};
+use super::{normal_client_served, weft_and_upstream, write_until_closed};
 use crate::support::*;
 use crate::tls::Ca;
 use weft::policy::control_frames::BURST;
@@ -26,13 +26,27 @@ fn flood(unit: Vec<u8>) -> impl Iterator<Item = Vec<u8>> {
     std::iter::repeat_n(unit.repeat(1000), 100)
 }
 
-/// A flood from a client that reads everything weft sends.
+/// A flood from a client that reads everything weft sends, and holds its
+/// side open (so weft's close is weft's own).
 async fn reading_flood_gets_goaway(unit: Vec<u8>) {
     let (weft, _upstream) = weft_and_upstream().await;
     assert_eq!(metric(&metrics(&weft).await, FLOODS), 0.0);
-    let ending = abuse(&weft, |w| write_until_closed(w, flood(unit))).await;
+    let RawH2 { mut reader, writer } = RawH2::connect(weft.addr("public").await).await;
+    let flooding = tokio::spawn(write_until_closed(writer, flood(unit)));
+    let (ending, ()) = tokio::join!(ending_under(&mut reader, async {}), normal_client_served(&weft));
     assert_eq!(ending, Ending::GoAway(ENHANCE_YOUR_CALM));
+    closed(&mut reader).await;
+    flooding.abort();
     assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
+    normal_client_served(&weft).await;
+}
+
+/// Resolves once weft has closed the connection after its GOAWAY (fails the
+/// test if it sends another frame or keeps the connection open).
+async fn closed(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    if let Some(f) = read_frame_from(reader).await {
+        panic!("a frame after the GOAWAY: {f:?}");
+    }
 }
 
 #[tokio::test]
@@ -84,6 +98,8 @@ async fn ping_flood_over_tls_gets_goaway_enhance_your_calm() {
         ending_under(&mut reader, attack).await,
         Ending::GoAway(ENHANCE_YOUR_CALM)
     );
+    // The write half dropped closes nothing: the reader holds the stream.
+    closed(&mut reader).await;
     assert_eq!(metric(&metrics(&weft).await, FLOODS), 1.0);
 }
 

@@ -81,7 +81,7 @@ pub async fn front<T: RouteTable>(context: Front<'_, T>, req: Request<Body>) -> 
         (None, Ok(()), _) => Err(ProxyError::new(ErrorKind::NoRoute, format!("{method} {}", uri.path()))),
     };
     let (mut response, failure) = answer::rescue(result, context.access_log.is_some(), grpc);
-    upgrade::finish(&mut response, downstream_upgrade);
+    upgrade::finish(&mut response, downstream_upgrade, routes.map(T::limits));
     answer::finish_headers(&mut response, version, routes.and_then(T::alt_svc));
     request_end.announce_close(&mut response);
 

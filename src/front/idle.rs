@@ -12,10 +12,14 @@
 //! response body resets the downstream stream (HTTP/2, HTTP/3) or closes
 //! the connection (HTTP/1.1), since the response has started.
 //!
-//! The same clock times a TCP listener's `idle_timeout` (see `listener::tcp`).
-//! Each expiry is counted once per stream.
+//! The same clock times byte streams copied both ways ([`copy_until_idle`]):
+//! a TCP listener's connections under its `idle_timeout` (see
+//! `listener::tcp`) and an HTTP/1.1 upgrade's tunnel after the 101 under
+//! `limits.stream_idle_timeout` (see `upgrade`), as Envoy applies it to
+//! upgraded streams. Each expiry is counted once per stream.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Duration, Instant, Sleep};
 
 use crate::core::body::Body;
@@ -166,6 +171,82 @@ impl HttpBody for IdleBody {
     }
 }
 
+/// How a [`copy_until_idle`] ended other than by both ends closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// A read or write failed (a reset, a broken pipe).
+    Error,
+    /// No bytes moved either way for the timeout.
+    Idle,
+}
+
+impl CopyEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyEnd::Error => "stream error",
+            CopyEnd::Idle => "idle timeout",
+        }
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` (one side's end of stream
+/// becomes a shutdown of the other's write half) until both ends closed,
+/// or until no bytes moved either way for `timeout`, which `expired`
+/// counts. Dropping the streams on return closes both.
+pub async fn copy_until_idle<A, B>(a: A, b: B, timeout: Duration, expired: IntCounter) -> Result<(), CopyEnd>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = IdleClock::new(timeout, expired);
+    let mut a = Touching::new(a, &clock);
+    let mut b = Touching::new(b, &clock);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut a, &mut b) => copied.map(drop).map_err(|_| CopyEnd::Error),
+        _ = clock.idle() => Err(CopyEnd::Idle),
+    }
+}
+
+/// A stream that notes on `clock` every read that brought bytes.
+struct Touching<I> {
+    io: I,
+    clock: Arc<IdleClock>,
+}
+
+impl<I> Touching<I> {
+    fn new(io: I, clock: &Arc<IdleClock>) -> Self {
+        Self {
+            io,
+            clock: clock.clone(),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Touching<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Touching<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +292,29 @@ mod tests {
         let error = exchange.await.unwrap_err();
         assert_eq!(error.status(), http::StatusCode::REQUEST_TIMEOUT);
         assert_eq!(started.elapsed(), Duration::from_secs(18));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_ends_once_nothing_moved_either_way_for_the_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let counter = counter();
+        let (mut client, a) = tokio::io::duplex(64);
+        let (b, mut server) = tokio::io::duplex(64);
+        let started = Instant::now();
+        let copy = tokio::spawn(copy_until_idle(a, b, Duration::from_secs(10), counter.clone()));
+        // Bytes one way at 8 s, the other way at 16 s: each pushes the deadline.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        client.write_all(b"up").await.unwrap();
+        let mut buf = [0u8; 2];
+        server.read_exact(&mut buf).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        server.write_all(b"dn").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(copy.await.unwrap(), Err(CopyEnd::Idle));
+        assert_eq!(started.elapsed(), Duration::from_secs(26));
+        assert_eq!(counter.get(), 1);
+        // Both ends were dropped, so both peers see the end.
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0);
     }
 }

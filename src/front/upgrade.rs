@@ -1,13 +1,18 @@
 //! HTTP/1.1 `Upgrade` (WebSocket) and hop-by-hop headers: a request's
 //! hop-by-hop headers go, except an upgrade handshake's; once the upstream
 //! answers 101, both connections are handed over and bytes are copied both
-//! ways until either side closes.
+//! ways until both sides closed, or until no bytes moved either way for the
+//! listener's `limits.stream_idle_timeout` (Envoy applies it to upgraded
+//! streams too): then both connections are closed and the expiry counted in
+//! `weft_stream_idle_timeouts_total{listener}`.
 
 use http::{Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::headers;
+use super::idle;
+use super::limits::StreamLimits;
 use crate::core::body::Body;
 
 /// Strips the request's hop-by-hop headers, keeping those of an HTTP/1.1
@@ -20,17 +25,29 @@ pub fn prepare<B>(req: &mut Request<B>) -> Option<OnUpgrade> {
 }
 
 /// A 101 to an upgrade request joins the two connections (on a spawned
-/// task); any other response loses its hop-by-hop headers.
-pub fn finish(response: &mut Response<Body>, downstream: Option<OnUpgrade>) {
+/// task) under `limits`' stream idle timeout; any other response loses its
+/// hop-by-hop headers. `limits` is absent only for a listener gone from the
+/// request's snapshot, which has no route, so no 101 either.
+pub fn finish(response: &mut Response<Body>, downstream: Option<OnUpgrade>, limits: Option<&StreamLimits>) {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(response.headers_mut(), false);
-    } else if let Some(downstream) = downstream {
+    } else if let (Some(downstream), Some(limits)) = (downstream, limits) {
         let upstream = hyper::upgrade::on(response);
-        tokio::spawn(tunnel(downstream, upstream));
+        let idle = Idle {
+            timeout: limits.stream_idle_timeout,
+            expired: limits.idle_timeouts.clone(),
+        };
+        tokio::spawn(tunnel(downstream, upstream, idle));
     }
 }
 
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
+/// The tunnel's idle timeout and its counter.
+struct Idle {
+    timeout: tokio::time::Duration,
+    expired: prometheus::IntCounter,
+}
+
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Idle) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -38,10 +55,9 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade) {
             return;
         }
     };
-    let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    let (down, up) = (TokioIo::new(down), TokioIo::new(up));
+    if let Err(end) = idle::copy_until_idle(down, up, idle.timeout, idle.expired).await {
+        tracing::debug!(why = end.as_str(), "upgraded connection ended");
     }
 }
 
@@ -83,14 +99,14 @@ mod tests {
         ok.headers_mut().insert("connection", "close, x-hop".parse().unwrap());
         ok.headers_mut().insert("x-hop", "1".parse().unwrap());
         ok.headers_mut().insert("x-app", "1".parse().unwrap());
-        finish(&mut ok, None);
+        finish(&mut ok, None, None);
         assert!(ok.headers().get("connection").is_none());
         assert!(ok.headers().get("x-hop").is_none());
         assert_eq!(ok.headers()["x-app"], "1");
         let mut switching = Response::new(body::empty());
         *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         switching.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-        finish(&mut switching, None);
+        finish(&mut switching, None, None);
         assert_eq!(switching.headers()["upgrade"], "websocket");
     }
 }

@@ -29,6 +29,9 @@ pub trait SendHalf: Send {
     fn send_data(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send;
     fn send_trailers(&mut self, trailers: HeaderMap) -> impl Future<Output = Result<(), StreamError>> + Send;
     fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
+    /// Ends the stream with `H3_INTERNAL_ERROR`, so the peer sees the message
+    /// cut off (dropping a quinn stream would finish it as if complete).
+    fn reset(&mut self);
 }
 
 macro_rules! h3_halves {
@@ -52,6 +55,9 @@ macro_rules! h3_halves {
             }
             fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
                 h3::$module::RequestStream::finish(self)
+            }
+            fn reset(&mut self) {
+                self.stop_stream(h3::error::Code::H3_INTERNAL_ERROR)
             }
         }
     };
@@ -118,10 +124,18 @@ impl<R: RecvHalf> http_body::Body for H3Body<R> {
     }
 }
 
-/// Streams `body` into `stream` frame by frame, then finishes the stream.
+/// Streams `body` into `stream` frame by frame, then finishes the stream;
+/// a body that fails resets it (a response cut off by the stream idle
+/// timeout, a request body past its limit).
 pub async fn send_body<S: SendHalf>(stream: &mut S, mut body: Body) -> Result<(), BoxError> {
     while let Some(frame) = body.frame().await {
-        let frame = frame?;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                stream.reset();
+                return Err(e);
+            }
+        };
         match frame.into_data() {
             Ok(data) => {
                 if !data.is_empty() {

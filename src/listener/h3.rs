@@ -1,9 +1,13 @@
 //! HTTP/3 over QUIC (quinn + h3 + h3-quinn) into the same [`Proxy`] service
 //! as HTTP/1 and HTTP/2: one router, one set of layers and metrics.
 //!
-//! Each connection is served until the listener stops; then it gets a
-//! graceful GOAWAY (`h3::server::Connection::shutdown`) and its in-flight
-//! requests finish. Malformed frames, oversized header sections (431 from the
+//! Each connection is served until the listener stops, or until it has
+//! carried `limits.max_requests_per_connection` requests; then it gets a
+//! graceful GOAWAY (`h3::server::Connection::shutdown`: streams past the
+//! last accepted one are refused with H3_REQUEST_REJECTED, which a client
+//! retries on a new connection), its in-flight requests finish and the
+//! connection closes. A response body that fails (the stream idle timeout,
+//! an upstream reset) resets its stream. Malformed frames, oversized header sections (431 from the
 //! h3 crate) and excess streams are refused per stream or per connection by
 //! h3/quinn; the listener itself keeps running.
 
@@ -52,7 +56,10 @@ pub async fn serve(
     give_back: SocketReturn,
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let header_bytes = u64::from(config.limits.max_request_headers_kb) * 1024;
+    let settings = ConnectionSettings {
+        header_bytes: u64::from(config.limits.max_request_headers_kb) * 1024,
+        max_requests: config.limits.max_requests_per_connection,
+    };
     let counters = crate::listener::ConnectionCounters::new(&shared.metrics, &config.name);
     let mut connections = JoinSet::new();
     loop {
@@ -67,7 +74,7 @@ pub async fn serve(
         connections.spawn(async move {
             let _counted = open;
             match incoming.await {
-                Ok(conn) => serve_connection(conn, name, shared, header_bytes, stop).await,
+                Ok(conn) => serve_connection(conn, name, shared, settings, stop).await,
                 Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
             }
         });
@@ -84,11 +91,20 @@ pub async fn serve(
     }
 }
 
+/// What each connection of a listener is served with.
+#[derive(Clone, Copy)]
+struct ConnectionSettings {
+    /// `limits.max_request_headers_kb`, in bytes.
+    header_bytes: u64,
+    /// `limits.max_requests_per_connection`.
+    max_requests: Option<u64>,
+}
+
 async fn serve_connection(
     conn: quinn::Connection,
     listener: Arc<str>,
     shared: Arc<Shared>,
-    header_bytes: u64,
+    settings: ConnectionSettings,
     mut stop: watch::Receiver<Phase>,
 ) {
     let peer = conn.remote_address();
@@ -104,7 +120,7 @@ async fn serve_connection(
         original_destination: None,
     });
     let mut h3 = match h3::server::builder()
-        .max_field_section_size(header_bytes)
+        .max_field_section_size(settings.header_bytes)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
         .await
     {
@@ -116,20 +132,23 @@ async fn serve_connection(
     };
     let mut requests = JoinSet::new();
     let mut draining = false;
+    let mut accepted: u64 = 0;
     loop {
         tokio::select! {
             _ = reached(&mut stop, Phase::HandedOver), if !draining => {
                 draining = true;
-                // GOAWAY: the client opens no new requests.
-                if let Err(e) = h3.shutdown(0).await {
-                    tracing::debug!(%peer, error = %e, "HTTP/3 shutdown");
-                }
+                goaway(&mut h3, peer).await;
             }
             Some(_) = requests.join_next(), if draining => {}
             next = h3.accept() => match next {
                 Ok(Some(resolver)) => {
                     while requests.try_join_next().is_some() {}
                     requests.spawn(serve_request(resolver, Proxy::new(shared.clone(), downstream.clone())));
+                    accepted += 1;
+                    if !draining && settings.max_requests.is_some_and(|max| accepted >= max) {
+                        draining = true;
+                        goaway(&mut h3, peer).await;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -144,6 +163,14 @@ async fn serve_connection(
         }
     }
     while requests.join_next().await.is_some() {}
+}
+
+/// GOAWAY naming the last request accepted: the client opens no new
+/// requests on this connection.
+async fn goaway(h3: &mut h3::server::Connection<h3_quinn::Connection, Bytes>, peer: std::net::SocketAddr) {
+    if let Err(e) = h3.shutdown(0).await {
+        tracing::debug!(%peer, error = %e, "HTTP/3 shutdown");
+    }
 }
 
 async fn serve_request(resolver: Resolver, mut proxy: Proxy) {

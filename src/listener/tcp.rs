@@ -9,14 +9,11 @@
 //! `idle_timeout` (default 1 hour, as Envoy's tcp_proxy) is closed, both
 //! sides, and counted in `weft_tcp_idle_timeouts_total{listener}`.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -24,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::cluster::{Cluster, InFlight};
 use crate::config::limits::DEFAULT_TCP_IDLE_TIMEOUT;
 use crate::config::schema::ListenerConfig;
-use crate::front::idle::IdleClock;
+use crate::front::idle::{self, CopyEnd};
 use crate::listener::original_destination::Capture;
 use crate::listener::{accept_tcp, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::Shared;
@@ -111,53 +108,9 @@ where
             (outbound, Some(in_flight))
         }
     };
-    let clock = IdleClock::new(idle.timeout, idle.expired.clone());
-    let mut inbound = Touching::new(inbound, &clock);
-    let mut outbound = Touching::new(outbound, &clock);
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => copied.map(drop).map_err(|_| "stream error"),
-        _ = clock.idle() => Err("idle timeout"),
-    }
-}
-
-/// A stream that notes on `clock` every read that brought bytes.
-struct Touching<I> {
-    io: I,
-    clock: Arc<IdleClock>,
-}
-
-impl<I> Touching<I> {
-    fn new(io: I, clock: &Arc<IdleClock>) -> Self {
-        Self {
-            io,
-            clock: clock.clone(),
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Touching<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.clock.touch();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Touching<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+    idle::copy_until_idle(inbound, outbound, idle.timeout, idle.expired.clone())
+        .await
+        .map_err(CopyEnd::as_str)
 }
 
 /// Connects to an endpoint the cluster picks; the connect counts towards

@@ -27,6 +27,9 @@ pub struct H3Client {
     client_config: quinn::ClientConfig,
     sni: Option<String>,
     connect_timeout: Duration,
+    /// `limits.max_response_headers_kb`, in bytes: a larger response
+    /// header section fails the request (502), as for HTTP/1 and HTTP/2.
+    header_bytes: u64,
     connections: Mutex<HashMap<SocketAddr, Sender>>,
 }
 
@@ -55,6 +58,7 @@ impl H3Client {
             client_config,
             sni: settings.sni,
             connect_timeout: config.connect_timeout,
+            header_bytes: u64::from(config.limits.max_response_headers_kb) * 1024,
             connections: Mutex::new(HashMap::new()),
         })
     }
@@ -81,7 +85,9 @@ impl H3Client {
             .await
             .map_err(|_| connect_failed("QUIC handshake timed out".into()))?
             .map_err(|e| connect_failed(e.to_string()))?;
-        let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn))
+        let (mut driver, sender) = h3::client::builder()
+            .max_field_section_size(self.header_bytes)
+            .build(h3_quinn::Connection::new(conn))
             .await
             .map_err(|e| connect_failed(e.to_string()))?;
         tokio::spawn(async move {

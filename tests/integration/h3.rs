@@ -12,49 +12,68 @@ use crate::support::*;
 use crate::tls::Ca;
 
 /// A minimal HTTP/3 client: one connection, one request at a time.
-struct H3Client {
+pub struct H3Client {
     _endpoint: quinn::Endpoint,
-    sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    pub sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// Ends when the connection has closed.
+    pub closed: tokio::task::JoinHandle<()>,
 }
 
 impl H3Client {
-    async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
+    pub async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
         let tls = tls_client_config(ca, None, &[b"h3"]);
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        // No idle timeout of the client's own: the server's decides.
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(None);
+        client.transport_config(Arc::new(transport));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+        endpoint.set_default_client_config(client);
         let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
         let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
-        tokio::spawn(async move {
+        let closed = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
         Self {
             _endpoint: endpoint,
             sender,
+            closed,
         }
     }
 
-    async fn request(
+    pub async fn request(
         &mut self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> (u16, http::HeaderMap, Bytes) {
+        self.try_request(method, path, headers, body).await.unwrap()
+    }
+
+    /// [`Self::request`], with the stream's or connection's error.
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(u16, http::HeaderMap, Bytes), h3::error::StreamError> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("https://localhost{path}"));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut stream = self.sender.send_request(req.body(()).unwrap()).await.unwrap();
+        let mut stream = self.sender.send_request(req.body(()).unwrap()).await?;
         for chunk in body.chunks(64 * 1024) {
-            stream.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
+            stream.send_data(Bytes::copy_from_slice(chunk)).await?;
         }
-        stream.finish().await.unwrap();
-        let response = stream.recv_response().await.unwrap();
+        stream.finish().await?;
+        let response = stream.recv_response().await?;
         let mut data = Vec::new();
-        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        while let Some(mut chunk) = stream.recv_data().await? {
             while chunk.has_remaining() {
                 let part = chunk.chunk();
                 data.extend_from_slice(part);
@@ -62,11 +81,45 @@ impl H3Client {
                 chunk.advance(n);
             }
         }
-        (
+        Ok((
             response.status().as_u16(),
             response.headers().clone(),
             Bytes::from(data),
-        )
+        ))
+    }
+}
+
+/// weft with one HTTP/3 listener, `quic`, with `settings` (flow-mapping
+/// keys, such as `limits: {...}`) and `routes` (flow items), in front of
+/// `clusters`; its certificate's CA is `ca`.
+pub struct H3Weft {
+    pub app: Arc<weft::app::App>,
+    pub addr: SocketAddr,
+    pub ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl H3Weft {
+    pub async fn start(settings: &str, routes: &str, clusters: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("h3-weft-ca");
+        ca.leaf(dir.path(), "server", "server", None);
+        let ca_path = ca.write(dir.path(), "ca.pem");
+        let listener = format!(
+            "  - {{ name: quic, address: 127.0.0.1:0, protocol: http3, {settings} tls: {{ cert: server.pem, key: server.key }}, routes: [ {routes} ] }}"
+        );
+        let app = start_in(dir.path(), &config(&listener, clusters)).await;
+        let addr = app.listener_addr("quic").await.unwrap();
+        Self {
+            app,
+            addr,
+            ca: ca_path,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self) -> H3Client {
+        H3Client::connect(self.addr, &self.ca).await
     }
 }
 
@@ -246,7 +299,7 @@ async fn http3_drain_lets_in_flight_requests_finish() {
     assert_eq!((status, &body[..]), (200, &b"finished"[..]));
 }
 
-async fn metrics_of(app: &weft::app::App) -> String {
+pub async fn metrics_of(app: &weft::app::App) -> String {
     get(&h1_client(), &format!("http://{}/metrics", app.admin_addr()))
         .await
         .1
@@ -365,4 +418,65 @@ async fn http3_requests_get_trace_context() {
     assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
     assert!(sent.ends_with("-01") && !sent.contains("00f067aa0ba902b7"), "{sent}");
     assert!(body.contains("tracestate: v=1"), "{body}");
+}
+
+#[tokio::test]
+async fn http3_connections_get_goaway_after_max_requests_per_connection() {
+    let direct = "{ name: ok, direct_response: { status: 200, body: fine } }";
+    // A QUIC idle timeout far beyond the test: only the GOAWAY closes.
+    let weft = H3Weft::start(
+        "limits: { max_requests_per_connection: 2 }, quic: { idle_timeout: 1h },",
+        direct,
+        "  []",
+    )
+    .await;
+    let mut client = weft.client().await;
+    for _ in 0..2 {
+        assert_eq!(client.request("GET", "/", &[], Bytes::new()).await.0, 200);
+    }
+    // GOAWAY, then the connection closes once its requests are done ...
+    let closed = tokio::time::timeout(PATIENCE, &mut client.closed).await;
+    assert!(closed.is_ok(), "the connection is still open after two requests");
+    // ... so a third request is not served on it ...
+    let third = client.try_request("GET", "/", &[], Bytes::new()).await;
+    assert!(third.is_err(), "a third request was served: {third:?}");
+    // ... and the client reconnects.
+    let mut again = weft.client().await;
+    assert_eq!(again.request("GET", "/", &[], Bytes::new()).await.0, 200);
+}
+
+#[tokio::test]
+async fn http3_cluster_response_headers_over_the_limit_get_502() {
+    // HTTP/1 in, HTTP/3 across to a second weft, HTTP/1 to an upstream
+    // whose response has a 2 KB header.
+    let big = "a".repeat(2000);
+    let upstream = Upstream::start(move |_req| {
+        let big = big.clone();
+        async move {
+            http::Response::builder()
+                .header("x-big", big)
+                .body(full("fine"))
+                .unwrap()
+        }
+    })
+    .await;
+    let back = H3Weft::start(
+        "",
+        "{ name: all, cluster: app }",
+        &format!("  - {{ name: app, endpoints: [ {{ address: {} }} ] }}", upstream.addr),
+    )
+    .await;
+    let ca = back.ca.display();
+    for (limits, expected) in [(", limits: { max_response_headers_kb: 1 }", 502), ("", 200)] {
+        let front = Weft::start(&config(
+            "  - { name: plain, address: 127.0.0.1:0, routes: [ { name: over-h3, cluster: via-h3 } ] }",
+            &format!(
+                "  - {{ name: via-h3, protocol: http3, tls: {{ ca: \"{ca}\", sni: localhost }}, endpoints: [ {{ address: {} }} ] {limits} }}",
+                back.addr
+            ),
+        ))
+        .await;
+        let (status, body) = get(&h1_client(), &front.url("plain", "/").await).await;
+        assert_eq!(status, expected, "limits: {limits:?}: {body}");
+    }
 }

@@ -15,19 +15,19 @@ use crate::support::*;
 
 /// One `http` listener, `public`, with `limits` and `routes` (YAML flow
 /// items), in front of the clusters in `clusters`.
-async fn weft_with(limits: &str, routes: &str, clusters: &str) -> Weft {
+pub async fn weft_with(limits: &str, routes: &str, clusters: &str) -> Weft {
     let listeners =
         format!("  - name: public\n    address: 127.0.0.1:0\n    limits: {{ {limits} }}\n    routes: [ {routes} ]");
     Weft::start(&config(&listeners, clusters)).await
 }
 
 /// `app`: a cluster of the one endpoint `upstream`.
-fn app(upstream: std::net::SocketAddr, settings: &str) -> String {
+pub fn app(upstream: std::net::SocketAddr, settings: &str) -> String {
     format!("  - {{ name: app, endpoints: [ {{ address: {upstream} }} ] {settings} }}")
 }
 
 /// Reads until the peer closes (or resets), bounded by [`PATIENCE`].
-async fn until_closed(stream: &mut TcpStream) -> String {
+pub async fn until_closed(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await;
     assert!(
@@ -138,7 +138,7 @@ async fn http2_settings_carry_max_concurrent_streams() {
 
 /// An upstream that reads each request's body before it answers, and
 /// reports how each body ended (`Ok(length)` or `Err(why)`) on the channel.
-async fn reading() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<String>) {
+pub async fn reading() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (ended, bodies) = tokio::sync::mpsc::unbounded_channel();
     let upstream = Upstream::start(move |req: Request<Incoming>| {
         let ended = ended.clone();
@@ -305,9 +305,10 @@ async fn a_request_body_that_stops_gets_408_and_is_counted() {
     );
 }
 
-#[tokio::test]
-async fn a_response_that_stalls_after_its_headers_is_ended() {
-    // Headers announcing 10 GB, one byte, then nothing (the socket held open).
+/// An HTTP/1.1 upstream whose one connection answers with headers
+/// announcing 10 GB, one byte, then nothing (the socket held open until the
+/// task is aborted).
+pub async fn stalling() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stalling = tokio::spawn(async move {
@@ -319,6 +320,12 @@ async fn a_response_that_stalls_after_its_headers_is_ended() {
         std::future::pending::<()>().await;
         drop(stream);
     });
+    (addr, stalling)
+}
+
+#[tokio::test]
+async fn a_response_that_stalls_after_its_headers_is_ended() {
+    let (addr, stalling) = stalling().await;
     let weft = weft_with(
         "stream_idle_timeout: 200ms",
         "{ name: all, cluster: app }",

@@ -15,6 +15,11 @@
 //! - Credentials: `KUBECONFIG` (or `~/.kube/config`) when present, else the
 //!   pod's service account, as `kube::Config::infer` finds them; the
 //!   namespace defaults to the pod's own (or the kubeconfig context's).
+//!   Before kube reads them (whole, and blocking), the service account's
+//!   files (`token`, `ca.crt`, `namespace` under [`SERVICE_ACCOUNT_DIR`])
+//!   must be regular files of at most [`MAX_CREDENTIAL_BYTES`] where they
+//!   exist: a FIFO or a huge file there fails the connect attempt (counted,
+//!   retried) instead of hanging discovery or filling memory.
 //! - A failure (no credentials, API server unreachable, a watch that breaks,
 //!   a port no slice has) keeps the last set, is counted and retried with
 //!   backoff; the retry starts a new list, so the state reported is the API
@@ -23,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -34,6 +40,7 @@ use tokio::time::Duration;
 use super::Shared;
 use crate::cluster::endpoints::EndpointSpec;
 use crate::config::discovery::{KubernetesDiscovery, KubernetesPort};
+use crate::config::files;
 use crate::policy::discovery::{RefreshConfig, RefreshSchedule};
 
 /// Retries after a failure: from about half a second up to this.
@@ -44,6 +51,11 @@ const RETRY: RefreshConfig = RefreshConfig {
 
 /// The HTTP status of an expired resourceVersion.
 const GONE: u16 = 410;
+
+/// Where Kubernetes mounts a pod's service account (kube reads this path).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The largest service-account file read (a token is a few KiB, a CA bundle rarely more).
+pub const MAX_CREDENTIAL_BYTES: u64 = 1 << 20;
 
 pub(super) async fn run(shared: Arc<Shared>, config: KubernetesDiscovery) {
     let mut schedule = RefreshSchedule::new(RETRY);
@@ -66,16 +78,36 @@ async fn connect(config: &KubernetesDiscovery) -> Result<Api<EndpointSlice>, Str
     // kube reads the kubeconfig and service-account files with blocking
     // calls: not on a worker thread.
     let handle = tokio::runtime::Handle::current();
-    let inferred = tokio::task::spawn_blocking(move || handle.block_on(kube::Config::infer()))
-        .await
-        .map_err(|e| format!("reading Kubernetes credentials: {e}"))?
-        .map_err(|e| format!("no Kubernetes credentials (in-cluster service account or KUBECONFIG): {e}"))?;
+    let inferred = tokio::task::spawn_blocking(move || {
+        check_service_account(Path::new(SERVICE_ACCOUNT_DIR))?;
+        handle
+            .block_on(kube::Config::infer())
+            .map_err(|e| format!("no Kubernetes credentials (in-cluster service account or KUBECONFIG): {e}"))
+    })
+    .await
+    .map_err(|e| format!("reading Kubernetes credentials: {e}"))??;
     let namespace = config
         .namespace
         .clone()
         .unwrap_or_else(|| inferred.default_namespace.clone());
     let client = Client::try_from(inferred).map_err(|e| format!("cannot build the Kubernetes client: {e}"))?;
     Ok(Api::namespaced(client, &namespace))
+}
+
+/// Refuses the service account in `dir` when one of its files that exists
+/// is not a regular file of at most [`MAX_CREDENTIAL_BYTES`]; absent files
+/// are kube's to report (a kubeconfig may be used instead). Blocking: call
+/// it off the worker threads.
+pub fn check_service_account(dir: &Path) -> Result<(), String> {
+    for name in ["token", "ca.crt", "namespace"] {
+        let path = dir.join(name);
+        match files::read_regular(&path, MAX_CREDENTIAL_BYTES) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("service account file {}: {e}", path.display())),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Follows the Service's slices, publishing each whole set, until the
@@ -282,5 +314,35 @@ mod tests {
         assert!(ready_endpoints(std::iter::empty(), &KubernetesPort::Number(80))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn service_account_files_must_be_small_regular_files_where_they_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            check_service_account(dir.path()),
+            Ok(()),
+            "absent files are kube's to report"
+        );
+        std::fs::write(dir.path().join("namespace"), "team-a").unwrap();
+        std::fs::write(dir.path().join("token"), "a.b.c").unwrap();
+        assert_eq!(check_service_account(dir.path()), Ok(()));
+        let big = vec![b'a'; MAX_CREDENTIAL_BYTES as usize + 1];
+        std::fs::write(dir.path().join("ca.crt"), big).unwrap();
+        let refused = check_service_account(dir.path()).unwrap_err();
+        assert!(
+            refused.contains("ca.crt") && refused.contains("larger than"),
+            "{refused}"
+        );
+        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
+        // A FIFO nobody writes to: refused at once, not waited on.
+        let fifo = std::ffi::CString::new(dir.path().join("token").as_os_str().as_encoded_bytes()).unwrap();
+        std::fs::remove_file(dir.path().join("token")).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let refused = check_service_account(dir.path()).unwrap_err();
+        assert!(
+            refused.contains("token") && refused.contains("not a regular file"),
+            "{refused}"
+        );
     }
 }

@@ -132,15 +132,24 @@ impl WeftProcess {
     /// `namespace`) at /var/run/secrets/kubernetes.io/serviceaccount, in a
     /// mount namespace of its own so the host's /run is untouched.
     async fn in_pod(api: &KubeApi, ca: &Ca, namespace: &str, clusters: &str) -> Option<Self> {
+        Self::in_pod_with(api, clusters, |account| {
+            std::fs::write(account.join("token"), super::kube_api::TOKEN).unwrap();
+            std::fs::write(account.join("namespace"), namespace).unwrap();
+            ca.write(account, "ca.crt");
+        })
+        .await
+    }
+
+    /// [`Self::in_pod`] with the service account's files made by `write_account`
+    /// in the directory it is given (copied as they are: a FIFO stays one).
+    async fn in_pod_with(api: &KubeApi, clusters: &str, write_account: impl FnOnce(&std::path::Path)) -> Option<Self> {
         if !have_tool("unshare", &["--mount", "true"], "kubernetes in-cluster credentials") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let account = dir.path().join("serviceaccount");
         std::fs::create_dir(&account).unwrap();
-        std::fs::write(account.join("token"), super::kube_api::TOKEN).unwrap();
-        std::fs::write(account.join("namespace"), namespace).unwrap();
-        ca.write(&account, "ca.crt");
+        write_account(&account);
         let account = account.to_str().unwrap();
         let mount = "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io \
             && cp -r \"$0\" /run/secrets/kubernetes.io/serviceaccount && exec \"$@\"";
@@ -454,4 +463,38 @@ async fn in_a_pod_the_service_account_gives_credentials_and_namespace() {
     };
     assert_eq!(weft.endpoints().await, at(&[&pods[0]]));
     assert_eq!(get(&h1_client(), &weft.public).await, (200, "u1".to_string()));
+}
+
+#[tokio::test]
+async fn a_service_account_token_that_is_a_fifo_fails_discovery_instead_of_hanging_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("cluster-ca");
+    let api = KubeApi::start_tls("team-a", &ca, certs.path()).await;
+    let clusters = "  - name: web\n    discovery: { kubernetes: { service: web, port: http } }";
+    let in_pod = WeftProcess::in_pod_with(&api, clusters, |account| {
+        std::fs::write(account.join("namespace"), "team-a").unwrap();
+        ca.write(account, "ca.crt");
+        // A token nobody ever writes: reading it whole would wait forever.
+        let status = std::process::Command::new("mkfifo")
+            .arg(account.join("token"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    let Some(weft) = in_pod.await else {
+        return;
+    };
+    let errors = "weft_discovery_updates_total{cluster=\"web\",result=\"error\"} ";
+    eventually("the refused token is counted as a failure", async || {
+        weft.metric(errors).await >= 1.0
+    })
+    .await;
+    // The error names the file and why.
+    let status = weft.clusters().await;
+    let error = status["discovery"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("serviceaccount/token: not a regular file"), "{status}");
+    assert_eq!(weft.endpoints().await, Vec::<String>::new());
 }

@@ -16,8 +16,8 @@
 //!    stream idle timeout; see `limits` and `idle`);
 //! 7. `answer::rescue`: an error becomes its response (the one rescue step;
 //!    a gRPC request gets a gRPC trailers-only answer);
-//! 8. `upgrade::finish`: a 101 joins the two connections, any other
-//!    response loses its hop-by-hop headers;
+//! 8. `upgrade::finish`: a 101 joins the two connections (under the stream
+//!    idle timeout), any other response loses its hop-by-hop headers;
 //! 9. `answer::finish_headers`: the downstream's HTTP version, `alt-svc`;
 //! 10. `early_response`'s `announce_close`: `connection: close` on a
 //!     response sent before its HTTP/1.x request body was read;

@@ -16,11 +16,12 @@ use tokio::time::Duration;
 use super::Target;
 use crate::config::schema::ClusterConfig;
 use crate::core::body::Body;
-use crate::core::error::{ErrorKind, ProxyError};
+use crate::core::error::{BoxError, ErrorKind, ProxyError};
 use crate::http3::{send_body, H3Body};
 use crate::tls;
 
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+type RecvStream = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 pub struct H3Client {
     endpoint: quinn::Endpoint,
@@ -127,15 +128,38 @@ impl H3Client {
             }
         };
         let (mut send, mut recv) = stream.split();
-        tokio::spawn(async move {
-            if let Err(e) = send_body(&mut send, body).await {
+        let sending = tokio::spawn(async move {
+            let sent = send_body(&mut send, body).await;
+            if let Err(e) = &sent {
                 tracing::debug!(error = %e, "HTTP/3 request body ended early");
             }
+            sent
         });
-        let response = recv
-            .recv_response()
-            .await
-            .map_err(|e| ProxyError::new(ErrorKind::UpstreamReset, e.to_string()))?;
+        let response = response_head(&mut recv, sending).await?;
         Ok(response.map(|()| H3Body::new(recv).boxed()))
+    }
+}
+
+/// The response head, or the request body's failure when the body fails
+/// before the head arrives: the exchange then fails, as hyper's HTTP/1 and
+/// HTTP/2 clients fail it (so a body past its limit is a 413, a client's
+/// broken body a 400, whatever the upstream would have answered). A body
+/// that fails later only resets the stream.
+async fn response_head(
+    recv: &mut RecvStream,
+    mut sending: tokio::task::JoinHandle<Result<(), BoxError>>,
+) -> Result<Response<()>, ProxyError> {
+    let reset = |e: String| ProxyError::new(ErrorKind::UpstreamReset, e);
+    let head = recv.recv_response();
+    tokio::pin!(head);
+    let mut body_pending = true;
+    loop {
+        tokio::select! {
+            response = &mut head => return response.map_err(|e| reset(e.to_string())),
+            sent = &mut sending, if body_pending => match sent {
+                Ok(Err(e)) => return Err(reset(format!("the request body failed: {e}"))),
+                _ => body_pending = false,
+            },
+        }
     }
 }

@@ -480,3 +480,42 @@ async fn http3_cluster_response_headers_over_the_limit_get_502() {
         assert_eq!(status, expected, "limits: {limits:?}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_request_body_cut_off_by_a_limit_is_reset_on_an_http3_cluster() {
+    // HTTP/1 in with a body past the front's limit, HTTP/3 across to a
+    // second weft, HTTP/1 to an upstream that reports how the body ended.
+    let (upstream, mut bodies) = crate::limits::reading().await;
+    let back = H3Weft::start(
+        "",
+        "{ name: all, cluster: app }",
+        &crate::limits::app(upstream.addr, ""),
+    )
+    .await;
+    let front = Weft::start(&config(
+        "  - { name: plain, address: 127.0.0.1:0, limits: { max_request_body_bytes: 10 }, routes: [ { name: over-h3, cluster: via-h3 } ] }",
+        &format!(
+            "  - {{ name: via-h3, protocol: http3, tls: {{ ca: \"{}\", sni: localhost }}, endpoints: [ {{ address: {} }} ] }}",
+            back.ca.display(),
+            back.addr
+        ),
+    ))
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(front.addr("plain").await).await.unwrap();
+    let head = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n8\r\n01234567\r\n";
+    client.write_all(head).await.unwrap();
+    // The request has crossed to the upstream before the body goes past the
+    // limit (a reset ahead of the request's head would discard the request).
+    let connected = || upstream.connections.load(std::sync::atomic::Ordering::SeqCst) == 1;
+    eventually("the request reaches the upstream", async || connected()).await;
+    client.write_all(b"8\r\n01234567\r\n0\r\n\r\n").await.unwrap();
+    let reply = crate::limits::until_closed(&mut client).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    // The HTTP/3 stream was reset, not finished as if the 8 bytes were all.
+    let upstream_saw = tokio::time::timeout(PATIENCE, bodies.recv()).await.unwrap().unwrap();
+    assert!(
+        upstream_saw.starts_with("Err"),
+        "the upstream read a whole body: {upstream_saw}"
+    );
+}

@@ -164,7 +164,8 @@ async fn http3_a_response_that_stalls_has_its_stream_reset() {
     let mut stream = client.sender.send_request(req).await.unwrap();
     stream.finish().await.unwrap();
     assert_eq!(stream.recv_response().await.unwrap().status(), 200);
-    // The one byte sent, then the stream ends in an error, not as if complete.
+    // The one byte sent, then the stream ends in an error, not as if
+    // complete (a reset may discard the byte if it arrives unread).
     let ended = tokio::time::timeout(PATIENCE, async {
         let mut received = 0;
         loop {
@@ -177,7 +178,7 @@ async fn http3_a_response_that_stalls_has_its_stream_reset() {
     })
     .await
     .expect("the stalled body did not end");
-    assert!(matches!(ended, Err((1, _))), "the stalled body ended as: {ended:?}");
+    assert!(matches!(ended, Err((0..=1, _))), "the stalled body ended as: {ended:?}");
     // A stream reset, not the connection: it goes on serving.
     assert_eq!(client.request("GET", "/ok", &[], Bytes::new()).await.0, 200);
     assert_eq!(h3_idle_timeouts(&metrics_of(&weft.app).await), 1.0);

@@ -189,16 +189,23 @@ impl CopyEnd {
     }
 }
 
+/// An idle timeout for byte streams, with the counter of its expiries.
+#[derive(Clone)]
+pub struct IdleLimit {
+    pub timeout: Duration,
+    pub expired: IntCounter,
+}
+
 /// Copies bytes both ways between `a` and `b` (one side's end of stream
 /// becomes a shutdown of the other's write half) until both ends closed,
-/// or until no bytes moved either way for `timeout`, which `expired`
-/// counts. Dropping the streams on return closes both.
-pub async fn copy_until_idle<A, B>(a: A, b: B, timeout: Duration, expired: IntCounter) -> Result<(), CopyEnd>
+/// or until no bytes moved either way for `limit`'s timeout, which its
+/// counter counts. Dropping the streams on return closes both.
+pub async fn copy_until_idle<A, B>(a: A, b: B, limit: &IdleLimit) -> Result<(), CopyEnd>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let clock = IdleClock::new(timeout, expired);
+    let clock = IdleClock::new(limit.timeout, limit.expired.clone());
     let mut a = Touching::new(a, &clock);
     let mut b = Touching::new(b, &clock);
     tokio::select! {
@@ -301,7 +308,11 @@ mod tests {
         let (mut client, a) = tokio::io::duplex(64);
         let (b, mut server) = tokio::io::duplex(64);
         let started = Instant::now();
-        let copy = tokio::spawn(copy_until_idle(a, b, Duration::from_secs(10), counter.clone()));
+        let limit = IdleLimit {
+            timeout: Duration::from_secs(10),
+            expired: counter.clone(),
+        };
+        let copy = tokio::spawn(async move { copy_until_idle(a, b, &limit).await });
         // Bytes one way at 8 s, the other way at 16 s: each pushes the deadline.
         tokio::time::sleep(Duration::from_secs(8)).await;
         client.write_all(b"up").await.unwrap();

@@ -11,7 +11,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::headers;
-use super::idle;
+use super::idle::{self, IdleLimit};
 use super::limits::StreamLimits;
 use crate::core::body::Body;
 
@@ -33,7 +33,7 @@ pub fn finish(response: &mut Response<Body>, downstream: Option<OnUpgrade>, limi
         headers::strip_hop_by_hop(response.headers_mut(), false);
     } else if let (Some(downstream), Some(limits)) = (downstream, limits) {
         let upstream = hyper::upgrade::on(response);
-        let idle = Idle {
+        let idle = IdleLimit {
             timeout: limits.stream_idle_timeout,
             expired: limits.idle_timeouts.clone(),
         };
@@ -41,13 +41,7 @@ pub fn finish(response: &mut Response<Body>, downstream: Option<OnUpgrade>, limi
     }
 }
 
-/// The tunnel's idle timeout and its counter.
-struct Idle {
-    timeout: tokio::time::Duration,
-    expired: prometheus::IntCounter,
-}
-
-async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Idle) {
+async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: IdleLimit) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -56,7 +50,7 @@ async fn tunnel(downstream: OnUpgrade, upstream: OnUpgrade, idle: Idle) {
         }
     };
     let (down, up) = (TokioIo::new(down), TokioIo::new(up));
-    if let Err(end) = idle::copy_until_idle(down, up, idle.timeout, idle.expired).await {
+    if let Err(end) = idle::copy_until_idle(down, up, &idle).await {
         tracing::debug!(why = end.as_str(), "upgraded connection ended");
     }
 }

@@ -7,9 +7,9 @@
 //! last accepted one are refused with H3_REQUEST_REJECTED, which a client
 //! retries on a new connection), its in-flight requests finish and the
 //! connection closes. A response body that fails (the stream idle timeout,
-//! an upstream reset) resets its stream. Malformed frames, oversized header sections (431 from the
-//! h3 crate) and excess streams are refused per stream or per connection by
-//! h3/quinn; the listener itself keeps running.
+//! an upstream reset) resets its stream. Malformed frames, oversized header
+//! sections (431 from the h3 crate) and excess streams are refused per
+//! stream or per connection by h3/quinn; the listener itself keeps running.
 
 use std::sync::Arc;
 

@@ -32,7 +32,7 @@ pub struct Capture {
     /// Where an `http` listener forwards connections that are not HTTP.
     pub cluster: Option<String>,
     /// The `idle_timeout` of the connections it forwards.
-    pub idle: super::tcp::IdleLimit,
+    pub idle: crate::front::idle::IdleLimit,
 }
 
 impl Capture {
@@ -48,7 +48,7 @@ impl Capture {
                 .collect(),
             detection_timeout: config.protocol_detection_timeout,
             cluster: config.cluster.clone(),
-            idle: super::tcp::IdleLimit::new(config, metrics),
+            idle: super::tcp::idle_limit(config, metrics),
         })
     }
 

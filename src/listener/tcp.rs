@@ -12,7 +12,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -21,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::cluster::{Cluster, InFlight};
 use crate::config::limits::DEFAULT_TCP_IDLE_TIMEOUT;
 use crate::config::schema::ListenerConfig;
-use crate::front::idle::{self, CopyEnd};
+use crate::front::idle::{self, CopyEnd, IdleLimit};
 use crate::listener::original_destination::Capture;
 use crate::listener::{accept_tcp, ConnectionCounters, Phase, Socket, SocketReturn};
 use crate::proxy::Shared;
@@ -37,7 +36,7 @@ pub async fn serve(
     let cluster_name = config.cluster.clone().unwrap_or_default();
     let counters = ConnectionCounters::new(&shared.metrics, &config.name);
     let capture = Capture::new(&config, &shared.metrics);
-    let idle = IdleLimit::new(&config, &shared.metrics);
+    let idle = idle_limit(&config, &shared.metrics);
     let mut connections = JoinSet::new();
     while let Some((inbound, peer, permit)) = accept_tcp(&listener, &slots, &mut phase, &counters, &config.name).await {
         let destination = match &capture {
@@ -68,18 +67,10 @@ pub async fn serve(
 }
 
 /// A listener's `idle_timeout`, with its counter.
-#[derive(Clone)]
-pub struct IdleLimit {
-    timeout: tokio::time::Duration,
-    expired: IntCounter,
-}
-
-impl IdleLimit {
-    pub fn new(config: &ListenerConfig, metrics: &crate::telemetry::metrics::Metrics) -> Self {
-        Self {
-            timeout: config.idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
-            expired: metrics.tcp_idle_timeouts.with_label_values(&[&config.name]),
-        }
+pub fn idle_limit(config: &ListenerConfig, metrics: &crate::telemetry::metrics::Metrics) -> IdleLimit {
+    IdleLimit {
+        timeout: config.idle_timeout.unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT),
+        expired: metrics.tcp_idle_timeouts.with_label_values(&[&config.name]),
     }
 }
 
@@ -108,7 +99,7 @@ where
             (outbound, Some(in_flight))
         }
     };
-    idle::copy_until_idle(inbound, outbound, idle.timeout, idle.expired.clone())
+    idle::copy_until_idle(inbound, outbound, idle)
         .await
         .map_err(CopyEnd::as_str)
 }

@@ -127,11 +127,9 @@ async fn route_call(
     };
     let body_limit = picked.max_request_body_bytes.or(listener.max_request_body_bytes);
     let (req, exceeded) = limits::limit_body(req, body_limit)?;
-    let clock = IdleClock::new(listener.stream_idle_timeout, listener.idle_timeouts.clone());
-    let req = req.map(|body| idle::watched(body, clock.clone()));
-    let answer = idle::until_idle(&clock, picked.service.clone().call(req)).await;
-    let response = exceeded.blame(answer)?;
-    Ok(response.map(|body| idle::watched(body, clock)))
+    let clock = IdleClock::unshared(listener.stream_idle_timeout, listener.idle_timeouts.clone());
+    let answer = idle::watched_exchange(clock, req, |req| picked.service.clone().call(req)).await;
+    exceeded.blame(answer)
 }
 
 /// The service that sends a route's requests to one cluster. Each layer

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus::IntCounter;
@@ -46,15 +47,20 @@ pub struct IdleClock {
 }
 
 impl IdleClock {
-    /// A clock that starts now; `counter` counts its expiry.
+    /// A clock that starts now, to share; `counter` counts its expiry.
     pub fn new(timeout: Duration, counter: IntCounter) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::unshared(timeout, counter))
+    }
+
+    /// A clock that starts now, for one body to own.
+    pub fn unshared(timeout: Duration, counter: IntCounter) -> Self {
+        Self {
             start: Instant::now(),
             last: AtomicU64::new(0),
             timeout,
             expired: AtomicBool::new(false),
             counter,
-        })
+        }
     }
 
     /// Notes that bytes moved now.
@@ -102,6 +108,8 @@ pub async fn until_idle<T>(
         )
     };
     tokio::select! {
+        // The exchange first: no random branch order to draw per poll.
+        biased;
         // A request body that went idle fails the exchange in the upstream
         // connection's words; it is the idle timeout all the same.
         answer = exchange => answer.map_err(|e| if clock.expired.load(Ordering::Relaxed) { idle() } else { e }),
@@ -109,23 +117,75 @@ pub async fn until_idle<T>(
     }
 }
 
+/// The clock a body watches: its own, or one shared with the other
+/// direction's body (a request body still streaming beside the response).
+/// Owning it saves an allocation on every bodiless request.
+pub enum HeldClock {
+    Own(IdleClock),
+    Shared(Arc<IdleClock>),
+}
+
+impl std::ops::Deref for HeldClock {
+    type Target = IdleClock;
+    fn deref(&self) -> &IdleClock {
+        match self {
+            HeldClock::Own(clock) => clock,
+            HeldClock::Shared(clock) => clock,
+        }
+    }
+}
+
+impl From<IdleClock> for HeldClock {
+    fn from(clock: IdleClock) -> Self {
+        HeldClock::Own(clock)
+    }
+}
+
+impl From<Arc<IdleClock>> for HeldClock {
+    fn from(clock: Arc<IdleClock>) -> Self {
+        HeldClock::Shared(clock)
+    }
+}
+
 /// `inner`, touching `clock` with every frame and failing once the stream
 /// has been idle for its timeout while this body waited.
-pub fn watched(inner: Body, clock: Arc<IdleClock>) -> Body {
+pub fn watched(inner: Body, clock: impl Into<HeldClock>) -> Body {
     if inner.is_end_stream() {
         return inner;
     }
     IdleBody {
         inner,
-        clock,
+        clock: clock.into(),
         timer: None,
     }
     .boxed()
 }
 
+/// Runs one exchange under `clock`: the request body (if any is still to
+/// come) and the response body are watched, and the wait for the response
+/// headers is bounded by [`until_idle`]. A bodiless request's clock is
+/// owned by the response body.
+pub async fn watched_exchange<F>(
+    clock: IdleClock,
+    req: Request<Body>,
+    call: impl FnOnce(Request<Body>) -> F,
+) -> Result<Response<Body>, ProxyError>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    if req.body().is_end_stream() {
+        let response = until_idle(&clock, call(req)).await?;
+        return Ok(response.map(|body| watched(body, clock)));
+    }
+    let clock = Arc::new(clock);
+    let req = req.map(|body| watched(body, clock.clone()));
+    let response = until_idle(&clock, call(req)).await?;
+    Ok(response.map(|body| watched(body, clock)))
+}
+
 struct IdleBody {
     inner: Body,
-    clock: Arc<IdleClock>,
+    clock: HeldClock,
     /// Made the first time the inner body waits.
     timer: Option<Pin<Box<Sleep>>>,
 }

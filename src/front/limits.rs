@@ -58,16 +58,19 @@ pub fn check_header_count(req: &Request<Body>, limits: &StreamLimits) -> Result<
     Err(ProxyError::new(ErrorKind::OverLimit(Limit::RequestHeaders), detail))
 }
 
-/// Set when a request body went past its limit while streaming.
-#[derive(Debug, Default, Clone)]
-pub struct Exceeded(Arc<AtomicBool>);
+/// Set when a request body went past its limit while streaming (`None`
+/// when no body is limited: nothing to allocate per request).
+#[derive(Debug, Default)]
+pub struct Exceeded(Option<Arc<AtomicBool>>);
 
 impl Exceeded {
     /// The exchange's result, as 413 when the body went past its limit
     /// (the upstream connection reports the aborted body in its own words).
     pub fn blame<T>(&self, result: Result<T, ProxyError>) -> Result<T, ProxyError> {
         match result {
-            Err(_) if self.0.load(Ordering::Acquire) => Err(too_large("the request body went past it")),
+            Err(_) if self.0.as_ref().is_some_and(|flag| flag.load(Ordering::Acquire)) => {
+                Err(too_large("the request body went past it"))
+            }
             result => result,
         }
     }
@@ -84,9 +87,8 @@ fn too_large(what: &str) -> ProxyError {
 /// `Content-Length` says more; else the body fails past `max` and the
 /// returned [`Exceeded`] tells [`Exceeded::blame`] so.
 pub fn limit_body(req: Request<Body>, max: Option<u64>) -> Result<(Request<Body>, Exceeded), ProxyError> {
-    let exceeded = Exceeded::default();
     let Some(max) = max else {
-        return Ok((req, exceeded));
+        return Ok((req, Exceeded::default()));
     };
     let declared = req
         .headers()
@@ -97,9 +99,10 @@ pub fn limit_body(req: Request<Body>, max: Option<u64>) -> Result<(Request<Body>
         return Err(too_large(&format!("content-length is more than {max}")));
     }
     if req.body().is_end_stream() {
-        return Ok((req, exceeded));
+        return Ok((req, Exceeded::default()));
     }
-    let flag = exceeded.clone();
+    let flag = Arc::new(AtomicBool::new(false));
+    let exceeded = Exceeded(Some(flag.clone()));
     let req = req.map(|inner| {
         LimitedBody {
             inner,
@@ -114,7 +117,7 @@ pub fn limit_body(req: Request<Body>, max: Option<u64>) -> Result<(Request<Body>
 struct LimitedBody {
     inner: Body,
     left: u64,
-    exceeded: Exceeded,
+    exceeded: Arc<AtomicBool>,
 }
 
 impl HttpBody for LimitedBody {
@@ -129,7 +132,7 @@ impl HttpBody for LimitedBody {
                 Some(left) => self.left = left,
                 None => {
                     // Set before the upstream connection hears of the failure.
-                    self.exceeded.0.store(true, Ordering::Release);
+                    self.exceeded.store(true, Ordering::Release);
                     return Poll::Ready(Some(Err(
                         "request body larger than limits.max_request_body_bytes".into()
                     )));

@@ -64,7 +64,7 @@ pub const READ_AHEAD: usize = 65_535;
 fn read_ahead(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
     let (parts, mut rest) = response.into_parts();
     let mut cx = Context::from_waker(Waker::noop());
-    let mut ready = VecDeque::new();
+    let mut ready = Ready::default();
     let mut bytes = 0;
     let mut ended = rest.is_end_stream();
     while !ended && bytes < READ_AHEAD {
@@ -74,7 +74,7 @@ fn read_ahead(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 bytes += frame.data_ref().map_or(0, Bytes::len);
-                ready.push_back(frame);
+                ready.push(frame);
                 ended = rest.is_end_stream();
             }
             Poll::Ready(None) => ended = true,
@@ -90,9 +90,40 @@ fn read_ahead(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
     Ok(Response::from_parts(parts, ReadAhead { ready, rest }.boxed()))
 }
 
+/// Frames read ahead, in order. Most responses that are ready at once are
+/// one frame, kept inline: the queue allocates only from the second.
+#[derive(Default)]
+struct Ready {
+    first: Option<Frame<Bytes>>,
+    more: VecDeque<Frame<Bytes>>,
+}
+
+impl Ready {
+    fn push(&mut self, frame: Frame<Bytes>) {
+        if self.first.is_none() && self.more.is_empty() {
+            self.first = Some(frame);
+        } else {
+            self.more.push_back(frame);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Frame<Bytes>> {
+        self.first.take().or_else(|| self.more.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.more.is_empty()
+    }
+
+    fn data_bytes(&self) -> u64 {
+        let sizes = self.first.iter().chain(&self.more).filter_map(Frame::data_ref);
+        sizes.map(|d| d.len() as u64).sum()
+    }
+}
+
 /// A body whose first frames were already taken off it.
 struct ReadAhead {
-    ready: VecDeque<Frame<Bytes>>,
+    ready: Ready,
     rest: Body,
 }
 
@@ -101,7 +132,7 @@ impl HttpBody for ReadAhead {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.ready.pop_front() {
+        match self.ready.pop() {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             None => Pin::new(&mut self.rest).poll_frame(cx),
         }
@@ -112,12 +143,7 @@ impl HttpBody for ReadAhead {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let ready: u64 = self
-            .ready
-            .iter()
-            .filter_map(Frame::data_ref)
-            .map(|d| d.len() as u64)
-            .sum();
+        let ready = self.ready.data_bytes();
         let rest = self.rest.size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower() + ready);

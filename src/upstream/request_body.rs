@@ -29,19 +29,20 @@ use crate::core::error::{BoxError, ErrorKind, ProxyError};
 
 /// What the watched body saw: its failure, if it failed.
 pub struct Watch {
-    failure: Arc<OnceLock<String>>,
+    /// `None` for a body that was complete to begin with.
+    failure: Option<Arc<OnceLock<String>>>,
 }
 
 /// Wraps `req`'s body so a failure of it is recorded in the returned [`Watch`].
 /// A body that is already complete (a GET's) cannot fail and is left as it is.
 pub fn watch(req: Request<Body>) -> (Request<Body>, Watch) {
+    if req.body().is_end_stream() {
+        return (req, Watch { failure: None });
+    }
     let failure = Arc::new(OnceLock::new());
     let watch = Watch {
-        failure: failure.clone(),
+        failure: Some(failure.clone()),
     };
-    if req.body().is_end_stream() {
-        return (req, watch);
-    }
     let req = req.map(|inner| WatchedBody { inner, failure }.boxed());
     (req, watch)
 }
@@ -50,7 +51,7 @@ impl Watch {
     /// The exchange's result, with a failure blamed on the client when the
     /// request body failed (whatever the upstream connection reported).
     pub fn blame<T>(&self, result: Result<T, ProxyError>) -> Result<T, ProxyError> {
-        match (result, self.failure.get()) {
+        match (result, self.failure.as_deref().and_then(OnceLock::get)) {
             (Err(_), Some(cause)) => Err(ProxyError::new(
                 ErrorKind::BadRequest,
                 format!("reading the request body: {cause}"),

@@ -17,8 +17,13 @@
 //!   send queue; HTTP/1.1: the connection closes with the head still in its
 //!   write buffer), so the client would get no status at all. The body is
 //!   therefore read ahead without waiting, up to [`READ_AHEAD`] bytes: the
-//!   frames that are ready are kept and sent first, and a body that fails
-//!   only after that can only cut the response short.
+//!   frames that are ready are kept and sent first. A failure that arrives
+//!   only after that (a moment later, in a packet of its own) is held for
+//!   one turn of the scheduler: the body answers "not yet" and wakes itself,
+//!   so the downstream connection's task, woken when the head was queued,
+//!   runs first and writes the head (HTTP/2), or hyper's HTTP/1.1 server
+//!   flushes it while the body waits. Such a failure then only cuts the
+//!   response short.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -82,12 +87,17 @@ fn read_ahead(response: Response<Body>) -> Result<Response<Body>, ProxyError> {
             Poll::Pending => break,
         }
     }
-    if ready.is_empty() && !ended {
-        return Ok(Response::from_parts(parts, rest));
+    if ready.is_empty() && ended {
+        return Ok(Response::from_parts(parts, body::empty()));
     }
     // A body that ended is not polled again.
     let rest = if ended { body::empty() } else { rest };
-    Ok(Response::from_parts(parts, ReadAhead { ready, rest }.boxed()))
+    let body = ReadAhead {
+        ready,
+        rest,
+        held: Held::NotYet,
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
 }
 
 /// Frames read ahead, in order. Most responses that are ready at once are
@@ -121,10 +131,22 @@ impl Ready {
     }
 }
 
-/// A body whose first frames were already taken off it.
+/// A body whose first frames were already taken off it, and whose failure
+/// is held for one turn (see the module docs).
 struct ReadAhead {
     ready: Ready,
     rest: Body,
+    held: Held,
+}
+
+/// Where the body's failure is.
+enum Held {
+    /// None seen yet.
+    NotYet,
+    /// Seen and held back for one turn.
+    Holding(BoxError),
+    /// Given out (or held once already).
+    Done,
 }
 
 impl HttpBody for ReadAhead {
@@ -132,14 +154,28 @@ impl HttpBody for ReadAhead {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.ready.pop() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
+        if let Some(frame) = self.ready.pop() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Held::Holding(_) = self.held {
+            if let Held::Holding(e) = std::mem::replace(&mut self.held, Held::Done) {
+                return Poll::Ready(Some(Err(e)));
+            }
+        }
+        match Pin::new(&mut self.rest).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) if matches!(self.held, Held::NotYet) => {
+                self.held = Held::Holding(e);
+                // Woken at the back of the run queue, behind the connection
+                // task the queued head woke.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            polled => polled,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ready.is_empty() && self.rest.is_end_stream()
+        self.ready.is_empty() && !matches!(self.held, Held::Holding(_)) && self.rest.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -200,6 +236,30 @@ mod tests {
         ];
         let ok = check(response(200, &[], frames), false).unwrap();
         assert!(ok.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_read_ahead_waits_one_turn() {
+        // Nothing ready at first: the failure comes on a later poll.
+        let mut stalled_once = false;
+        let body = http_body_util::StreamBody::new(stream::poll_fn(move |cx| {
+            if !std::mem::replace(&mut stalled_once, true) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Err::<Frame<Bytes>, BoxError>("reset".into())))
+        }));
+        let ok = check(Response::new(body.boxed()), false).unwrap();
+        let mut body = ok.into_body();
+        let noop = &mut Context::from_waker(Waker::noop());
+        // The read-ahead saw "not yet"; the failure is there now, but held
+        // back for one turn.
+        assert!(Pin::new(&mut body).poll_frame(noop).is_pending());
+        assert!(!body.is_end_stream());
+        match Pin::new(&mut body).poll_frame(noop) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(e.to_string(), "reset"),
+            _ => panic!("the held failure comes next"),
+        }
     }
 
     #[test]

@@ -42,14 +42,17 @@ pub struct Timeout<S> {
     timeout: Option<Duration>,
 }
 
-impl<S, B> Service<Request<B>> for Timeout<S>
+/// A boxed response future, as every weft layer returns.
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, ProxyError>> + Send>>;
+
+impl<S, B, R> Service<Request<B>> for Timeout<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Response = R, Error = ProxyError, Future = Boxed<R>>,
+    R: 'static,
 {
-    type Response = S::Response;
+    type Response = R;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, ProxyError>> + Send>>;
+    type Future = Boxed<R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -61,10 +64,11 @@ where
             (route, grpc) => route.or(grpc),
         };
         let response = self.inner.call(req);
+        // Without a deadline the inner future is the answer: no box, no poll around it.
+        let Some(timeout) = timeout else {
+            return response;
+        };
         Box::pin(async move {
-            let Some(timeout) = timeout else {
-                return response.await;
-            };
             match tokio::time::timeout(timeout, response).await {
                 Ok(result) => result,
                 Err(_) => Err(ProxyError::new(
@@ -117,9 +121,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expires_slow_responses_only_and_grpc_timeout_caps_it() {
-        let slow = service_fn(|req: Request<u64>| async move {
-            tokio::time::sleep(Duration::from_millis(*req.body())).await;
-            Ok::<_, ProxyError>(*req.body())
+        let slow = service_fn(|req: Request<u64>| -> Boxed<u64> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(*req.body())).await;
+                Ok(*req.body())
+            })
         });
         let svc = TimeoutLayer::new(Some(Duration::from_millis(100))).layer(slow);
         assert_eq!(svc.clone().oneshot(delayed(99, None)).await.unwrap(), 99);

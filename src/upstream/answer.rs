@@ -50,7 +50,8 @@ pub fn check(response: Response<Body>, asked_upgrade: bool) -> Result<Response<B
         ));
     }
     let headers = response.headers();
-    if headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING) {
+    // Transfer-Encoding first: most responses have none, so one lookup.
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
         return Err(invalid("response has both Content-Length and Transfer-Encoding".into()));
     }
     read_ahead(response)

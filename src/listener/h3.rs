@@ -3,13 +3,17 @@
 //!
 //! Each connection is served until the listener stops, or until it has
 //! carried `limits.max_requests_per_connection` requests; then it gets a
-//! graceful GOAWAY (`h3::server::Connection::shutdown`: streams past the
-//! last accepted one are refused with H3_REQUEST_REJECTED, which a client
-//! retries on a new connection), its in-flight requests finish and the
-//! connection closes. A response body that fails (the stream idle timeout,
-//! an upstream reset) resets its stream. Malformed frames, oversized header
-//! sections (431 from the h3 crate) and excess streams are refused per
-//! stream or per connection by h3/quinn; the listener itself keeps running.
+//! graceful GOAWAY naming the first stream id weft will not process (RFC 9114
+//! 5.2: that id and above are unprocessed, so a client may retry them on a
+//! new connection). Every request stream accepted after the GOAWAY is refused
+//! with H3_REQUEST_REJECTED, never served; in-flight requests finish. Once
+//! they have, weft waits for the client to close the connection (up to
+//! `drain_timeout`, so the last responses are delivered and acknowledged)
+//! and then closes it with H3_NO_ERROR. A response body that fails (the
+//! stream idle timeout, an upstream reset) resets its stream. Malformed
+//! frames, oversized header sections (431 from the h3 crate) and excess
+//! streams are refused per stream or per connection by h3/quinn; the
+//! listener itself keeps running.
 
 use std::sync::Arc;
 
@@ -59,6 +63,7 @@ pub async fn serve(
     let settings = ConnectionSettings {
         header_bytes: u64::from(config.limits.max_request_headers_kb) * 1024,
         max_requests: config.limits.max_requests_per_connection,
+        close_grace: shared.snapshot.load().loaded.config.drain_timeout,
     };
     let counters = crate::listener::ConnectionCounters::new(&shared.metrics, &config.name);
     let mut connections = JoinSet::new();
@@ -98,6 +103,9 @@ struct ConnectionSettings {
     header_bytes: u64,
     /// `limits.max_requests_per_connection`.
     max_requests: Option<u64>,
+    /// How long a drained connection waits for the client to close it
+    /// (`drain_timeout`) before weft closes it.
+    close_grace: std::time::Duration,
 }
 
 async fn serve_connection(
@@ -119,6 +127,7 @@ async fn serve_connection(
         identity,
         original_destination: None,
     });
+    let quic = conn.clone();
     let mut h3 = match h3::server::builder()
         .max_field_section_size(settings.header_bytes)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -133,23 +142,39 @@ async fn serve_connection(
     let mut requests = JoinSet::new();
     let mut draining = false;
     let mut accepted: u64 = 0;
+    // Armed once draining and the last request is done: how long the
+    // client gets to close the connection itself.
+    let grace = tokio::time::sleep(settings.close_grace);
+    tokio::pin!(grace);
+    let mut grace_armed = false;
     loop {
+        if draining && requests.is_empty() && !grace_armed {
+            grace_armed = true;
+            grace.as_mut().reset(tokio::time::Instant::now() + settings.close_grace);
+        }
         tokio::select! {
             _ = reached(&mut stop, Phase::HandedOver), if !draining => {
                 draining = true;
                 goaway(&mut h3, peer).await;
             }
             Some(_) = requests.join_next(), if draining => {}
+            _ = &mut grace, if grace_armed => break,
             next = h3.accept() => match next {
+                Ok(Some(resolver)) if draining => {
+                    // The GOAWAY named this stream's id (or a lower one).
+                    requests.spawn(refuse_request(resolver));
+                }
                 Ok(Some(resolver)) => {
                     while requests.try_join_next().is_some() {}
                     requests.spawn(serve_request(resolver, Proxy::new(shared.clone(), downstream.clone())));
                     accepted += 1;
-                    if !draining && settings.max_requests.is_some_and(|max| accepted >= max) {
+                    if settings.max_requests.is_some_and(|max| accepted >= max) {
                         draining = true;
                         goaway(&mut h3, peer).await;
                     }
                 }
+                // The client sent GOAWAY and its requests are done, or it
+                // closed the connection.
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
@@ -157,19 +182,33 @@ async fn serve_connection(
                 }
             },
         }
-        // Once drained, close instead of waiting for the client to go idle.
-        if draining && requests.is_empty() {
-            break;
-        }
     }
     while requests.join_next().await.is_some() {}
+    quic.close(H3_NO_ERROR, b"");
 }
 
-/// GOAWAY naming the last request accepted: the client opens no new
-/// requests on this connection.
+/// HTTP/3's application error code for a graceful close (RFC 9114 8.1).
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
+/// GOAWAY naming the stream id after the last request accepted: the first
+/// one weft will not process (h3's `shutdown(n)` names the last accepted id
+/// plus `n` streams, or stream 0 when none was accepted). h3 still hands
+/// over a stream with exactly that id; the accept loop refuses it.
 async fn goaway(h3: &mut h3::server::Connection<h3_quinn::Connection, Bytes>, peer: std::net::SocketAddr) {
-    if let Err(e) = h3.shutdown(0).await {
+    if let Err(e) = h3.shutdown(1).await {
         tracing::debug!(%peer, error = %e, "HTTP/3 shutdown");
+    }
+}
+
+/// Refuses a request stream at or past the GOAWAY's id, unprocessed, so the
+/// client may retry it elsewhere.
+async fn refuse_request(resolver: Resolver) {
+    match resolver.resolve_request().await {
+        Ok((_, mut stream)) => {
+            stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+        }
+        Err(e) => tracing::debug!(error = %e, "HTTP/3 request after GOAWAY"),
     }
 }
 

@@ -11,6 +11,21 @@ use http::Request;
 use crate::support::*;
 use crate::tls::Ca;
 
+/// A QUIC connection (ALPN `h3`) to `addr`, trusting `ca`; no idle timeout
+/// of the client's own: the server's decides.
+pub async fn quic_connect(addr: SocketAddr, ca: &std::path::Path) -> (quinn::Endpoint, quinn::Connection) {
+    let tls = tls_client_config(ca, None, &[b"h3"]);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(None);
+    client.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    (endpoint, conn)
+}
+
 /// A minimal HTTP/3 client: one connection, one request at a time.
 pub struct H3Client {
     _endpoint: quinn::Endpoint,
@@ -21,16 +36,7 @@ pub struct H3Client {
 
 impl H3Client {
     pub async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
-        let tls = tls_client_config(ca, None, &[b"h3"]);
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut client = quinn::ClientConfig::new(Arc::new(quic));
-        // No idle timeout of the client's own: the server's decides.
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(None);
-        client.transport_config(Arc::new(transport));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(client);
-        let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+        let (endpoint, conn) = quic_connect(addr, ca).await;
         let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
         let closed = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;

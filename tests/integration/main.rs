@@ -17,6 +17,7 @@ mod grpc;
 pub mod h2_abuse;
 mod h1_framing;
 pub mod h3;
+mod h3_goaway;
 mod health;
 mod host_rules;
 mod inject;

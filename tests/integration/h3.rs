@@ -30,6 +30,8 @@ pub async fn quic_connect(addr: SocketAddr, ca: &std::path::Path) -> (quinn::End
 pub struct H3Client {
     _endpoint: quinn::Endpoint,
     pub sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// The QUIC connection under it, for how it was closed.
+    pub quic: quinn::Connection,
     /// Ends when the connection has closed.
     pub closed: tokio::task::JoinHandle<()>,
 }
@@ -37,6 +39,7 @@ pub struct H3Client {
 impl H3Client {
     pub async fn connect(addr: SocketAddr, ca: &std::path::Path) -> Self {
         let (endpoint, conn) = quic_connect(addr, ca).await;
+        let quic = conn.clone();
         let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(conn)).await.unwrap();
         let closed = tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
@@ -44,6 +47,7 @@ impl H3Client {
         Self {
             _endpoint: endpoint,
             sender,
+            quic,
             closed,
         }
     }
@@ -443,6 +447,13 @@ async fn http3_connections_get_goaway_after_max_requests_per_connection() {
     // GOAWAY, then the connection closes once its requests are done ...
     let closed = tokio::time::timeout(PATIENCE, &mut client.closed).await;
     assert!(closed.is_ok(), "the connection is still open after two requests");
+    // ... gracefully: an application close with H3_NO_ERROR ...
+    match client.quic.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100), "{close:?}")
+        }
+        other => panic!("closed with {other:?}"),
+    }
     // ... so a third request is not served on it ...
     let third = client.try_request("GET", "/", &[], Bytes::new()).await;
     assert!(third.is_err(), "a third request was served: {third:?}");

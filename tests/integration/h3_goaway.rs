@@ -1,7 +1,8 @@
 //! HTTP/3 GOAWAY at `limits.max_requests_per_connection`, seen on the wire
 //! by a raw QUIC client (the h3 client crate hides the GOAWAY's id): the id
 //! is past every request weft served (RFC 9114 5.2), and a request on that
-//! id is refused with H3_REQUEST_REJECTED, not served.
+//! id is refused with H3_REQUEST_REJECTED, not served; the connection stays
+//! open after the last response for the client to close.
 
 use crate::h3::{quic_connect, H3Weft};
 use crate::support::*;
@@ -55,7 +56,10 @@ async fn goaway_id(conn: quinn::Connection) -> u64 {
 /// Sends a GET on a new request stream: its id and the whole response
 /// stream, or the stream's error.
 async fn get(conn: &quinn::Connection) -> (u64, Result<Vec<u8>, quinn::ReadToEndError>) {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .unwrap_or_else(|e| panic!("the connection closed before a new request: {e}"));
     send.write_all(&get_request()).await.unwrap();
     send.finish().unwrap();
     (send.id().index() * 4, recv.read_to_end(1 << 20).await)
@@ -85,7 +89,8 @@ async fn http3_goaway_at_max_requests_names_the_first_unserved_stream() {
     let goaway = tokio::time::timeout(PATIENCE, goaway).await.unwrap().unwrap();
     let last = served[1];
     assert!(goaway > last, "GOAWAY({goaway}) claims served stream {last} unprocessed");
-    // A request at the GOAWAY's id is refused unprocessed, not served.
+    // After the last response the connection is still open (for the client
+    // to close), and a request at the GOAWAY's id is refused unprocessed.
     let (id, third) = get(&conn).await;
     assert_eq!(id, goaway);
     match third {
@@ -94,4 +99,5 @@ async fn http3_goaway_at_max_requests_names_the_first_unserved_stream() {
         }
         other => panic!("request on stream {id} after GOAWAY({goaway}): {other:?}"),
     }
+    conn.close(quinn::VarInt::from_u32(0x100), b"");
 }

@@ -12,7 +12,8 @@
 //! its streams; the frames of that read are never handed to h2). Before
 //! that, when the bytes h2 has written so far end at a frame boundary, a
 //! GOAWAY with ENHANCE_YOUR_CALM is written in one try (its last stream id is
-//! the highest of the client's HEADERS frames); after a half-written frame
+//! the highest of the client's HEADERS frames in the reads handed to h2);
+//! after a half-written frame
 //! (the socket's buffer was full: a large response under way, or a client
 //! that does not read) the connection is just closed. Each
 //! such connection counts in `weft_downstream_h2_flood_total{listener}` and
@@ -45,7 +46,7 @@ pub struct FloodGuard<I> {
     inbound: FrameScanner,
     outbound: FrameScanner,
     budget: ControlFrameBudget,
-    /// The highest stream id of the client's HEADERS frames so far.
+    /// The highest stream id of the client's HEADERS frames handed to h2.
     last_stream: u32,
     flooded: bool,
     floods: IntCounter,
@@ -69,18 +70,24 @@ impl<I> FloodGuard<I> {
         }
     }
 
-    /// Scans bytes the client sent; true once they spend the budget.
+    /// Scans bytes the client sent; true once they spend the budget. The
+    /// HEADERS of a read that overdraws count for nothing: that read never
+    /// reaches h2, so the GOAWAY must not name its streams.
     fn received(&mut self, bytes: &[u8]) -> bool {
-        let (budget, last_stream) = (&mut self.budget, &mut self.last_stream);
+        let budget = &mut self.budget;
+        let mut highest = self.last_stream;
         let mut now = None;
         let mut over = false;
         self.inbound.scan(bytes, |head| {
             if head.kind == HEADERS {
-                *last_stream = (*last_stream).max(head.stream);
+                highest = highest.max(head.stream);
             } else if costs_budget(head) && !over {
                 over = !budget.spend(*now.get_or_insert_with(Instant::now));
             }
         });
+        if !over {
+            self.last_stream = highest;
+        }
         over
     }
 
@@ -271,6 +278,22 @@ mod tests {
             assert!(guard.read(&mut [0; 10]).await.is_err());
             assert!(guard.write(&frame(PING, ACK, 0, &[1; 8])).await.is_err());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_goaway_names_no_stream_of_the_read_that_overdraws() {
+        let (mut guard, mut client, _floods) = guarded();
+        // Stream 5 reaches h2; stream 7 comes in the read that overdraws.
+        let spent = flood(&frame(PING, 0, 0, &[1; 8]), BURST - 1);
+        client.write_all(&spent).await.unwrap();
+        guard.read_exact(&mut vec![0; spent.len()]).await.unwrap();
+        let mut last = frame(HEADERS, 0x5, 7, &[0x82]);
+        last.extend(frame(PING, 0, 0, &[1; 8]));
+        client.write_all(&last).await.unwrap();
+        assert!(guard.read(&mut [0; 100]).await.is_err());
+        let mut goaway = [0u8; 17];
+        client.read_exact(&mut goaway).await.unwrap();
+        assert_eq!(goaway, super::goaway(5, ENHANCE_YOUR_CALM));
     }
 
     #[tokio::test(start_paused = true)]

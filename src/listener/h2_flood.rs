@@ -6,8 +6,10 @@
 //!
 //! Inbound, each non-ACK PING, non-ACK SETTINGS and empty DATA frame without
 //! END_STREAM is spent from the connection's [`ControlFrameBudget`] (the
-//! policy and its numbers are there); each DATA or HEADERS frame weft sends
-//! gives one back. The read that overdraws the budget fails, and so does every
+//! policy and its numbers are there); each HEADERS frame weft sends gives
+//! one back, and so does each `CREDIT_BYTES` (4 KiB) of DATA payload it sends
+//! (bytes, not frames: a client that makes weft send 1-byte DATA frames
+//! earns next to nothing). The read that overdraws the budget fails, and so does every
 //! read and write after it, so hyper drops the connection at once (h2 ends
 //! its streams; the frames of that read are never handed to h2). Before
 //! that, when the bytes h2 has written so far end at a frame boundary, a
@@ -95,7 +97,9 @@ impl<I> FloodGuard<I> {
     fn sent(&mut self, bytes: &[u8]) {
         let budget = &mut self.budget;
         self.outbound.scan(bytes, |head| {
-            if head.kind == DATA || head.kind == HEADERS {
+            if head.kind == DATA {
+                budget.credit_data(head.len);
+            } else if head.kind == HEADERS {
                 budget.credit();
             }
         });
@@ -210,7 +214,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FloodGuard<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::control_frames::BURST;
+    use crate::policy::control_frames::{BURST, CREDIT_BYTES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -317,9 +321,10 @@ mod tests {
         let spent = flood(&ping, BURST - 1);
         client.write_all(&spent).await.unwrap();
         guard.read_exact(&mut vec![0; spent.len()]).await.unwrap();
-        // Each DATA frame written (one of them vectored, split over two
-        // slices) allows one more PING.
-        let data = frame(DATA, 0, 5, &[0; 100]);
+        // Each CREDIT_BYTES of DATA written (one frame vectored, split over
+        // two slices) allows one more PING; a 1-byte DATA frame does not.
+        guard.write_all(&frame(DATA, 0, 5, &[0; 1])).await.unwrap();
+        let data = frame(DATA, 0, 5, &vec![0; CREDIT_BYTES as usize]);
         guard.write_all(&data).await.unwrap();
         let (head, rest) = data.split_at(4);
         let slices = [io::IoSlice::new(head), io::IoSlice::new(rest)];

@@ -5,8 +5,11 @@
 //! empty frames) and its connection is closed with GOAWAY ENHANCE_YOUR_CALM.
 //!
 //! [`ControlFrameBudget`] is a token bucket: [`BURST`] frames at once,
-//! refilled at [`PER_SECOND`], and one frame back for each DATA or HEADERS
-//! frame weft sends on the connection (capped at the burst). The numbers are
+//! refilled at [`PER_SECOND`], and frames back for what weft sends on the
+//! connection (capped at the burst): one per HEADERS frame, and one per
+//! [`CREDIT_BYTES`] of DATA payload, counted in bytes so that a client which
+//! shrinks its flow-control window to make weft send tiny DATA frames earns
+//! next to nothing with them. The numbers are
 //! generous to real clients by orders of magnitude and still stop a flood
 //! within a few kilobytes:
 //!
@@ -18,8 +21,10 @@
 //!   product: one PING per round trip while response data arrives, which on
 //!   a LAN can be thousands a second. grpc-go's server forgives pings that
 //!   follow data it sent ("ping strikes" reset on each DATA or HEADERS);
-//!   the credit per frame sent does the same here, so a download is never a
-//!   flood, and a client can only earn pings by making weft send responses.
+//!   the credit for what weft sends does the same here: a download in DATA
+//!   frames of at least [`CREDIT_BYTES`] pays for a ping per frame, so it is
+//!   never a flood, and a client can only earn pings by making weft send
+//!   response bytes (4 KiB each) or responses.
 //! - Envoy closes a connection once 1,000 control frames (PING and SETTINGS
 //!   acknowledgements, RST_STREAM) wait unwritten
 //!   (`http2_protocol_options.max_outbound_control_frames`, counted in
@@ -42,6 +47,9 @@ use tokio::time::Instant;
 pub const BURST: u32 = 1000;
 /// Control frames a connection regains per second.
 pub const PER_SECOND: u32 = 100;
+/// DATA payload bytes weft sends that give one control frame back (a
+/// quarter of HTTP/2's default and usual frame size, 16 KiB).
+pub const CREDIT_BYTES: u32 = 4 * 1024;
 
 /// One connection's control frame budget (a token bucket).
 #[derive(Debug, Clone)]
@@ -72,9 +80,16 @@ impl ControlFrameBudget {
         }
     }
 
-    /// Gives one frame back: weft sent the client a DATA or HEADERS frame.
+    /// Gives one frame back: weft sent the client a HEADERS frame.
     pub fn credit(&mut self) {
         self.tokens = (self.tokens + 1.0).min(f64::from(BURST));
+    }
+
+    /// Gives back one frame per [`CREDIT_BYTES`] of the `payload` bytes of a
+    /// DATA frame weft sent the client.
+    pub fn credit_data(&mut self, payload: u32) {
+        let earned = f64::from(payload) / f64::from(CREDIT_BYTES);
+        self.tokens = (self.tokens + earned).min(f64::from(BURST));
     }
 }
 
@@ -151,6 +166,33 @@ mod tests {
             idle.credit();
         }
         assert_eq!(allowed(&mut idle, now), BURST);
+    }
+
+    #[test]
+    fn tiny_data_frames_earn_next_to_nothing() {
+        // A client with a 1-byte window makes weft send 1-byte DATA frames,
+        // and pings after each: closed after about the burst.
+        let now = Instant::now();
+        let mut budget = ControlFrameBudget::new(now);
+        let mut frames = 0;
+        while budget.spend(now) {
+            budget.credit_data(1);
+            frames += 1;
+            assert!(frames <= 2 * BURST, "a ping per 1-byte DATA frame never ran out");
+        }
+        // A full 16 KiB frame still pays for a ping each.
+        let mut budget = ControlFrameBudget::new(now);
+        for frame in 0..100_000 {
+            budget.credit_data(16 * 1024);
+            assert!(budget.spend(now), "closed after {frame} frames of 16 KiB");
+        }
+        // As do CREDIT_BYTES sent in small frames.
+        let mut budget = ControlFrameBudget::new(now);
+        allowed(&mut budget, now);
+        for _ in 0..CREDIT_BYTES {
+            budget.credit_data(1);
+        }
+        assert_eq!(allowed(&mut budget, now), 1);
     }
 
     #[test]

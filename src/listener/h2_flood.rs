@@ -214,16 +214,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FloodGuard<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listener::h2_frames::frame;
     use crate::policy::control_frames::{BURST, CREDIT_BYTES};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend([kind, flags]);
-        out.extend(stream.to_be_bytes());
-        out.extend(payload);
-        out
-    }
 
     /// A guard on the server end of a pipe, the client end, and the counter.
     fn guarded() -> (FloodGuard<DuplexStream>, DuplexStream, IntCounter) {

@@ -107,18 +107,20 @@ pub fn goaway(last_stream: u32, code: u32) -> [u8; HEAD_LEN + 8] {
     frame
 }
 
+/// One frame's bytes: its 9-byte header, then `payload` (for tests).
+#[cfg(test)]
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("test frame payload fits in 24 bits");
+    let mut out = len.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len() as u32;
-        let mut out = len.to_be_bytes()[1..].to_vec();
-        out.extend([kind, flags]);
-        out.extend(stream.to_be_bytes());
-        out.extend(payload);
-        out
-    }
 
     /// The frame headers `scanner` finds in `pieces`, and whether it ends at
     /// a boundary after each piece.

@@ -6,6 +6,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::h2_abuse::raw::frame;
 use crate::support::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -14,15 +15,6 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
-
-/// One HTTP/2 frame: its 9-byte header, then `payload`.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 /// Answers every request stream in one write: HEADERS (`:status 200`, HPACK
 /// static index 8), a DATA frame, and RST_STREAM(INTERNAL_ERROR).

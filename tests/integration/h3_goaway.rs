@@ -88,7 +88,10 @@ async fn http3_goaway_at_max_requests_names_the_first_unserved_stream() {
     }
     let goaway = tokio::time::timeout(PATIENCE, goaway).await.unwrap().unwrap();
     let last = served[1];
-    assert!(goaway > last, "GOAWAY({goaway}) claims served stream {last} unprocessed");
+    assert!(
+        goaway > last,
+        "GOAWAY({goaway}) claims served stream {last} unprocessed"
+    );
     // After the last response the connection is still open (for the client
     // to close), and a request at the GOAWAY's id is refused unprocessed.
     let (id, third) = get(&conn).await;

@@ -27,6 +27,9 @@ pub struct Status {
     /// Keys that did not exist before, removed again when left empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created: Vec<String>,
+    /// Keys that were null before, set back to null when left empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nulled: Vec<String>,
 }
 
 /// Sidecars of other meshes: a pod carrying one is left alone.
@@ -81,21 +84,21 @@ pub fn inject(pod: &mut Mapping, defaults: &InjectOptions, kind: &PodKind) -> Re
         .get_mut("spec")
         .and_then(Value::as_mapping_mut)
         .ok_or("no pod spec")?;
-    let init_list = sequence(spec, "initContainers", &mut status.created, "spec.initContainers")?;
+    let init_list = sequence(spec, "initContainers", &mut status, "spec.initContainers")?;
     if opts.native_sidecar {
         init_list.splice(0..0, [init, proxy]);
         status.init_containers = vec![INIT_CONTAINER.into(), PROXY_CONTAINER.into()];
     } else {
         init_list.insert(0, init);
         status.init_containers = vec![INIT_CONTAINER.into()];
-        sequence(spec, "containers", &mut status.created, "spec.containers")?.insert(0, proxy);
+        sequence(spec, "containers", &mut status, "spec.containers")?.insert(0, proxy);
         status.containers = vec![PROXY_CONTAINER.into()];
     }
-    sequence(spec, "volumes", &mut status.created, "spec.volumes")?.extend(volumes);
+    sequence(spec, "volumes", &mut status, "spec.volumes")?.extend(volumes);
     status.volumes = vec![CONFIG_VOLUME.into(), LOCK_VOLUME.into()];
 
-    let metadata = entry(pod, "metadata", &mut status.created, "metadata")?;
-    let annotations = entry(metadata, "annotations", &mut status.created, "metadata.annotations")?;
+    let metadata = entry(pod, "metadata", &mut status, "metadata")?;
+    let annotations = entry(metadata, "annotations", &mut status, "metadata.annotations")?;
     let record = serde_json::to_string(&status).map_err(|e| format!("cannot record the injection: {e}"))?;
     annotations.insert(STATUS_ANNOTATION.into(), Value::String(record));
     Ok(warnings)
@@ -126,7 +129,11 @@ pub fn uninject(pod: &mut Mapping) -> Result<bool, String> {
     }
     // Innermost first, so a created parent is seen empty once its child is gone.
     for path in status.created.iter().rev() {
-        remove_if_empty(pod, path);
+        remove_if_empty(pod, path, false);
+    }
+    // A null key never holds a created one: its children are all created.
+    for path in status.nulled.iter().rev() {
+        remove_if_empty(pod, path, true);
     }
     Ok(true)
 }
@@ -219,15 +226,9 @@ fn warnings(spec: &Mapping, opts: &InjectOptions, kind: &PodKind) -> Vec<String>
 }
 
 /// The mapping under `key`, created (and noted in `created`) when absent or null.
-fn entry<'a>(
-    map: &'a mut Mapping,
-    key: &str,
-    created: &mut Vec<String>,
-    path: &str,
-) -> Result<&'a mut Mapping, String> {
-    if map.get(key).is_none_or(Value::is_null) {
+fn entry<'a>(map: &'a mut Mapping, key: &str, status: &mut Status, path: &str) -> Result<&'a mut Mapping, String> {
+    if must_make(map, key, status, path) {
         map.insert(key.into(), Value::Mapping(Mapping::new()));
-        created.push(path.into());
     }
     map.get_mut(key)
         .and_then(Value::as_mapping_mut)
@@ -238,16 +239,26 @@ fn entry<'a>(
 fn sequence<'a>(
     map: &'a mut Mapping,
     key: &str,
-    created: &mut Vec<String>,
+    status: &mut Status,
     path: &str,
 ) -> Result<&'a mut Vec<Value>, String> {
-    if map.get(key).is_none_or(Value::is_null) {
+    if must_make(map, key, status, path) {
         map.insert(key.into(), Value::Sequence(Vec::new()));
-        created.push(path.into());
     }
     map.get_mut(key)
         .and_then(Value::as_sequence_mut)
         .ok_or_else(|| format!("{path} is not a list"))
+}
+
+/// Whether `key` must be made (absent or null): if so, `path` is noted in
+/// `status` as created, or as null before (uninjecting puts the null back).
+fn must_make(map: &Mapping, key: &str, status: &mut Status, path: &str) -> bool {
+    match map.get(key) {
+        None => status.created.push(path.into()),
+        Some(Value::Null) => status.nulled.push(path.into()),
+        Some(_) => return false,
+    }
+    true
 }
 
 fn remove_named(spec: &mut Mapping, key: &str, names: &[String]) {
@@ -261,8 +272,9 @@ fn remove_named(spec: &mut Mapping, key: &str, names: &[String]) {
     }
 }
 
-/// Removes the key at a dotted `path` when its value is an empty mapping or list.
-fn remove_if_empty(pod: &mut Mapping, path: &str) {
+/// Empties the key at a dotted `path` when its value is an empty mapping or
+/// list: removed, or set back to null when `was_null`.
+fn remove_if_empty(pod: &mut Mapping, path: &str, was_null: bool) {
     let (parent_path, key) = match path.rsplit_once('.') {
         Some((p, k)) => (Some(p), k),
         None => (None, path),
@@ -277,7 +289,9 @@ fn remove_if_empty(pod: &mut Mapping, path: &str) {
         Some(Value::Sequence(s)) => s.is_empty(),
         _ => false,
     };
-    if empty {
+    if empty && was_null {
+        parent.insert(key.into(), Value::Null);
+    } else if empty {
         parent.remove(key);
     }
 }

@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStderr};
 
 use crate::h2_abuse::raw::{ending_under, Ending, RawH2, ENHANCE_YOUR_CALM};
 use crate::h2_abuse::{rapid_reset, write_until_closed};
-use crate::process::{signal, wait_for, weft_run};
+use crate::process::{signal, wait_for, wait_for_field, weft_run};
 use crate::support::*;
 
 /// A `weft run` child with its stderr lines, its listener's and admin's
@@ -51,14 +51,8 @@ impl WeftProcess {
         }
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let field = |line: &str, name: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-                .to_string()
-        };
-        let listener = field(&wait_for(&mut lines, "listening").await, "address=");
-        let admin = field(&wait_for(&mut lines, "weft started").await, "admin=");
+        let listener = wait_for_field(&mut lines, "listening", "address=").await;
+        let admin = wait_for_field(&mut lines, "weft started", "admin=").await;
         Self {
             child,
             lines,

@@ -21,9 +21,25 @@ pub async fn weft_with(limits: &str, routes: &str, clusters: &str) -> Weft {
     Weft::start(&config(&listeners, clusters)).await
 }
 
+/// [`weft_with`] `limits`, one route to the one endpoint at `upstream`.
+async fn weft_to(upstream: std::net::SocketAddr, limits: &str) -> Weft {
+    weft_with(limits, "{ name: all, cluster: app }", &app(upstream, "")).await
+}
+
 /// `app`: a cluster of the one endpoint `upstream`.
 pub fn app(upstream: std::net::SocketAddr, settings: &str) -> String {
     format!("  - {{ name: app, endpoints: [ {{ address: {upstream} }} ] {settings} }}")
+}
+
+type H2Connection = hyper::client::conn::http2::Connection<TokioIo<TcpStream>, TestBody, TokioExecutor>;
+
+/// One HTTP/2 (prior knowledge) connection to `public`: its request sender
+/// and the connection, which the caller drives.
+async fn h2_connection(weft: &Weft) -> (hyper::client::conn::http2::SendRequest<TestBody>, H2Connection) {
+    let stream = TcpStream::connect(weft.addr("public").await).await.unwrap();
+    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap()
 }
 
 /// Reads until the peer closes (or resets), bounded by [`PATIENCE`].
@@ -42,12 +58,7 @@ pub async fn until_closed(stream: &mut TcpStream) -> String {
 async fn connections_over_the_limit_are_accepted_closed_and_counted() {
     let upstream = Upstream::text("fine").await;
     // A long header read timeout: the held connection stays open while idle.
-    let weft = weft_with(
-        "max_connections: 1, header_read_timeout: 1h",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
+    let weft = weft_to(upstream.addr, "max_connections: 1, header_read_timeout: 1h").await;
     let addr = weft.addr("public").await;
     // One kept-alive connection holds the only slot.
     let mut holder = TcpStream::connect(addr).await.unwrap();
@@ -78,12 +89,7 @@ async fn connections_over_the_limit_are_accepted_closed_and_counted() {
 #[tokio::test]
 async fn http1_connections_close_after_max_requests_per_connection() {
     let upstream = Upstream::text("fine").await;
-    let weft = weft_with(
-        "max_requests_per_connection: 2",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
+    let weft = weft_to(upstream.addr, "max_requests_per_connection: 2").await;
     let one = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
     let reply = raw(weft.addr("public").await, one.repeat(3).as_bytes()).await;
     assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
@@ -94,16 +100,8 @@ async fn http1_connections_close_after_max_requests_per_connection() {
 #[tokio::test]
 async fn http2_connections_get_goaway_after_max_requests_per_connection() {
     let upstream = Upstream::text("fine").await;
-    let weft = weft_with(
-        "max_requests_per_connection: 2",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
-    let stream = TcpStream::connect(weft.addr("public").await).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let weft = weft_to(upstream.addr, "max_requests_per_connection: 2").await;
+    let (mut sender, conn) = h2_connection(&weft).await;
     let connection = tokio::spawn(conn);
     for _ in 0..2 {
         let req = Request::get("http://x/").body(full("")).unwrap();
@@ -119,11 +117,8 @@ async fn http2_connections_get_goaway_after_max_requests_per_connection() {
 async fn http2_settings_carry_max_concurrent_streams() {
     let upstream = Upstream::text("fine").await;
     for (limits, expected) in [("", 100), ("max_concurrent_streams: 7", 7)] {
-        let weft = weft_with(limits, "{ name: all, cluster: app }", &app(upstream.addr, "")).await;
-        let stream = TcpStream::connect(weft.addr("public").await).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+        let weft = weft_to(upstream.addr, limits).await;
+        let (mut sender, conn) = h2_connection(&weft).await;
         let mut conn = Box::pin(conn);
         // The server's SETTINGS come before its first response.
         let req = Request::get("http://x/").body(full("")).unwrap();
@@ -197,12 +192,7 @@ async fn request_bodies_over_the_limit_get_413() {
 async fn a_body_past_the_limit_after_the_response_started_resets_the_stream() {
     // The upstream answers at once and streams the body back as it comes.
     let upstream = Upstream::echo_body().await;
-    let weft = weft_with(
-        "max_request_body_bytes: 10",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
+    let weft = weft_to(upstream.addr, "max_request_body_bytes: 10").await;
     let mut client = TcpStream::connect(weft.addr("public").await).await.unwrap();
     let head = "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n8\r\n01234567\r\n";
     client.write_all(head.as_bytes()).await.unwrap();
@@ -227,12 +217,7 @@ async fn a_body_past_the_limit_after_the_response_started_resets_the_stream() {
 #[tokio::test]
 async fn request_header_count_over_the_limit_gets_431_in_http1_and_http2() {
     let upstream = Upstream::text("fine").await;
-    let weft = weft_with(
-        "max_request_headers: 5",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
+    let weft = weft_to(upstream.addr, "max_request_headers: 5").await;
     let url = weft.url("public", "/").await;
     let many = |url: &str, count: usize| {
         let mut req = Request::get(url);
@@ -281,16 +266,19 @@ async fn response_headers_over_the_cluster_limit_get_502() {
     }
 }
 
+/// `weft_stream_idle_timeouts_total` of `public`.
+async fn stream_idle_timeouts(weft: &Weft) -> f64 {
+    metric(
+        &metrics(weft).await,
+        "weft_stream_idle_timeouts_total{listener=\"public\"}",
+    )
+}
+
 #[tokio::test]
 async fn a_request_body_that_stops_gets_408_and_is_counted() {
     // The upstream waits for the whole body; the route has no timeout.
     let (upstream, _bodies) = reading().await;
-    let weft = weft_with(
-        "stream_idle_timeout: 200ms",
-        "{ name: all, cluster: app }",
-        &app(upstream.addr, ""),
-    )
-    .await;
+    let weft = weft_to(upstream.addr, "stream_idle_timeout: 200ms").await;
     let mut client = TcpStream::connect(weft.addr("public").await).await.unwrap();
     client
         .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\nx")
@@ -298,11 +286,7 @@ async fn a_request_body_that_stops_gets_408_and_is_counted() {
         .unwrap();
     let reply = until_closed(&mut client).await;
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-    let text = metrics(&weft).await;
-    assert_eq!(
-        metric(&text, "weft_stream_idle_timeouts_total{listener=\"public\"}"),
-        1.0
-    );
+    assert_eq!(stream_idle_timeouts(&weft).await, 1.0);
 }
 
 /// An HTTP/1.1 upstream whose one connection answers with headers
@@ -326,12 +310,7 @@ pub async fn stalling() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
 #[tokio::test]
 async fn a_response_that_stalls_after_its_headers_is_ended() {
     let (addr, stalling) = stalling().await;
-    let weft = weft_with(
-        "stream_idle_timeout: 200ms",
-        "{ name: all, cluster: app }",
-        &app(addr, ""),
-    )
-    .await;
+    let weft = weft_to(addr, "stream_idle_timeout: 200ms").await;
     let response = h1_client()
         .request(Request::get(weft.url("public", "/").await).body(full("")).unwrap())
         .await
@@ -339,11 +318,7 @@ async fn a_response_that_stalls_after_its_headers_is_ended() {
     assert_eq!(response.status(), 200);
     let body = tokio::time::timeout(PATIENCE, response.into_body().collect()).await;
     assert!(matches!(body, Ok(Err(_))), "the stalled body did not end: {body:?}");
-    let text = metrics(&weft).await;
-    assert_eq!(
-        metric(&text, "weft_stream_idle_timeouts_total{listener=\"public\"}"),
-        1.0
-    );
+    assert_eq!(stream_idle_timeouts(&weft).await, 1.0);
     stalling.abort();
 }
 

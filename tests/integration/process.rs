@@ -64,6 +64,16 @@ pub async fn wait_for(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str) -
         .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
 }
 
+/// Waits (bounded) for the next stderr line containing `needle` and gives
+/// the value of its `key` field (`key` ends with `=`: `address=`, `admin=`).
+pub async fn wait_for_field(lines: &mut Lines<BufReader<ChildStderr>>, needle: &str, key: &str) -> String {
+    let line = wait_for(lines, needle).await;
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_string()
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,11 +83,7 @@ async fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let mut child = weft_run(&[], &path).spawn().unwrap();
     let pid = child.id().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let started = wait_for(&mut lines, "weft started").await;
-    let admin = started
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("admin="))
-        .unwrap_or_else(|| panic!("no admin address in {started:?}"));
+    let admin = wait_for_field(&mut lines, "weft started", "admin=").await;
     let admin_get = async |path: &str| {
         let (status, text) = get(&h1_client(), &format!("http://{admin}{path}")).await;
         assert_eq!(status, 200, "{path}: {text}");
@@ -180,12 +186,7 @@ async fn every_request_leaves_one_whole_access_log_line_on_stdout() {
     });
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     // The listener's bound address (port 0 in the config).
-    let listening = wait_for(&mut lines, "listening").await;
-    let addr = listening
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {listening:?}"))
-        .to_string();
+    let addr = wait_for_field(&mut lines, "listening", "address=").await;
     // Signal handlers are installed before this line.
     wait_for(&mut lines, "weft started").await;
 
@@ -242,18 +243,8 @@ async fn an_upstream_failure_is_recorded_under_its_cluster_and_endpoint() {
     let mut child = weft_run(&[], &path).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = wait_for(&mut lines, "listening").await;
-    let addr = listening
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("address="))
-        .unwrap_or_else(|| panic!("no address in {listening:?}"))
-        .to_string();
-    let started = wait_for(&mut lines, "weft started").await;
-    let admin = started
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("admin="))
-        .unwrap_or_else(|| panic!("no admin address in {started:?}"))
-        .to_string();
+    let addr = wait_for_field(&mut lines, "listening", "address=").await;
+    let admin = wait_for_field(&mut lines, "weft started", "admin=").await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let (status, _) = get(&h1_client(), &format!("http://{addr}/x")).await;

@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use super::kube_api::KubeApi;
 use super::*;
 use crate::cli::have_tool;
-use crate::process::{wait_for, weft_run};
+use crate::process::{wait_for_field, weft_run};
 use crate::tls::Ca;
 
 /// An endpoint's state, as the EndpointSlice controller writes it.
@@ -165,12 +165,8 @@ impl WeftProcess {
         // weft's default log filter: the one whose lines are checked.
         let mut child = command.env_remove("RUST_LOG").spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let field = |line: &str, key: &str| {
-            let found = line.split_whitespace().find_map(|f| f.strip_prefix(key));
-            found.unwrap_or_else(|| panic!("no {key} in {line:?}")).to_string()
-        };
-        let public = field(&wait_for(&mut lines, "listening").await, "address=");
-        let admin = field(&wait_for(&mut lines, "weft started").await, "admin=");
+        let public = wait_for_field(&mut lines, "listening", "address=").await;
+        let admin = wait_for_field(&mut lines, "weft started", "admin=").await;
         let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let kept = log.clone();
         // Keeps reading so weft never blocks on a full pipe.
@@ -189,27 +185,12 @@ impl WeftProcess {
     }
 
     async fn clusters(&self) -> Value {
-        let (_, body) = get(&h1_client(), &format!("http://{}/clusters", self.admin)).await;
-        let all: Value = serde_json::from_str(&body).unwrap();
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "web")
-            .cloned()
-            .unwrap()
+        cluster_status_at(&format!("http://{}/clusters", self.admin), "web").await
     }
 
     /// The endpoints weft has for `web`, as `/clusters` shows them.
     async fn endpoints(&self) -> Vec<String> {
-        let status = self.clusters().await;
-        let mut addresses: Vec<String> = status["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["address"].as_str().unwrap().to_string())
-            .collect();
-        addresses.sort();
-        addresses
+        addresses_of(&self.clusters().await)
     }
 
     async fn metric(&self, series: &str) -> f64 {
@@ -228,12 +209,17 @@ fn at(upstreams: &[&Upstream]) -> Vec<String> {
     addresses
 }
 
-/// Answers (in order) from index `from` on.
-fn bodies_since(traffic: &Traffic, from: usize) -> std::collections::BTreeSet<String> {
-    traffic.seen.lock()[from..]
-        .iter()
-        .map(|(_, body)| body.clone())
-        .collect()
+/// Waits until the answers from index `from` on include one from each of `pods`.
+async fn until_each_serves(what: &str, traffic: &Traffic, from: usize, pods: &[&str]) {
+    eventually(what, async || {
+        let seen: std::collections::BTreeSet<String> = traffic.seen.lock()[from..]
+            .iter()
+            .map(|(_, body)| body.clone())
+            .collect();
+        let all = pods.iter().all(|pod| seen.contains(*pod));
+        all.then_some(()).ok_or(format!("{seen:?}"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -261,13 +247,7 @@ async fn traffic_follows_the_services_endpointslices() {
     assert_eq!(weft.endpoints().await, at(&[u1, u2]));
 
     let traffic = Traffic::start(weft.public.clone());
-    eventually("both slices' endpoints serve", async || {
-        let seen = bodies_since(&traffic, 0);
-        (seen.contains("u1") && seen.contains("u2"))
-            .then_some(())
-            .ok_or(format!("{seen:?}"))
-    })
-    .await;
+    until_each_serves("both slices' endpoints serve", &traffic, 0, &["u1", "u2"]).await;
 
     // A changed slice: a new endpoint with two addresses, both used.
     api.apply(slice(
@@ -280,13 +260,7 @@ async fn traffic_follows_the_services_endpointslices() {
         ],
     ));
     let from = traffic.seen.lock().len();
-    eventually("the new endpoint's addresses serve", async || {
-        let seen = bodies_since(&traffic, from);
-        (seen.contains("u3") && seen.contains("u4"))
-            .then_some(())
-            .ok_or(format!("{seen:?}"))
-    })
-    .await;
+    until_each_serves("the new endpoint's addresses serve", &traffic, from, &["u3", "u4"]).await;
 
     // u1 terminating: out of the set, no new requests.
     api.apply(slice(

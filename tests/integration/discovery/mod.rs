@@ -68,7 +68,12 @@ pub fn assert_all_ok(answers: &[(u16, String)]) {
 
 /// The `/clusters` entry of cluster `name`.
 pub async fn cluster_status(weft: &Weft, name: &str) -> Value {
-    let (_, body) = get(&h1_client(), &weft.admin("/clusters")).await;
+    cluster_status_at(&weft.admin("/clusters"), name).await
+}
+
+/// The entry of cluster `name` in the `/clusters` answer at `url`.
+pub async fn cluster_status_at(url: &str, name: &str) -> Value {
+    let (_, body) = get(&h1_client(), url).await;
     let all: Value = serde_json::from_str(&body).unwrap();
     all.as_array()
         .unwrap()
@@ -80,7 +85,11 @@ pub async fn cluster_status(weft: &Weft, name: &str) -> Value {
 
 /// The addresses of cluster `name`'s endpoints, as `/clusters` lists them.
 pub async fn endpoint_addresses(weft: &Weft, name: &str) -> Vec<String> {
-    let status = cluster_status(weft, name).await;
+    addresses_of(&cluster_status(weft, name).await)
+}
+
+/// The addresses of a `/clusters` entry's endpoints, sorted.
+pub fn addresses_of(status: &Value) -> Vec<String> {
     let mut addresses: Vec<String> = status["endpoints"]
         .as_array()
         .unwrap()

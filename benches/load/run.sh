@@ -406,7 +406,7 @@ listeners:
     address: 127.0.0.1:$P_WEFT_TLS
     protocol: http3
     tls: { cert: $WORK/certs/server.pem, key: $WORK/certs/server.key }
-    quic: { max_concurrent_streams: 256 }
+    limits: { max_concurrent_streams: 256 }
     routes: [ { name: all, cluster: up } ]
 clusters:
   - { name: up, protocol: http1, endpoints: [ { address: 127.0.0.1:$P_UP } ] }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use hickory_resolver::config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RecordType;
+use hickory_resolver::proto::rr::Record;
 use hickory_resolver::TokioResolver;
 use tokio::time::Duration;
 
@@ -115,16 +115,23 @@ async fn look(
         .lookup_ip(config.name.as_str())
         .await
         .map_err(|e| format!("cannot resolve {}: {e}", config.name))?;
-    let ttl = answer
-        .as_lookup()
-        .answers()
-        .iter()
-        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+    answer_endpoints(answer.as_lookup().answers(), config)
+}
+
+/// What one answer gives: an endpoint on the configured port for every A
+/// and AAAA record (CNAMEs and other records are passed over), and the
+/// shortest TTL among those records. An answer with no address is an error.
+pub fn answer_endpoints(
+    answers: &[Record],
+    config: &DnsDiscovery,
+) -> Result<(Vec<EndpointSpec>, Option<Duration>), String> {
+    let addresses = || answers.iter().filter(|r| r.data.ip_addr().is_some());
+    let ttl = addresses()
         .map(|r| r.ttl)
         .min()
         .map(|secs| Duration::from_secs(u64::from(secs)));
-    let specs: Vec<EndpointSpec> = answer
-        .iter()
+    let specs: Vec<EndpointSpec> = addresses()
+        .filter_map(|r| r.data.ip_addr())
         .map(|ip| EndpointSpec {
             address: SocketAddr::new(ip, config.port),
             zone: config.zone.clone(),

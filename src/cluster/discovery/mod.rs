@@ -27,6 +27,7 @@ mod dns;
 mod file;
 mod kubernetes;
 
+pub use dns::answer_endpoints;
 pub use kubernetes::ready_endpoints;
 
 use std::sync::Arc;

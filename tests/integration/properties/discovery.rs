@@ -1,15 +1,22 @@
-//! What discovery reads from outside: endpoints files any controller writes
-//! and the EndpointSlices the Kubernetes API serves. An endpoints file gives
-//! exactly the endpoints it lists or errors naming the file; a set of slices
-//! gives exactly the addresses of endpoints that take requests on the
-//! configured port; neither ever panics.
+//! What discovery reads from outside: endpoints files any controller writes,
+//! DNS answers and the EndpointSlices the Kubernetes API serves. An
+//! endpoints file gives exactly the endpoints it lists or errors naming the
+//! file; a DNS answer gives exactly its A and AAAA addresses on the port,
+//! with their shortest TTL, or errors naming the name (also when its bytes
+//! were damaged); a set of slices gives exactly the addresses of endpoints
+//! that take requests on the configured port; none ever panics.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
+use hickory_resolver::proto::op::{Message, OpCode};
+use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME};
+use hickory_resolver::proto::rr::{Name, RData, Record};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use proptest::prelude::*;
-use weft::config::discovery::{parse_endpoints_file, KubernetesPort};
+use tokio::time::Duration;
+use weft::cluster::discovery::answer_endpoints;
+use weft::config::discovery::{parse_endpoints_file, DnsDiscovery, KubernetesPort};
 
 use super::cases;
 
@@ -156,6 +163,76 @@ proptest! {
         } else {
             let got: Vec<_> = got.unwrap().into_iter().map(|e| (e.address, e.zone)).collect();
             prop_assert_eq!(got, expected);
+        }
+    }
+}
+
+const DNS_NAME: &str = "web.weft.test.";
+
+/// A record of an answer: an address (A or AAAA) or a CNAME, with a TTL.
+fn dns_record() -> impl Strategy<Value = Record> {
+    (prop::option::of(ip()), 0u32..100_000).prop_map(|(ip, ttl)| {
+        let data = match ip {
+            Some(IpAddr::V4(v4)) => RData::A(A(v4)),
+            Some(IpAddr::V6(v6)) => RData::AAAA(AAAA(v6)),
+            None => RData::CNAME(CNAME(Name::from_ascii("other.weft.test.").unwrap())),
+        };
+        Record::from_rdata(Name::from_ascii(DNS_NAME).unwrap(), ttl, data)
+    })
+}
+
+fn dns_discovery(port: u16) -> DnsDiscovery {
+    DnsDiscovery {
+        name: DNS_NAME.into(),
+        port,
+        refresh: Duration::from_secs(5),
+        min_refresh: Duration::from_secs(1),
+        zone: Some("zone-a".into()),
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn a_dns_answer_gives_its_addresses_on_the_port_and_their_shortest_ttl(
+        answers in prop::collection::vec(dns_record(), 0..6),
+        port in any::<u16>(),
+    ) {
+        let addresses: Vec<_> = answers.iter().filter_map(|r| r.data.ip_addr().map(|ip| (ip, r.ttl))).collect();
+        match answer_endpoints(&answers, &dns_discovery(port)) {
+            Ok((specs, ttl)) => {
+                let got: Vec<_> = specs.iter().map(|e| (e.address, e.zone.as_deref(), e.weight)).collect();
+                let expected: Vec<_> = addresses.iter().map(|(ip, _)| (SocketAddr::new(*ip, port), Some("zone-a"), 1)).collect();
+                prop_assert_eq!(got, expected);
+                let shortest = addresses.iter().map(|(_, t)| *t).min().map(|t| Duration::from_secs(u64::from(t)));
+                prop_assert_eq!(ttl, shortest);
+            }
+            Err(e) => {
+                prop_assert!(addresses.is_empty());
+                prop_assert!(e.contains(DNS_NAME), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_dns_message_gives_addresses_or_an_error(
+        answers in prop::collection::vec(dns_record(), 0..6),
+        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+    ) {
+        let mut message = Message::response(7, OpCode::Query);
+        message.add_answers(answers);
+        let mut bytes = message.to_vec().unwrap();
+        for (at, byte) in damage {
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+        }
+        if let Ok(read) = Message::from_vec(&bytes) {
+            let addresses = read.answers.iter().filter(|r| r.data.ip_addr().is_some()).count();
+            match answer_endpoints(&read.answers, &dns_discovery(80)) {
+                Ok((specs, _)) => prop_assert_eq!(specs.len(), addresses),
+                Err(_) => prop_assert_eq!(addresses, 0),
+            }
         }
     }
 }

@@ -430,16 +430,22 @@ async fn http3_requests_get_trace_context() {
     assert!(body.contains("tracestate: v=1"), "{body}");
 }
 
-#[tokio::test]
-async fn http3_connections_get_goaway_after_max_requests_per_connection() {
+/// weft with a direct 200 route over HTTP/3 and two requests per
+/// connection; a QUIC idle timeout far beyond any test, so only the GOAWAY
+/// closes a connection.
+pub async fn two_requests_per_connection() -> H3Weft {
     let direct = "{ name: ok, direct_response: { status: 200, body: fine } }";
-    // A QUIC idle timeout far beyond the test: only the GOAWAY closes.
-    let weft = H3Weft::start(
+    H3Weft::start(
         "limits: { max_requests_per_connection: 2 }, quic: { idle_timeout: 1h },",
         direct,
         "  []",
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn http3_connections_get_goaway_after_max_requests_per_connection() {
+    let weft = two_requests_per_connection().await;
     let mut client = weft.client().await;
     for _ in 0..2 {
         assert_eq!(client.request("GET", "/", &[], Bytes::new()).await.0, 200);

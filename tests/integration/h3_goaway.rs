@@ -4,7 +4,7 @@
 //! id is refused with H3_REQUEST_REJECTED, not served; the connection stays
 //! open after the last response for the client to close.
 
-use crate::h3::{quic_connect, H3Weft};
+use crate::h3::{quic_connect, two_requests_per_connection};
 use crate::support::*;
 
 const H3_REQUEST_REJECTED: u32 = 0x10b;
@@ -67,13 +67,7 @@ async fn get(conn: &quinn::Connection) -> (u64, Result<Vec<u8>, quinn::ReadToEnd
 
 #[tokio::test]
 async fn http3_goaway_at_max_requests_names_the_first_unserved_stream() {
-    let direct = "{ name: ok, direct_response: { status: 200, body: fine } }";
-    let weft = H3Weft::start(
-        "limits: { max_requests_per_connection: 2 }, quic: { idle_timeout: 1h },",
-        direct,
-        "  []",
-    )
-    .await;
+    let weft = two_requests_per_connection().await;
     let (_endpoint, conn) = quic_connect(weft.addr, &weft.ca).await;
     // The client's control stream: stream type 0, an empty SETTINGS.
     let mut control = conn.open_uni().await.unwrap();

@@ -263,12 +263,7 @@ async fn websocket_upgrade_is_tunnelled() {
                 }
             }
         });
-        Response::builder()
-            .status(101)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(full(""))
-            .unwrap()
+        switching_to_websocket()
     })
     .await;
     let yaml = config(

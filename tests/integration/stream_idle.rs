@@ -6,7 +6,7 @@
 //! `weft_stream_idle_timeouts_total{listener}`.
 
 use bytes::{Buf, Bytes};
-use http::{Request, Response};
+use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -46,12 +46,7 @@ async fn websocket_echo() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<()>
                 }
                 let _ = ended.send(());
             });
-            Response::builder()
-                .status(101)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(full(""))
-                .unwrap()
+            switching_to_websocket()
         }
     })
     .await;

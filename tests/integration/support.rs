@@ -32,6 +32,16 @@ use weft::app::App;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
 
+/// An upstream's `101 Switching Protocols` to a WebSocket handshake.
+pub fn switching_to_websocket() -> http::Response<TestBody> {
+    http::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(full(""))
+        .unwrap()
+}
+
 pub fn full(data: impl Into<Bytes>) -> TestBody {
     Full::new(data.into()).map_err(|e| match e {}).boxed()
 }
